@@ -1,0 +1,198 @@
+//! The broker interface: what every storage and fan-out backend provides.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bellhop_protocol::{Channel, Envelope, Offset};
+use tokio::sync::broadcast;
+
+/// A channel inside a property: the unit of storage, ordering and fan-out.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKey {
+    /// The property (the token's `prop`).
+    pub property: String,
+    /// The channel inside it.
+    pub channel: Channel,
+}
+
+impl ChannelKey {
+    /// The key of a channel in a property.
+    pub fn new(property: impl Into<String>, channel: Channel) -> Self {
+        ChannelKey {
+            property: property.into(),
+            channel,
+        }
+    }
+
+    /// The key a message belongs to.
+    pub fn of(envelope: &Envelope) -> Self {
+        ChannelKey::new(envelope.namespace.clone(), envelope.channel.clone())
+    }
+}
+
+impl fmt::Display for ChannelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.property, self.channel)
+    }
+}
+
+/// A message as stored: its offset and the envelope (shared, never copied per subscriber).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredMessage {
+    /// Position in the channel.
+    pub offset: Offset,
+    /// The message.
+    pub envelope: Arc<Envelope>,
+}
+
+/// Something that happened on a channel, as a live subscription sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChannelEvent {
+    /// A stored message.
+    Message(StoredMessage),
+    /// A user's first connection joined the channel (ephemeral, not stored).
+    Join {
+        /// Who.
+        user_id: String,
+    },
+    /// A user's last connection left the channel (ephemeral, not stored).
+    Leave {
+        /// Who.
+        user_id: String,
+    },
+    /// A user is typing (ephemeral, not stored).
+    Typing {
+        /// Who.
+        user_id: String,
+    },
+}
+
+/// What a live subscription yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubscriptionEvent {
+    /// The next event, in order.
+    Event(ChannelEvent),
+    /// Events may have been missed (the subscriber fell behind, or the backend reconnected):
+    /// re-read the channel from the last offset delivered, then carry on.
+    Gap,
+    /// The subscription ended (the broker shut down).
+    Closed,
+}
+
+/// A live subscription to one channel. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<ChannelEvent>,
+}
+
+impl Subscription {
+    /// Wraps a backend's broadcast receiver.
+    pub fn new(rx: broadcast::Receiver<ChannelEvent>) -> Self {
+        Subscription { rx }
+    }
+
+    /// The next event. Cancel-safe.
+    pub async fn recv(&mut self) -> SubscriptionEvent {
+        match self.rx.recv().await {
+            Ok(event) => SubscriptionEvent::Event(event),
+            Err(broadcast::error::RecvError::Lagged(_)) => SubscriptionEvent::Gap,
+            Err(broadcast::error::RecvError::Closed) => SubscriptionEvent::Closed,
+        }
+    }
+}
+
+/// The answer to a read of a channel's log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadResult {
+    /// Messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// False when `since` is older than what the broker still holds (trimmed by retention, or from
+    /// before this broker's history began): messages may be missing.
+    pub recovered: bool,
+    /// The newest offset of the channel when it was read (the floor when it is empty).
+    pub last: Offset,
+    /// More messages follow the last one returned (read again from its offset).
+    pub more: bool,
+}
+
+/// Why a broker call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The backend cannot take the call now; retrying later can succeed.
+    #[error("broker unavailable: {reason}")]
+    Unavailable {
+        /// What is wrong.
+        reason: String,
+        /// When a retry makes sense.
+        retry_after: Duration,
+    },
+    /// The call itself is wrong or the backend failed unexpectedly.
+    #[error("broker failure: {0}")]
+    Internal(String),
+}
+
+/// A storage and fan-out backend. Every method is safe to call concurrently.
+///
+/// Semantics every backend keeps: offsets of one channel strictly increase in the order messages
+/// are stored; a stored message stays readable until it leaves the retention window; a live
+/// subscription yields messages in offset order, or a [`SubscriptionEvent::Gap`] when it may have
+/// missed some.
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Stores each envelope in its channel (named by its namespace and channel), assigns its
+    /// offset and publishes it to live subscribers. Results are in the order of `batch`.
+    async fn publish_batch(&self, batch: Vec<Arc<Envelope>>) -> Vec<Result<Offset, BrokerError>>;
+
+    /// Publishes an ephemeral event (never stored) to a channel's live subscribers.
+    async fn publish_ephemeral(
+        &self,
+        key: &ChannelKey,
+        event: ChannelEvent,
+    ) -> Result<(), BrokerError>;
+
+    /// Subscribes to a channel's live events.
+    async fn subscribe(&self, key: &ChannelKey) -> Result<Subscription, BrokerError>;
+
+    /// Reads messages after `since` (oldest first, at most `limit`), or with no `since` the
+    /// newest `limit` messages.
+    async fn read(
+        &self,
+        key: &ChannelKey,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> Result<ReadResult, BrokerError>;
+
+    /// Records that `session` of `user_id` is on the channel; true when it is the user's first.
+    async fn presence_join(
+        &self,
+        key: &ChannelKey,
+        user_id: &str,
+        session: &str,
+    ) -> Result<bool, BrokerError>;
+
+    /// Records that `session` left; true when it was the user's last.
+    async fn presence_leave(
+        &self,
+        key: &ChannelKey,
+        user_id: &str,
+        session: &str,
+    ) -> Result<bool, BrokerError>;
+
+    /// The users on a channel now, sorted.
+    async fn presence(&self, key: &ChannelKey) -> Result<Vec<String>, BrokerError>;
+
+    /// Saves a user's read marker (never moving it back) and returns the count of retained
+    /// messages after it.
+    async fn mark_read(
+        &self,
+        key: &ChannelKey,
+        user_id: &str,
+        offset: Offset,
+    ) -> Result<(Offset, u64), BrokerError>;
+
+    /// The count of retained messages after the user's read marker (all retained messages when
+    /// the user has none).
+    async fn unread(&self, key: &ChannelKey, user_id: &str) -> Result<u64, BrokerError>;
+}

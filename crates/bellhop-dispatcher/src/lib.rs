@@ -1,0 +1,31 @@
+//! The Bellhop delivery engine. It stores messages in per-channel logs with offsets, keeps the
+//! retention window, answers history and recovery reads, tracks presence and read markers, and puts
+//! a priority queue with batching in front of the storage backend.
+//!
+//! Backends implement [`Broker`]: [`MemoryBroker`] is the embedded single-node broker (a product
+//! feature, not a test double); the Redis backend implements the same trait with the same
+//! semantics.
+//!
+//! Architecture invariant: this crate knows nothing of WebSockets, HTTP or sessions. It speaks in
+//! channel keys, envelopes and offsets.
+
+mod broker;
+mod dispatcher;
+mod memory;
+pub mod queue;
+
+pub use broker::{
+    Broker, BrokerError, ChannelEvent, ChannelKey, ReadResult, StoredMessage, Subscription,
+    SubscriptionEvent,
+};
+pub use dispatcher::{Dispatcher, DispatcherConfig, PublishError};
+pub use memory::{MemoryBroker, MemoryConfig};
+
+/// Milliseconds since the Unix epoch, from the system clock. Offsets are wall-clock based (like
+/// Redis stream IDs); monotonicity is restored by [`bellhop_protocol::Offset::next_after`].
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
