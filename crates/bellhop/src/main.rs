@@ -1,1 +1,204 @@
-fn main() {}
+//! The `bellhop` binary: `serve` runs a node, `token` mints development tokens, `connect` is a
+//! line-oriented WebSocket client for trying the protocol by hand.
+//!
+//! The binary only parses, wires and reports; the logic lives in the library crates.
+
+mod connect;
+mod settings;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bellhop_dispatcher::{Dispatcher, DispatcherConfig, MemoryBroker};
+use bellhop_gateway::auth::{mint, Claims};
+use bellhop_gateway::Gateway;
+use bellhop_protocol::Role;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use settings::{Environment, FileSettings, LogFormat, Overrides, ProcessEnv};
+
+#[derive(Parser, Debug)]
+#[command(name = "bellhop", version, about = "Real-time messaging gateway for hotel operations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a gateway node (embedded broker; settings from the environment, see docs/CONFIGURATION.md).
+    Serve {
+        /// A TOML file with settings (environment variables win over it).
+        #[arg(long, env = "BELLHOP_CONFIG")]
+        config: Option<PathBuf>,
+        /// WebSocket and HTTP API port (overrides WS_PORT).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Admin port for /metrics, /healthz, /readyz (overrides METRICS_PORT).
+        #[arg(long)]
+        metrics_port: Option<u16>,
+        /// Address to bind (overrides BIND_ADDR; default 0.0.0.0).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+    },
+    /// Print a token signed with JWT_SECRET (or the development secret), for development and load tests.
+    Token {
+        /// User id.
+        #[arg(long)]
+        sub: String,
+        /// Role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Property id.
+        #[arg(long)]
+        prop: String,
+        /// Rooms (guests), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Vec<String>,
+        /// Departments (staff), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        depts: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// A TOML settings file to take jwt_secret from.
+        #[arg(long, env = "BELLHOP_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Connect to a node, print every frame received as a JSON line, send every JSON line read
+    /// from standard input; exits when input ends and every request has its reply.
+    Connect {
+        /// The WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:3001/ws")]
+        url: String,
+        /// The token (sent as Authorization: Bearer).
+        #[arg(long, env = "BELLHOP_TOKEN")]
+        token: String,
+        /// Channels to subscribe to right after connecting.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Keep running after standard input ends (to watch a channel).
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoleArg {
+    Guest,
+    Staff,
+    Manager,
+    Admin,
+    Service,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Guest => Role::Guest,
+            RoleArg::Staff => Role::Staff,
+            RoleArg::Manager => Role::Manager,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Service => Role::Service,
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn load_file(path: &Option<PathBuf>) -> Result<FileSettings> {
+    path.as_deref().map(settings::read_file).transpose().map(Option::unwrap_or_default)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, port, metrics_port, bind } => {
+            let file = load_file(&config)?;
+            let flags = Overrides { ws_port: port, metrics_port, bind_addr: bind };
+            let settings = settings::serve_settings(&ProcessEnv, &file, &flags)?;
+            init_logging(settings.log_format);
+            serve(settings).await
+        }
+        Command::Token { sub, role, prop, rooms, depts, ttl, config } => {
+            let file = load_file(&config)?;
+            let (secret, _, dev) = settings::resolve_secret(&ProcessEnv, &file)?;
+            if dev {
+                eprintln!("warning: JWT_SECRET is not set; signing with the public development secret");
+            }
+            let now = bellhop_dispatcher::now_ms() / 1000;
+            let claims = Claims { sub, role: role.into(), prop, rooms, depts, exp: now + ttl, iat: Some(now) };
+            let token = mint(&secret, &claims).context("cannot sign token")?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{token}");
+            }
+            Ok(())
+        }
+        Command::Connect { url, token, subscribe, follow } => connect::run(&url, &token, &subscribe, follow).await,
+    }
+}
+
+async fn serve(settings: settings::ServeSettings) -> Result<()> {
+    if settings.dev_secret {
+        tracing::warn!(
+            "JWT_SECRET is not set: using the PUBLIC development secret. Anyone can mint tokens for this node. \
+             Set JWT_SECRET (and BELLHOP_ENV=production) before exposing it."
+        );
+    }
+    let broker = Arc::new(MemoryBroker::new(settings.memory.clone()));
+    let _sweeper = broker.spawn_sweeper(Duration::from_secs(60));
+    let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
+    let gateway = Gateway::bind(settings.gateway.clone(), dispatcher)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.gateway.listen))?;
+    let addr = gateway.local_addr();
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    tracing::info!(
+        environment = ?settings.environment,
+        broker = "embedded",
+        retention_hours = settings.memory.retention.as_secs() / 3600,
+        "bellhop node ready"
+    );
+    tracing::info!(
+        "connect: ws://{host}:{}{} with a token from `bellhop token --sub u1 --role staff --prop h1 --depts housekeeping`; admin: {}",
+        addr.port(),
+        settings.gateway.ws_path,
+        gateway.admin_addr().map(|a| format!("http://{host}:{}/metrics", a.port())).unwrap_or_else(|| "disabled".into()),
+    );
+    if settings.environment == Environment::Production && settings.dev_secret {
+        anyhow::bail!("refusing the development secret in production");
+    }
+    shutdown_signal().await;
+    tracing::info!("shutdown requested: draining");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

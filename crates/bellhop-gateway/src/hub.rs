@@ -1,0 +1,350 @@
+//! The node's local fan-out hub: one broker subscription per channel that at least one local
+//! connection wants, shared by all of them, and each message encoded once per codec.
+//!
+//! Ordering and exactly-once delivery per connection: the hub remembers the last offset it
+//! delivered for each channel (dropping anything at or below it) and a watermark per
+//! subscriber. A new subscriber starts *pending*: live messages are buffered while its session
+//! replays history from the broker, then [`Hub::activate`] flushes the buffered messages that are
+//! newer than the replay and turns the subscriber live. A gap reported by the broker makes the
+//! channel task re-read the log from its last offset, so nothing is skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_dispatcher::{Broker, BrokerError, ChannelEvent, ChannelKey, StoredMessage, Subscription, SubscriptionEvent};
+use bellhop_protocol::{close, Codec, Offset, ServerFrame};
+use parking_lot::Mutex;
+use tokio::sync::OnceCell;
+use tokio::task::AbortHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::metrics::Metrics;
+use crate::outbound::{Class, Outbound, Pushed};
+
+/// Live messages buffered for a pending subscriber before it must re-read from the broker.
+const PENDING_BUFFER: usize = 4096;
+/// Messages per broker read when catching up after a gap.
+const PAGE: usize = 500;
+
+/// A local connection's interest in a channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber {
+    /// The connection.
+    pub(crate) conn_id: u64,
+    /// Its user: typing notices are not echoed to the typist.
+    pub(crate) user_id: String,
+    /// The codec its frames use.
+    pub(crate) codec: Codec,
+    /// Where its frames go.
+    pub(crate) outbound: Arc<Outbound>,
+}
+
+/// Where a subscriber is in the hand-over from replay to live delivery.
+#[derive(Debug)]
+enum Mode {
+    /// Its session is replaying; live messages wait here.
+    Pending {
+        /// Live messages that arrived during the replay.
+        buffer: Vec<StoredMessage>,
+        /// The buffer overflowed and was emptied: the session must re-read.
+        overflowed: bool,
+    },
+    /// Receives live messages newer than `watermark`.
+    Live {
+        /// The newest offset delivered to it.
+        watermark: Offset,
+    },
+}
+
+#[derive(Debug)]
+struct LocalSub {
+    sub: Subscriber,
+    mode: Mode,
+}
+
+/// One channel's local state.
+#[derive(Debug)]
+struct ChannelHub {
+    /// Which channel.
+    key: ChannelKey,
+    /// Set once the broker subscription is up and the task runs.
+    init: OnceCell<()>,
+    /// Subscribers and the channel's delivery position.
+    state: Mutex<HubState>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    /// Local subscribers by connection id.
+    subs: HashMap<u64, LocalSub>,
+    /// The newest offset delivered on this channel.
+    last: Offset,
+    /// The task reading the broker subscription.
+    task: Option<AbortHandle>,
+    /// Set when the last subscriber left; a joiner that finds it set starts over.
+    closed: bool,
+}
+
+/// Result of [`Hub::activate`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// The subscriber is live.
+    Live,
+    /// Too much arrived during the replay: read again from the cursor, then activate again.
+    Reread,
+}
+
+/// The node's fan-out hub.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    /// Channels with at least one local subscriber (or one joining).
+    channels: Mutex<HashMap<ChannelKey, Arc<ChannelHub>>>,
+    /// The broker whose subscriptions feed the hub.
+    broker: Arc<dyn Broker>,
+    /// Delivery metrics.
+    metrics: Metrics,
+}
+
+impl Hub {
+    pub(crate) fn new(broker: Arc<dyn Broker>, metrics: Metrics) -> Self {
+        Hub { channels: Mutex::new(HashMap::new()), broker, metrics }
+    }
+
+    /// Adds a pending subscriber to a channel, subscribing the node to it in the broker first if
+    /// it is the channel's first local subscriber.
+    pub(crate) async fn join(&self, key: &ChannelKey, sub: Subscriber) -> Result<(), BrokerError> {
+        loop {
+            let hub = self
+                .channels
+                .lock()
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(ChannelHub { key: key.clone(), init: OnceCell::new(), state: Mutex::default() })
+                })
+                .clone();
+            let started = hub.init.get_or_try_init(|| self.start(hub.clone())).await;
+            if let Err(e) = started {
+                let mut channels = self.channels.lock();
+                if channels.get(key).is_some_and(|h| Arc::ptr_eq(h, &hub)) && hub.state.lock().subs.is_empty() {
+                    channels.remove(key);
+                }
+                return Err(e);
+            }
+            let mut state = hub.state.lock();
+            if state.closed {
+                continue;
+            }
+            let mode = Mode::Pending { buffer: Vec::new(), overflowed: false };
+            state.subs.insert(sub.conn_id, LocalSub { sub, mode });
+            return Ok(());
+        }
+    }
+
+    async fn start(&self, hub: Arc<ChannelHub>) -> Result<(), BrokerError> {
+        let subscription = self.broker.subscribe(&hub.key).await?;
+        // Everything up to `last` is covered by each subscriber's own replay.
+        let last = self.broker.read(&hub.key, None, 0).await?.last;
+        hub.state.lock().last = last;
+        let task = tokio::spawn(run_channel(hub.clone(), subscription, self.broker.clone(), self.metrics.clone()));
+        hub.state.lock().task = Some(task.abort_handle());
+        self.metrics.channels.inc();
+        tracing::debug!(channel = %hub.key, "node subscribed to channel");
+        Ok(())
+    }
+
+    /// Flushes what arrived during the replay (newer than `cursor`, the last replayed offset) and
+    /// makes the subscriber live.
+    pub(crate) fn activate(&self, key: &ChannelKey, conn_id: u64, cursor: Offset) -> Activation {
+        let Some(hub) = self.channels.lock().get(key).cloned() else { return Activation::Live };
+        let mut state = hub.state.lock();
+        let Some(local) = state.subs.get_mut(&conn_id) else { return Activation::Live };
+        let Mode::Pending { buffer, overflowed } = &mut local.mode else { return Activation::Live };
+        if *overflowed {
+            *overflowed = false;
+            buffer.clear();
+            return Activation::Reread;
+        }
+        let mut watermark = cursor;
+        let buffered = std::mem::take(buffer);
+        for m in buffered.iter().filter(|m| m.offset > cursor) {
+            if let Some(frame) = encode_message(local.sub.codec, &hub.key, m) {
+                push_message(&local.sub.outbound, m, frame, &self.metrics);
+            }
+            watermark = m.offset;
+        }
+        local.mode = Mode::Live { watermark };
+        Activation::Live
+    }
+
+    /// Removes a subscriber; the node unsubscribes from the broker when it was the last.
+    pub(crate) fn leave(&self, key: &ChannelKey, conn_id: u64) {
+        let mut channels = self.channels.lock();
+        let Some(hub) = channels.get(key).cloned() else { return };
+        let mut state = hub.state.lock();
+        state.subs.remove(&conn_id);
+        if state.subs.is_empty() && hub.init.initialized() {
+            state.closed = true;
+            if let Some(task) = state.task.take() {
+                task.abort();
+            }
+            channels.remove(key);
+            self.metrics.channels.dec();
+            tracing::debug!(channel = %key, "node unsubscribed from channel");
+        }
+    }
+
+    /// Channels the node is subscribed to.
+    pub(crate) fn channel_count(&self) -> usize {
+        self.channels.lock().len()
+    }
+}
+
+/// Encodes a message frame for one codec.
+pub(crate) fn encode_message(codec: Codec, key: &ChannelKey, m: &StoredMessage) -> Option<Message> {
+    let frame = ServerFrame::Message { channel: key.channel.clone(), offset: m.offset, message: m.envelope.clone() };
+    encode(codec, &frame)
+}
+
+/// Encodes any server frame into a WebSocket message of the codec's kind.
+pub(crate) fn encode(codec: Codec, frame: &ServerFrame) -> Option<Message> {
+    match codec.encode(frame) {
+        Ok(bytes) if codec.is_binary() => Some(Message::Binary(bytes)),
+        Ok(bytes) => match bytes.try_into() {
+            Ok(text) => Some(Message::Text(text)),
+            Err(e) => {
+                tracing::error!(error = %e, "JSON encoder produced invalid UTF-8");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, frame = frame.type_name(), "cannot encode frame");
+            None
+        }
+    }
+}
+
+fn push_message(outbound: &Outbound, m: &StoredMessage, frame: Message, metrics: &Metrics) {
+    if outbound.push(Class::of(m.envelope.priority), frame) == Pushed::Overflow {
+        metrics.slow_consumers.inc();
+        metrics.queue_drops.with_label_values(&["slow_consumer"]).inc();
+        tracing::info!(channel = %m.envelope.channel, "slow consumer disconnected");
+    }
+}
+
+impl ChannelHub {
+    /// Delivers one stored message to every subscriber that has not seen it.
+    fn deliver(&self, m: &StoredMessage, metrics: &Metrics) {
+        let mut state = self.state.lock();
+        if m.offset <= state.last {
+            return;
+        }
+        state.last = m.offset;
+        let mut encoded: [Option<Message>; 2] = [None, None];
+        let mut delivered = 0u64;
+        for local in state.subs.values_mut() {
+            match &mut local.mode {
+                Mode::Pending { buffer, overflowed } => {
+                    if buffer.len() < PENDING_BUFFER {
+                        buffer.push(m.clone());
+                    } else {
+                        *overflowed = true;
+                        buffer.clear();
+                    }
+                }
+                Mode::Live { watermark } if m.offset > *watermark => {
+                    *watermark = m.offset;
+                    let slot = &mut encoded[local.sub.codec.is_binary() as usize];
+                    if slot.is_none() {
+                        *slot = encode_message(local.sub.codec, &self.key, m);
+                    }
+                    if let Some(frame) = slot.clone() {
+                        push_message(&local.sub.outbound, m, frame, metrics);
+                        delivered += 1;
+                    }
+                }
+                Mode::Live { .. } => {}
+            }
+        }
+        metrics.messages_out.with_label_values(&[m.envelope.priority.as_str()]).inc_by(delivered);
+    }
+
+    /// Delivers a typing or presence notice to live subscribers (dropped first under pressure).
+    fn deliver_ephemeral(&self, event: &ChannelEvent, metrics: &Metrics) {
+        let channel = self.key.channel.clone();
+        let (frame, typist) = match event {
+            ChannelEvent::Join { user_id } => (ServerFrame::Join { channel, user_id: user_id.clone() }, None),
+            ChannelEvent::Leave { user_id } => (ServerFrame::Leave { channel, user_id: user_id.clone() }, None),
+            ChannelEvent::Typing { user_id } => {
+                (ServerFrame::Typing { channel, user_id: user_id.clone() }, Some(user_id.as_str()))
+            }
+            ChannelEvent::Message(_) => return,
+        };
+        let state = self.state.lock();
+        let mut encoded: [Option<Message>; 2] = [None, None];
+        for local in state.subs.values() {
+            if !matches!(local.mode, Mode::Live { .. }) || typist == Some(local.sub.user_id.as_str()) {
+                continue;
+            }
+            let slot = &mut encoded[local.sub.codec.is_binary() as usize];
+            if slot.is_none() {
+                *slot = encode(local.sub.codec, &frame);
+            }
+            if let Some(msg) = slot.clone() {
+                if local.sub.outbound.push(Class::Ephemeral, msg) == Pushed::Dropped {
+                    metrics.queue_drops.with_label_values(&["ephemeral"]).inc();
+                }
+            }
+        }
+    }
+
+    fn close_all(&self, code: u16, reason: &str) {
+        for local in self.state.lock().subs.values() {
+            local.sub.outbound.close(code, reason);
+        }
+    }
+}
+
+/// Reads one channel's broker subscription and fans it out until the last subscriber leaves
+/// (which aborts this task) or the broker ends the subscription.
+async fn run_channel(hub: Arc<ChannelHub>, mut subscription: Subscription, broker: Arc<dyn Broker>, metrics: Metrics) {
+    loop {
+        match subscription.recv().await {
+            SubscriptionEvent::Event(ChannelEvent::Message(m)) => hub.deliver(&m, &metrics),
+            SubscriptionEvent::Event(event) => hub.deliver_ephemeral(&event, &metrics),
+            SubscriptionEvent::Gap => catch_up(&hub, broker.as_ref(), &metrics).await,
+            SubscriptionEvent::Closed => {
+                tracing::warn!(channel = %hub.key, "broker ended the subscription");
+                hub.close_all(close::RESTART, "channel subscription lost: reconnect and resume from your offsets");
+                return;
+            }
+        }
+    }
+}
+
+/// Re-reads the channel's log after the last delivered offset, retrying until it succeeds.
+async fn catch_up(hub: &ChannelHub, broker: &dyn Broker, metrics: &Metrics) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let from = hub.state.lock().last;
+        match broker.read(&hub.key, Some(from), PAGE).await {
+            Ok(read) => {
+                if !read.recovered {
+                    tracing::warn!(channel = %hub.key, %from, "messages expired before this node could deliver them");
+                }
+                for m in &read.messages {
+                    hub.deliver(m, metrics);
+                }
+                if !read.more {
+                    return;
+                }
+                backoff = Duration::from_millis(50);
+            }
+            Err(e) => {
+                tracing::warn!(channel = %hub.key, error = %e, "catch-up read failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The node: state shared by every connection and request, and the operations that the
+//! WebSocket sessions and the HTTP API have in common (publish, history, presence), so both
+//! edges apply the same validation, policy and error mapping.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bellhop_dispatcher::{BrokerError, ChannelKey, Dispatcher, PublishError};
+use bellhop_protocol::validate::{self, ValidationError};
+use bellhop_protocol::{Channel, Envelope, ErrorCode, HistoryEntry, Offset, PublishFrame, Sender};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::auth::{Principal, Verifier};
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::policy::{self, Access, Denied};
+
+/// A failed request, as the client will see it: a wire error code (and HTTP status), a message,
+/// and when to retry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub(crate) struct RequestError {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+    pub(crate) retry_after_ms: Option<u64>,
+}
+
+impl RequestError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RequestError { code, message: message.into(), retry_after_ms: None }
+    }
+}
+
+impl From<Denied> for RequestError {
+    fn from(d: Denied) -> Self {
+        RequestError::new(ErrorCode::Forbidden, d.0)
+    }
+}
+
+impl From<ValidationError> for RequestError {
+    fn from(e: ValidationError) -> Self {
+        RequestError::new(e.code(), e.to_string())
+    }
+}
+
+impl From<BrokerError> for RequestError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unavailable { reason, retry_after } => RequestError {
+                code: ErrorCode::Unavailable,
+                message: reason,
+                retry_after_ms: Some(retry_after.as_millis() as u64),
+            },
+            BrokerError::Internal(reason) => {
+                tracing::error!(%reason, "broker failure");
+                RequestError::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl From<PublishError> for RequestError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Overloaded { retry_after, .. } => RequestError {
+                code: ErrorCode::Unavailable,
+                message: "node overloaded".into(),
+                retry_after_ms: Some(retry_after.as_millis() as u64),
+            },
+            PublishError::Broker(e) => e.into(),
+            PublishError::ShuttingDown => RequestError {
+                code: ErrorCode::Unavailable,
+                message: "node shutting down".into(),
+                retry_after_ms: Some(1000),
+            },
+        }
+    }
+}
+
+/// Everything a node shares among its connections.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) config: GatewayConfig,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) hub: Hub,
+    pub(crate) verifier: Verifier,
+    pub(crate) metrics: Metrics,
+    /// Open WebSocket connections, for drain.
+    pub(crate) connections: Mutex<HashMap<u64, Arc<Outbound>>>,
+    /// Notified whenever a connection ends.
+    pub(crate) connection_ended: Notify,
+    /// One permit per allowed connection (`MAX_CONNECTIONS`).
+    pub(crate) slots: Arc<Semaphore>,
+    /// Source of connection ids.
+    pub(crate) next_id: AtomicU64,
+    /// False while draining: `/readyz` answers 503 and upgrades are refused.
+    pub(crate) ready: AtomicBool,
+}
+
+impl Node {
+    pub(crate) fn new(config: GatewayConfig, dispatcher: Arc<Dispatcher>) -> Self {
+        let metrics = Metrics::new(&config.node_id);
+        Node {
+            verifier: Verifier::new(&config.auth),
+            hub: Hub::new(dispatcher.broker().clone(), metrics.clone()),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            metrics,
+            dispatcher,
+            connections: Mutex::new(HashMap::new()),
+            connection_ended: Notify::new(),
+            next_id: AtomicU64::new(1),
+            ready: AtomicBool::new(true),
+            config,
+        }
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn key(p: &Principal, channel: &Channel) -> ChannelKey {
+        ChannelKey::new(p.property.clone(), channel.clone())
+    }
+
+    pub(crate) fn count_error(&self, code: ErrorCode) {
+        self.metrics.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// Validates, authorizes, stores and acknowledges one publish. Returns the message id and
+    /// offset once the broker confirmed the write.
+    pub(crate) async fn publish(&self, p: &Principal, frame: PublishFrame) -> Result<(String, Offset), RequestError> {
+        validate::publish(&frame, &self.config.limits)?;
+        policy::check(p, Access::Publish, &frame.channel)?;
+        let priority = policy::priority(p, &frame.event, frame.priority)?;
+        let envelope = Envelope {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            event: frame.event,
+            namespace: p.property.clone(),
+            channel: frame.channel,
+            payload: frame.payload,
+            timestamp: now_rfc3339(),
+            sender: Sender { id: p.user_id.clone(), role: p.role },
+            priority,
+            correlation_id: frame.correlation_id,
+        };
+        let message_id = envelope.message_id.clone();
+        let started = tokio::time::Instant::now();
+        let offset = self.dispatcher.publish(Arc::new(envelope)).await?;
+        self.metrics
+            .publish_seconds
+            .with_label_values(&[priority.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.messages_in.with_label_values(&[priority.as_str()]).inc();
+        Ok((message_id, offset))
+    }
+
+    /// Reads stored messages of a channel the principal may read.
+    pub(crate) async fn history(
+        &self,
+        p: &Principal,
+        channel: &Channel,
+        since: Option<Offset>,
+        limit: Option<u32>,
+    ) -> Result<Vec<HistoryEntry>, RequestError> {
+        policy::check(p, Access::Read, channel)?;
+        let limit = validate::history_limit(limit, &self.config.limits)?;
+        let read = self.dispatcher.broker().read(&Self::key(p, channel), since, limit).await?;
+        Ok(read
+            .messages
+            .into_iter()
+            .map(|m| HistoryEntry { offset: m.offset, message: m.envelope })
+            .collect())
+    }
+
+    /// The users on a channel the principal may read.
+    pub(crate) async fn presence(&self, p: &Principal, channel: &Channel) -> Result<Vec<String>, RequestError> {
+        policy::check(p, Access::Read, channel)?;
+        Ok(self.dispatcher.broker().presence(&Self::key(p, channel)).await?)
+    }
+}
+
+/// The current time as RFC 3339 with milliseconds, UTC (`2026-11-23T09:30:00.123Z`).
+pub(crate) fn now_rfc3339() -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_rfc3339_with_milliseconds() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), "2026-11-23T09:30:00.123Z".len(), "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.');
+    }
+}

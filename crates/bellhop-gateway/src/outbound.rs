@@ -1,0 +1,354 @@
+//! Each connection's outbound queue: bounded, ordered by class (control replies first, then
+//! urgent, high, normal and low messages, ephemeral notices last), with ephemeral frames dropped
+//! first under pressure and the connection closed with 4008 when a message finds it full.
+//!
+//! Producers never block on a slow client: fan-out uses [`Outbound::push`], which fails instead
+//! of waiting. Only the connection's own session waits for space ([`Outbound::send`]), which
+//! turns a slow reader into TCP back-pressure on its own requests.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bellhop_protocol::{close, Priority};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::OutboundConfig;
+
+/// Delivery classes, most urgent first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Replies, errors, pings: small, and the client is waiting for them.
+    Control = 0,
+    /// `urgent` messages.
+    Urgent = 1,
+    /// `high` messages.
+    High = 2,
+    /// `normal` messages.
+    Normal = 3,
+    /// `low` messages.
+    Low = 4,
+    /// Typing and presence notices: last, and dropped first.
+    Ephemeral = 5,
+}
+
+impl Class {
+    /// The class of a message of the given priority.
+    pub fn of(priority: Priority) -> Class {
+        match priority {
+            Priority::Urgent => Class::Urgent,
+            Priority::High => Class::High,
+            Priority::Normal => Class::Normal,
+            Priority::Low => Class::Low,
+        }
+    }
+}
+
+/// What became of a pushed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// It will be sent.
+    Queued,
+    /// It was ephemeral and the queue was full: dropped, nothing else changed.
+    Dropped,
+    /// The queue was full: the connection is now closing with 4008.
+    Overflow,
+    /// The connection is already closing.
+    Closed,
+}
+
+/// What the writer sends next.
+#[derive(Debug)]
+pub enum Next {
+    /// A frame.
+    Frame(Message),
+    /// The close frame; nothing follows it.
+    Close(CloseFrame),
+}
+
+/// The queue state behind the lock.
+#[derive(Debug, Default)]
+struct Inner {
+    /// One FIFO per class.
+    queues: [VecDeque<Message>; 6],
+    /// Frames queued.
+    frames: usize,
+    /// Bytes queued.
+    bytes: usize,
+    /// Set once the connection is closing; control frames queued before it are still sent.
+    closing: Option<CloseFrame>,
+    /// The close frame has been handed to the writer.
+    close_taken: bool,
+}
+
+impl Inner {
+    fn take(&mut self, class: usize) -> Option<Message> {
+        let m = self.queues[class].pop_front()?;
+        self.frames -= 1;
+        self.bytes -= m.len();
+        Some(m)
+    }
+}
+
+/// One connection's outbound queue.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Frames and close state.
+    inner: Mutex<Inner>,
+    /// Bounds.
+    config: OutboundConfig,
+    /// Wakes the writer when a frame is queued or the connection starts closing.
+    writer: Notify,
+    /// Wakes the session when the writer made room.
+    space: Notify,
+    /// Wakes whoever waits for the connection to start closing.
+    closing: Notify,
+    /// Fast check for [`Outbound::is_closing`].
+    closing_flag: AtomicBool,
+}
+
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() }
+}
+
+impl Outbound {
+    /// An empty queue with the given bounds.
+    pub fn new(config: OutboundConfig) -> Self {
+        Outbound {
+            inner: Mutex::new(Inner::default()),
+            config,
+            writer: Notify::new(),
+            space: Notify::new(),
+            closing: Notify::new(),
+            closing_flag: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a frame without waiting. A full queue drops an ephemeral frame (the new one, or a
+    /// queued one to make room for something more important); when nothing can be dropped the
+    /// connection is closed with 4008.
+    pub fn push(&self, class: Class, message: Message) -> Pushed {
+        let mut inner = self.inner.lock();
+        if inner.closing.is_some() {
+            return Pushed::Closed;
+        }
+        let full = |i: &Inner| i.frames >= self.config.max_frames || i.bytes + message.len() > self.config.max_bytes;
+        if full(&inner) {
+            if class == Class::Ephemeral {
+                return Pushed::Dropped;
+            }
+            while full(&inner) && inner.take(Class::Ephemeral as usize).is_some() {}
+            if full(&inner) {
+                inner.queues = Default::default();
+                inner.frames = 0;
+                inner.bytes = 0;
+                inner.closing = Some(close_frame(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: reconnect and resume from your offsets",
+                ));
+                drop(inner);
+                self.start_closing();
+                return Pushed::Overflow;
+            }
+        }
+        inner.frames += 1;
+        inner.bytes += message.len();
+        inner.queues[class as usize].push_back(message);
+        drop(inner);
+        self.writer.notify_one();
+        Pushed::Queued
+    }
+
+    /// Queues a frame, waiting for room first. Returns false when the connection is closing.
+    pub async fn send(&self, class: Class, message: Message) -> bool {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            {
+                let inner = self.inner.lock();
+                if inner.closing.is_some() {
+                    return false;
+                }
+                let room = inner.frames < self.config.max_frames
+                    && inner.bytes + message.len() <= self.config.max_bytes;
+                if room {
+                    drop(inner);
+                    return self.push(class, message) == Pushed::Queued;
+                }
+            }
+            tokio::select! {
+                _ = &mut space => {}
+                _ = self.closed() => return false,
+            }
+        }
+    }
+
+    /// Starts closing: control frames already queued are still sent, then the close frame.
+    /// Later calls keep the first close code.
+    pub fn close(&self, code: u16, reason: &str) {
+        {
+            let mut inner = self.inner.lock();
+            if inner.closing.is_some() {
+                return;
+            }
+            inner.closing = Some(close_frame(code, reason));
+        }
+        self.start_closing();
+    }
+
+    fn start_closing(&self) {
+        self.closing_flag.store(true, Ordering::Release);
+        self.closing.notify_waiters();
+        self.writer.notify_one();
+        self.space.notify_waiters();
+    }
+
+    /// True once the connection started closing.
+    pub fn is_closing(&self) -> bool {
+        self.closing_flag.load(Ordering::Acquire)
+    }
+
+    /// The close code, once closing.
+    pub fn close_code(&self) -> Option<u16> {
+        self.inner.lock().closing.as_ref().map(|c| c.code.into())
+    }
+
+    /// Resolves when the connection starts closing.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next frame for the writer; `None` after the close frame was taken.
+    pub async fn next(&self) -> Option<Next> {
+        loop {
+            let notified = self.writer.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = self.inner.lock();
+                if inner.close_taken {
+                    return None;
+                }
+                let limit = if inner.closing.is_some() { 1 } else { 6 };
+                if let Some(m) = (0..limit).find_map(|c| inner.take(c)) {
+                    drop(inner);
+                    self.space.notify_waiters();
+                    return Some(Next::Frame(m));
+                }
+                if let Some(frame) = inner.closing.clone() {
+                    inner.close_taken = true;
+                    return Some(Next::Close(frame));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Frames queued now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().frames
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(max_frames: usize) -> Outbound {
+        Outbound::new(OutboundConfig { max_frames, max_bytes: 1 << 20 })
+    }
+
+    fn text(s: &str) -> Message {
+        Message::text(s)
+    }
+
+    async fn drain(o: &Outbound) -> Vec<String> {
+        let mut out = Vec::new();
+        while !o.is_empty() {
+            match o.next().await {
+                Some(Next::Frame(m)) => out.push(m.into_text().unwrap().to_string()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_leave_in_class_order_and_fifo_within_a_class() {
+        let o = q(16);
+        o.push(Class::Ephemeral, text("typing"));
+        o.push(Class::Low, text("low"));
+        o.push(Class::Normal, text("n1"));
+        o.push(Class::Urgent, text("urgent"));
+        o.push(Class::Normal, text("n2"));
+        o.push(Class::Control, text("ack"));
+        assert_eq!(drain(&o).await, ["ack", "urgent", "n1", "n2", "low", "typing"]);
+    }
+
+    #[tokio::test]
+    async fn ephemeral_frames_are_dropped_first_when_full() {
+        let o = q(2);
+        assert_eq!(o.push(Class::Ephemeral, text("t1")), Pushed::Queued);
+        assert_eq!(o.push(Class::Normal, text("m1")), Pushed::Queued);
+        // Full: a new ephemeral frame is dropped, a message evicts the queued ephemeral one.
+        assert_eq!(o.push(Class::Ephemeral, text("t2")), Pushed::Dropped);
+        assert_eq!(o.push(Class::Normal, text("m2")), Pushed::Queued);
+        assert!(!o.is_closing());
+        assert_eq!(drain(&o).await, ["m1", "m2"]);
+    }
+
+    #[tokio::test]
+    async fn a_message_that_finds_the_queue_full_closes_with_4008() {
+        let o = q(2);
+        o.push(Class::Normal, text("m1"));
+        o.push(Class::Normal, text("m2"));
+        assert_eq!(o.push(Class::Normal, text("m3")), Pushed::Overflow);
+        assert_eq!(o.push(Class::Urgent, text("m4")), Pushed::Closed);
+        assert!(o.is_empty(), "the backlog is discarded: the client resumes from its offsets");
+        match o.next().await {
+            Some(Next::Close(f)) => assert_eq!(u16::from(f.code), close::SLOW_CONSUMER),
+            other => panic!("expected close, got {other:?}"),
+        }
+        assert!(o.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn close_sends_queued_control_frames_then_the_close_frame() {
+        let o = q(8);
+        o.push(Class::Normal, text("message"));
+        o.push(Class::Control, text("error"));
+        o.close(close::UNAUTHORIZED, "bad token");
+        assert!(matches!(o.next().await, Some(Next::Frame(m)) if m.to_text().unwrap() == "error"));
+        assert!(matches!(o.next().await, Some(Next::Close(f)) if u16::from(f.code) == close::UNAUTHORIZED));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_waits_for_room_instead_of_overflowing() {
+        let o = std::sync::Arc::new(q(1));
+        assert!(o.send(Class::Control, text("a")).await);
+        let o2 = o.clone();
+        let waiting = tokio::spawn(async move { o2.send(Class::Control, text("b")).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(matches!(o.next().await, Some(Next::Frame(_))));
+        assert!(waiting.await.unwrap());
+        assert!(!o.is_closing());
+    }
+}

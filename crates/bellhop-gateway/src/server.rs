@@ -1,0 +1,244 @@
+//! The listeners: the main port (WebSocket upgrades on `WS_PATH` and the HTTP API) and the
+//! admin port (`/metrics`, `/healthz`, `/readyz`), both on hyper, and the WebSocket handshake.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_protocol::{Codec, ErrorCode, MSGPACK_SUBPROTOCOL};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::auth::AuthError;
+use crate::node::Node;
+use crate::session::{self, Opening};
+
+/// The response body type of every handler.
+pub(crate) type Body = Full<Bytes>;
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A JSON error body: `{"error": {"code": "...", "message": "..."}}` with the code's status.
+pub(crate) fn error_response(node: &Node, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Response<Body> {
+    node.count_error(code);
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = serde_json::json!({"error": {"code": code, "message": message}});
+    if let Some(ms) = retry_after_ms {
+        body["error"]["retryAfterMs"] = ms.into();
+    }
+    let mut response = json(status, &body);
+    if let Some(ms) = retry_after_ms {
+        if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
+}
+
+/// Accepts connections on `listener` until `stop` turns true, serving each with `handler`.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(req, remote).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, %remote, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Routes a request on the main port.
+pub(crate) async fn main_handler(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let path = req.uri().path();
+    if path == node.config.ws_path {
+        return upgrade(node, req, remote);
+    }
+    if path.starts_with("/api/") {
+        return crate::api::handle(node, req).await;
+    }
+    error_response(&node, ErrorCode::BadRequest, "not found", None).map_status(StatusCode::NOT_FOUND)
+}
+
+trait MapStatus {
+    fn map_status(self, status: StatusCode) -> Self;
+}
+
+impl MapStatus for Response<Body> {
+    fn map_status(mut self, status: StatusCode) -> Self {
+        *self.status_mut() = status;
+        self
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer`, else `?token=`.
+pub(crate) fn request_token(req: &Request<Incoming>) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let value = value.trim();
+        if value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(value[7..].trim().to_owned());
+        }
+    }
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| crate::api::percent_decode(v))
+    })
+}
+
+/// Validates a WebSocket upgrade, answers 101, and runs the session on the upgraded socket.
+fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let reject = |node: &Node, reason: &str, code: ErrorCode, message: &str| {
+        node.metrics.connections_rejected.with_label_values(&[reason]).inc();
+        error_response(node, code, message, None)
+    };
+    if !node.is_ready() {
+        node.metrics.connections_rejected.with_label_values(&["draining"]).inc();
+        return error_response(&node, ErrorCode::Unavailable, "node is draining: connect to another node", Some(1000));
+    }
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get(&name).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    let is_upgrade = req.method() == Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket");
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return reject(&node, "bad_request", ErrorCode::BadRequest, "expected a WebSocket upgrade request");
+    };
+    if !is_upgrade || !version_ok {
+        return reject(&node, "bad_request", ErrorCode::BadRequest, "expected a WebSocket upgrade (version 13)");
+    }
+    let principal = match request_token(&req) {
+        Some(token) => match node.verifier.verify(&token) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let message = match e {
+                    AuthError::Expired => "token expired".to_string(),
+                    other => other.to_string(),
+                };
+                return reject(&node, "unauthorized", ErrorCode::Unauthorized, &message);
+            }
+        },
+        None => None,
+    };
+    let Ok(permit) = node.slots.clone().try_acquire_owned() else {
+        node.metrics.connections_rejected.with_label_values(&["capacity"]).inc();
+        return error_response(&node, ErrorCode::Unavailable, "node at capacity: try another node", Some(1000));
+    };
+    let msgpack = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == MSGPACK_SUBPROTOCOL);
+    let codec = if msgpack { Codec::MsgPack } else { Codec::Json };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max = node.config.max_frame_bytes;
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, %remote, "upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        session::run(node, ws, Opening { principal, codec, permit }).await;
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if msgpack {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(MSGPACK_SUBPROTOCOL));
+    }
+    response
+}
+
+/// Routes a request on the admin port.
+pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let text = |status: StatusCode, body: String, content_type: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r
+    };
+    match req.uri().path() {
+        "/metrics" => text(StatusCode::OK, node.metrics.render(), "text/plain; version=0.0.4"),
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok", "node": node.config.node_id})),
+        "/readyz" => {
+            let ready = node.is_ready();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let body = serde_json::json!({
+                "ready": ready,
+                "node": node.config.node_id,
+                "state": if ready { "serving" } else { "draining" },
+                "connections": node.metrics.connections.get(),
+                "channels": node.hub.channel_count(),
+            });
+            json(status, &body)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}

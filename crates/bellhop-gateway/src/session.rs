@@ -1,0 +1,479 @@
+//! One WebSocket connection: authentication, the request loop, heartbeats, token expiry, and
+//! clean-up. Generic over any `Sink + Stream` of WebSocket messages, so it is unit-tested with
+//! in-memory channels and paused time, and run in production over a real socket.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_dispatcher::{ChannelEvent, ChannelKey};
+use bellhop_protocol::{close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::auth::{AuthError, Principal};
+use crate::hub::{self, Activation, Subscriber};
+use crate::node::{Node, RequestError};
+use crate::outbound::{Class, Next, Outbound};
+use crate::policy::{self, Access};
+
+/// Messages per broker read while replaying a subscription.
+const REPLAY_PAGE: usize = 500;
+
+/// How a connection starts.
+#[derive(Debug)]
+pub(crate) struct Opening {
+    /// Who the upgrade request authenticated, if it carried a token.
+    pub(crate) principal: Option<Principal>,
+    /// The negotiated codec.
+    pub(crate) codec: Codec,
+    /// The connection's slot under `MAX_CONNECTIONS`, released when it ends.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// Runs a connection to its end.
+pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin + 'static,
+{
+    let conn_id = node.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let outbound = Arc::new(Outbound::new(node.config.outbound.clone()));
+    node.connections.lock().insert(conn_id, outbound.clone());
+    node.metrics.connections.inc();
+    let (sink, stream) = ws.split();
+    let writer = tokio::spawn(write_loop(sink, outbound.clone(), node.config.write_timeout));
+    let mut session = Session {
+        node: node.clone(),
+        conn_id,
+        session_id: uuid::Uuid::new_v4().to_string(),
+        outbound: outbound.clone(),
+        codec: opening.codec,
+        principal: None,
+        subscriptions: HashSet::new(),
+    };
+    if let Some(p) = opening.principal {
+        session.welcome(p).await;
+    }
+    session.read_loop(stream).await;
+    session.leave_all().await;
+    // The writer sends what is left and the close frame, bounded by the write timeout.
+    let _ = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
+    node.connections.lock().remove(&conn_id);
+    node.metrics.connections.dec();
+    drop(opening.permit);
+    node.connection_ended.notify_waiters();
+}
+
+/// Sends the outbound queue to the socket, flushing whenever the queue runs empty, until the
+/// close frame is sent or a write fails or stalls past `write_timeout`.
+async fn write_loop<K>(mut sink: K, outbound: Arc<Outbound>, write_timeout: Duration)
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    while let Some(next) = outbound.next().await {
+        let (message, last) = match next {
+            Next::Frame(m) => (m, false),
+            Next::Close(frame) => (Message::Close(Some(frame)), true),
+        };
+        let write = async {
+            sink.feed(message).await?;
+            if last || outbound.is_empty() {
+                sink.flush().await?;
+            }
+            Ok::<_, WsError>(())
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) if !last => {}
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                outbound.close(close::INTERNAL, "write failed");
+                break;
+            }
+            Err(_) => {
+                tracing::info!("write stalled past the write timeout; dropping the connection");
+                outbound.close(close::SLOW_CONSUMER, "write timeout");
+                break;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+}
+
+/// One connection's protocol state.
+struct Session {
+    node: Arc<Node>,
+    conn_id: u64,
+    /// Identifies this connection in presence and in `welcome`.
+    session_id: String,
+    outbound: Arc<Outbound>,
+    codec: Codec,
+    /// `None` until authenticated.
+    principal: Option<Principal>,
+    /// Channels this connection subscribed to.
+    subscriptions: HashSet<Channel>,
+}
+
+/// When a token's `exp` (Unix seconds) passes, on tokio's clock.
+fn expiry_instant(expires_at: u64, leeway: Duration) -> Instant {
+    let now = bellhop_dispatcher::now_ms() / 1000;
+    let left = Duration::from_secs(expires_at.saturating_sub(now)) + leeway;
+    Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
+}
+
+impl Session {
+    async fn read_loop<R>(&mut self, mut stream: R)
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let interval = self.node.config.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let auth_deadline = Instant::now() + self.node.config.auth.auth_timeout;
+        let outbound = self.outbound.clone();
+        loop {
+            let deadline = match &self.principal {
+                None => auth_deadline,
+                Some(p) => expiry_instant(p.expires_at, self.node.config.auth.leeway),
+            };
+            tokio::select! {
+                biased;
+                _ = outbound.closed() => return,
+                _ = sleep_until(deadline) => {
+                    let (message, code) = match self.principal {
+                        None => ("authentication timed out", close::UNAUTHORIZED),
+                        Some(_) => ("token expired: reconnect with a fresh token", close::UNAUTHORIZED),
+                    };
+                    self.error(None, ErrorCode::Unauthorized, message).await;
+                    self.outbound.close(code, message);
+                    return;
+                }
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() >= self.node.config.heartbeat_timeout {
+                        self.outbound.close(close::HEARTBEAT_TIMEOUT, "no traffic within the heartbeat timeout");
+                        return;
+                    }
+                    self.outbound.push(Class::Control, Message::Ping(Default::default()));
+                }
+                incoming = stream.next() => {
+                    last_seen = Instant::now();
+                    match incoming {
+                        None => return,
+                        Some(Ok(Message::Text(text))) => self.handle(Codec::Json, text.as_bytes()).await,
+                        Some(Ok(Message::Binary(bytes))) => self.handle(Codec::MsgPack, &bytes).await,
+                        Some(Ok(Message::Close(_))) => {
+                            self.outbound.close(close::NORMAL, "");
+                            return;
+                        }
+                        Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
+                        Some(Err(e)) => {
+                            self.protocol_failure(e);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connection with the code that names what the peer did wrong.
+    fn protocol_failure(&self, e: WsError) {
+        let max = self.node.config.max_frame_bytes;
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                self.node.count_error(ErrorCode::TooLarge);
+                self.outbound.close(close::TOO_BIG, &format!("frame exceeds {max} bytes"));
+            }
+            WsError::Capacity(_) => self.outbound.close(close::TOO_BIG, "frame too large"),
+            WsError::Utf8(_) => self.outbound.close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::ConnectionClosed | WsError::Io(_) => {
+                self.outbound.close(close::NORMAL, "")
+            }
+            WsError::Protocol(p) => self.outbound.close(close::PROTOCOL_ERROR, &p.to_string()),
+            other => {
+                tracing::debug!(error = %other, "connection failed");
+                self.outbound.close(close::PROTOCOL_ERROR, "protocol error");
+            }
+        }
+    }
+
+    async fn send(&self, frame: &ServerFrame) {
+        if let Some(message) = hub::encode(self.codec, frame) {
+            self.outbound.send(Class::Control, message).await;
+        }
+    }
+
+    async fn error(&self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        self.node.count_error(code);
+        self.send(&ServerFrame::error(id, code, message)).await;
+    }
+
+    async fn fail(&self, id: Option<u64>, e: RequestError) {
+        self.node.count_error(e.code);
+        let frame = ServerFrame::Error { id, code: e.code, message: e.message, retry_after_ms: e.retry_after_ms };
+        self.send(&frame).await;
+    }
+
+    async fn welcome(&mut self, p: Principal) {
+        let frame = ServerFrame::Welcome(Welcome {
+            session_id: self.session_id.clone(),
+            node: self.node.config.node_id.clone(),
+            user_id: p.user_id.clone(),
+            role: p.role,
+            property: p.property.clone(),
+            heartbeat_seconds: self.node.config.heartbeat_interval.as_secs(),
+        });
+        tracing::debug!(user = %p.user_id, property = %p.property, "authenticated");
+        self.principal = Some(p);
+        self.send(&frame).await;
+    }
+
+    /// Decodes and answers one client frame.
+    async fn handle(&mut self, codec: Codec, bytes: &[u8]) {
+        let request = match codec.decode_request(bytes) {
+            Ok(r) => r,
+            Err(e) => return self.error(e.id, ErrorCode::BadRequest, e.message).await,
+        };
+        let Request { id, frame } = request;
+        if let ClientFrame::Auth { token } = &frame {
+            return self.authenticate(id, token).await;
+        }
+        let Some(p) = self.principal.clone() else {
+            let message = "authenticate first: send {\"type\":\"auth\",\"token\":\"<jwt>\"}";
+            self.error(id, ErrorCode::Unauthorized, message).await;
+            self.outbound.close(close::UNAUTHORIZED, "not authenticated");
+            return;
+        };
+        let result = match frame {
+            ClientFrame::Auth { .. } => Ok(()),
+            ClientFrame::Ping => {
+                self.send(&ServerFrame::Pong { id }).await;
+                Ok(())
+            }
+            ClientFrame::Subscribe { channel, since } => self.subscribe(id, &p, channel, since).await,
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(id, &p, channel).await,
+            ClientFrame::Publish(publish) => match self.node.publish(&p, publish).await {
+                Ok((message_id, offset)) => {
+                    let ack = ServerFrame::Ack { id, message_id: Some(message_id), offset, unread: None };
+                    self.send(&ack).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            ClientFrame::History { channel, since, limit } => {
+                match self.node.history(&p, &channel, since, limit).await {
+                    Ok(messages) => {
+                        self.send(&ServerFrame::History { id, channel, messages }).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ClientFrame::Presence { channel } => match self.node.presence(&p, &channel).await {
+                Ok(users) => {
+                    self.send(&ServerFrame::Presence { id, channel, users }).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            ClientFrame::Typing { channel } => self.typing(&p, channel).await,
+            ClientFrame::Read { channel, offset } => self.read_marker(id, &p, channel, offset).await,
+        };
+        if let Err(e) = result {
+            self.fail(id, e).await;
+        }
+    }
+
+    async fn authenticate(&mut self, id: Option<u64>, token: &str) {
+        match (self.node.verifier.verify(token), &self.principal) {
+            (Ok(p), None) => self.welcome(p).await,
+            // Re-authentication extends a live connection with a fresh token of the same user.
+            (Ok(p), Some(current)) if p.user_id == current.user_id && p.property == current.property => {
+                self.welcome(p).await
+            }
+            (Ok(_), Some(_)) => {
+                self.error(id, ErrorCode::Unauthorized, "a connection cannot change its user or property").await
+            }
+            (Err(e), current) => {
+                let message = match e {
+                    AuthError::Expired => "token expired".to_string(),
+                    other => other.to_string(),
+                };
+                self.error(id, ErrorCode::Unauthorized, message.clone()).await;
+                if current.is_none() {
+                    self.outbound.close(close::UNAUTHORIZED, "authentication failed");
+                }
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        channel: Channel,
+        since: Option<Offset>,
+    ) -> Result<(), RequestError> {
+        policy::check(p, Access::Read, &channel)?;
+        if self.subscriptions.contains(&channel) {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("already subscribed to {channel}; unsubscribe first to resubscribe"),
+            ));
+        }
+        let max = self.node.config.max_subscriptions_per_connection;
+        if self.subscriptions.len() >= max {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("a connection may hold at most {max} subscriptions"),
+            ));
+        }
+        let key = Node::key(p, &channel);
+        let broker = self.node.dispatcher.broker().clone();
+        let subscriber = Subscriber {
+            conn_id: self.conn_id,
+            user_id: p.user_id.clone(),
+            codec: self.codec,
+            outbound: self.outbound.clone(),
+        };
+        self.node.hub.join(&key, subscriber).await?;
+        self.subscriptions.insert(channel.clone());
+        self.node.metrics.subscriptions.inc();
+        let replayed = self.replay(id, p, &key, since).await;
+        let mut cursor = match replayed {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                self.leave(p, &channel, false).await;
+                return Err(e);
+            }
+        };
+        while self.node.hub.activate(&key, self.conn_id, cursor) == Activation::Reread {
+            cursor = self.replay_pages(&key, cursor).await?;
+        }
+        if broker.presence_join(&key, &p.user_id, &self.session_id).await? {
+            broker.publish_ephemeral(&key, ChannelEvent::Join { user_id: p.user_id.clone() }).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `subscribed` and the messages after `since`; returns the last offset covered.
+    async fn replay(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        key: &ChannelKey,
+        since: Option<Offset>,
+    ) -> Result<Offset, RequestError> {
+        let broker = self.node.dispatcher.broker().clone();
+        let unread = broker.unread(key, &p.user_id).await?;
+        let Some(since) = since else {
+            let last = broker.read(key, None, 0).await?.last;
+            let frame = ServerFrame::Subscribed { id, channel: key.channel.clone(), offset: last, recovered: true, unread };
+            self.send(&frame).await;
+            return Ok(last);
+        };
+        let first = broker.read(key, Some(since), REPLAY_PAGE).await?;
+        let frame = ServerFrame::Subscribed {
+            id,
+            channel: key.channel.clone(),
+            offset: first.last,
+            recovered: first.recovered,
+            unread,
+        };
+        self.send(&frame).await;
+        let mut cursor = since;
+        for m in &first.messages {
+            if let Some(frame) = hub::encode_message(self.codec, key, m) {
+                self.outbound.send(Class::of(m.envelope.priority), frame).await;
+            }
+            cursor = m.offset;
+        }
+        if first.more {
+            cursor = self.replay_pages(key, cursor).await?;
+        }
+        Ok(cursor)
+    }
+
+    /// Sends every stored message after `cursor`, page by page, waiting for the client to read.
+    async fn replay_pages(&self, key: &ChannelKey, mut cursor: Offset) -> Result<Offset, RequestError> {
+        let broker = self.node.dispatcher.broker().clone();
+        loop {
+            let page = broker.read(key, Some(cursor), REPLAY_PAGE).await?;
+            for m in &page.messages {
+                if let Some(frame) = hub::encode_message(self.codec, key, m) {
+                    if !self.outbound.send(Class::of(m.envelope.priority), frame).await {
+                        return Ok(cursor);
+                    }
+                }
+                cursor = m.offset;
+            }
+            if !page.more {
+                return Ok(cursor);
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, id: Option<u64>, p: &Principal, channel: Channel) -> Result<(), RequestError> {
+        if !self.subscriptions.contains(&channel) {
+            return Err(RequestError::new(ErrorCode::BadRequest, format!("not subscribed to {channel}")));
+        }
+        self.leave(p, &channel, true).await;
+        self.send(&ServerFrame::Unsubscribed { id, channel }).await;
+        Ok(())
+    }
+
+    /// Drops a subscription: hub, presence, and a `leave` when it was the user's last session.
+    async fn leave(&mut self, p: &Principal, channel: &Channel, announce: bool) {
+        if !self.subscriptions.remove(channel) {
+            return;
+        }
+        self.node.metrics.subscriptions.dec();
+        let key = Node::key(p, channel);
+        self.node.hub.leave(&key, self.conn_id);
+        let broker = self.node.dispatcher.broker();
+        match broker.presence_leave(&key, &p.user_id, &self.session_id).await {
+            Ok(true) if announce => {
+                let leave = ChannelEvent::Leave { user_id: p.user_id.clone() };
+                if let Err(e) = broker.publish_ephemeral(&key, leave).await {
+                    tracing::debug!(error = %e, "could not announce leave");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, channel = %key, "presence leave failed"),
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        let Some(p) = self.principal.clone() else { return };
+        let channels: Vec<Channel> = self.subscriptions.iter().cloned().collect();
+        for channel in channels {
+            self.leave(&p, &channel, true).await;
+        }
+    }
+
+    async fn typing(&self, p: &Principal, channel: Channel) -> Result<(), RequestError> {
+        policy::check(p, Access::Publish, &channel)?;
+        let key = Node::key(p, &channel);
+        let event = ChannelEvent::Typing { user_id: p.user_id.clone() };
+        self.node.dispatcher.broker().publish_ephemeral(&key, event).await?;
+        Ok(())
+    }
+
+    async fn read_marker(
+        &self,
+        id: Option<u64>,
+        p: &Principal,
+        channel: Channel,
+        offset: Offset,
+    ) -> Result<(), RequestError> {
+        policy::check(p, Access::Read, &channel)?;
+        let key = Node::key(p, &channel);
+        let (marker, unread) = self.node.dispatcher.broker().mark_read(&key, &p.user_id, offset).await?;
+        self.send(&ServerFrame::Ack { id, message_id: None, offset: marker, unread: Some(unread) }).await;
+        Ok(())
+    }
+}

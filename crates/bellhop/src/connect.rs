@@ -1,0 +1,89 @@
+//! `bellhop connect`: a small line-oriented client, enough to try the protocol by hand and to
+//! script the README's tour. Every frame received is printed as one JSON line; every line of
+//! standard input is sent as a text frame (an `id` is added when missing, so the client can wait
+//! for every reply before it exits).
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Replies that answer a request (and so end the wait for it).
+const REPLIES: &[&str] = &["subscribed", "unsubscribed", "ack", "history", "presence", "pong", "error"];
+
+#[allow(clippy::print_stdout)]
+pub(crate) async fn run(url: &str, token: &str, subscribe: &[String], follow: bool) -> Result<()> {
+    let mut request = url.into_client_request().context("invalid URL")?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().context("invalid token")?);
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    let (mut tx, mut rx) = ws.split();
+    let mut next_id = 1u64;
+    let mut waiting = HashSet::new();
+    for channel in subscribe {
+        let frame = serde_json::json!({"type": "subscribe", "channel": channel, "id": next_id});
+        waiting.insert(next_id);
+        next_id += 1;
+        tx.send(Message::text(frame.to_string())).await?;
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input_open = true;
+    loop {
+        if !input_open && waiting.is_empty() && !follow {
+            let _ = tx.close().await;
+            return Ok(());
+        }
+        tokio::select! {
+            line = lines.next_line(), if input_open => match line? {
+                None => input_open = false,
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => {
+                    let mut value: Value = serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
+                    if let Value::Object(map) = &mut value {
+                        let id = match map.get("id").and_then(Value::as_u64) {
+                            Some(id) => id,
+                            None => {
+                                let id = next_id;
+                                next_id += 1;
+                                map.insert("id".into(), id.into());
+                                id
+                            }
+                        };
+                        // typing has no reply
+                        if map.get("type").and_then(Value::as_str) != Some("typing") {
+                            waiting.insert(id);
+                        }
+                    }
+                    tx.send(Message::text(value.to_string())).await?;
+                }
+            },
+            frame = rx.next() => match frame {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e).context("connection failed"),
+                Some(Ok(Message::Text(text))) => {
+                    println!("{text}");
+                    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                        let is_reply = v.get("type").and_then(Value::as_str).is_some_and(|t| REPLIES.contains(&t));
+                        if let (true, Some(id)) = (is_reply, v.get("id").and_then(Value::as_u64)) {
+                            waiting.remove(&id);
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    if let Some(f) = frame {
+                        eprintln!("closed by server: {} {}", u16::from(f.code), f.reason);
+                    }
+                    return Ok(());
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Turning the environment, an optional TOML file and command-line flags into the node's
+//! configuration. Precedence: flags, then environment, then file, then defaults. The environment
+//! is read through [`Env`] so tests pass a map.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bellhop_dispatcher::MemoryConfig;
+use bellhop_gateway::GatewayConfig;
+use serde::Deserialize;
+
+/// The development secret used when `JWT_SECRET` is unset outside production. Public on purpose:
+/// it protects nothing, and production refuses it.
+pub(crate) const DEV_SECRET: &str = "bellhop-development-secret-do-not-use-in-production";
+
+/// Shortest `JWT_SECRET` accepted in production (256 bits).
+const MIN_PRODUCTION_SECRET: usize = 32;
+
+/// Where settings come from: the process environment, or a map in tests.
+pub(crate) trait Env {
+    /// The value of a variable, if set and not empty.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug)]
+pub(crate) struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.get(key).cloned().filter(|v| !v.is_empty())
+    }
+}
+
+/// The optional TOML file: the same settings as the environment, in lower case
+/// (`ws_port = 3001`, `jwt_secret = "..."`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileSettings {
+    bind_addr: Option<String>,
+    ws_port: Option<u16>,
+    ws_path: Option<String>,
+    ssl_enabled: Option<bool>,
+    redis_url: Option<String>,
+    redis_cluster: Option<bool>,
+    max_connections: Option<usize>,
+    rate_limit_per_ip: Option<u32>,
+    message_retention_hours: Option<u64>,
+    enable_metrics: Option<bool>,
+    metrics_port: Option<u16>,
+    jwt_secret: Option<String>,
+    node_id: Option<String>,
+    bellhop_env: Option<String>,
+    drain_seconds: Option<u64>,
+    heartbeat_seconds: Option<u64>,
+    auth_timeout_seconds: Option<u64>,
+    log_format: Option<String>,
+}
+
+/// Values given on the command line (they win over everything else).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Overrides {
+    /// `--port`.
+    pub(crate) ws_port: Option<u16>,
+    /// `--metrics-port`.
+    pub(crate) metrics_port: Option<u16>,
+    /// `--bind`.
+    pub(crate) bind_addr: Option<IpAddr>,
+}
+
+/// Development or production: production refuses the development secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Environment {
+    /// Local use: a missing `JWT_SECRET` falls back to [`DEV_SECRET`] with a warning.
+    Development,
+    /// `BELLHOP_ENV=production`: `JWT_SECRET` must be set, not the development secret, and at
+    /// least 32 bytes.
+    Production,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (production).
+    Json,
+}
+
+/// Everything `bellhop serve` needs.
+#[derive(Debug)]
+pub(crate) struct ServeSettings {
+    /// The gateway's configuration.
+    pub(crate) gateway: GatewayConfig,
+    /// The embedded broker's configuration.
+    pub(crate) memory: MemoryConfig,
+    /// Development or production.
+    pub(crate) environment: Environment,
+    /// True when the development secret is in use (the binary warns loudly).
+    pub(crate) dev_secret: bool,
+    /// Log output format.
+    pub(crate) log_format: LogFormat,
+}
+
+/// A settings reader over one environment and one file.
+struct Sources<'a> {
+    env: &'a dyn Env,
+    file: &'a FileSettings,
+}
+
+impl Sources<'_> {
+    fn string(&self, key: &str, file: &Option<String>) -> Option<String> {
+        self.env.get(key).or_else(|| file.clone())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, key: &str, file: Option<T>) -> Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.env.get(key) {
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("{key}={v:?} is invalid: {e}")),
+            None => Ok(file),
+        }
+    }
+
+    fn flag(&self, key: &str, file: Option<bool>) -> Result<Option<bool>> {
+        match self.env.get(key) {
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(Some(true)),
+                "0" | "false" | "no" | "off" => Ok(Some(false)),
+                _ => bail!("{key}={v:?} is invalid: use true or false"),
+            },
+            None => Ok(file),
+        }
+    }
+}
+
+/// Reads the TOML file at `path`.
+pub(crate) fn read_file(path: &Path) -> Result<FileSettings> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Resolves the secret `bellhop token` and `bellhop serve` sign and verify with.
+pub(crate) fn resolve_secret(env: &dyn Env, file: &FileSettings) -> Result<(Vec<u8>, Environment, bool)> {
+    let s = Sources { env, file };
+    let environment = match s.string("BELLHOP_ENV", &file.bellhop_env).as_deref().map(str::to_ascii_lowercase) {
+        None => Environment::Development,
+        Some(e) if e == "development" || e == "dev" => Environment::Development,
+        Some(e) if e == "production" || e == "prod" => Environment::Production,
+        Some(e) => bail!("BELLHOP_ENV={e:?} is invalid: use development or production"),
+    };
+    match (s.string("JWT_SECRET", &file.jwt_secret), environment) {
+        (None, Environment::Development) => Ok((DEV_SECRET.as_bytes().to_vec(), environment, true)),
+        (None, Environment::Production) => bail!("JWT_SECRET must be set when BELLHOP_ENV=production"),
+        (Some(secret), Environment::Production) if secret == DEV_SECRET => {
+            bail!("JWT_SECRET is the public development secret; BELLHOP_ENV=production refuses it")
+        }
+        (Some(secret), Environment::Production) if secret.len() < MIN_PRODUCTION_SECRET => {
+            bail!("JWT_SECRET must be at least {MIN_PRODUCTION_SECRET} bytes when BELLHOP_ENV=production")
+        }
+        (Some(secret), environment) => Ok((secret.into_bytes(), environment, secret_is_dev(&s))),
+    }
+}
+
+fn secret_is_dev(s: &Sources<'_>) -> bool {
+    s.string("JWT_SECRET", &s.file.jwt_secret).as_deref() == Some(DEV_SECRET)
+}
+
+fn default_node_id(env: &dyn Env) -> String {
+    env.get("HOSTNAME")
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| bellhop_protocol::is_valid_id(h))
+        .unwrap_or_else(|| "bellhop-1".into())
+}
+
+/// Builds the settings of `bellhop serve`.
+pub(crate) fn serve_settings(env: &dyn Env, file: &FileSettings, flags: &Overrides) -> Result<ServeSettings> {
+    let s = Sources { env, file };
+    if s.flag("SSL_ENABLED", file.ssl_enabled)?.unwrap_or(false) {
+        bail!("SSL_ENABLED=true: TLS termination is not in this release yet; terminate TLS at the load balancer and leave SSL_ENABLED unset");
+    }
+    let redis = ["REDIS_URL", "REDIS_HOST"].into_iter().find(|k| env.get(k).is_some());
+    if redis.is_some() || file.redis_url.is_some() || s.flag("REDIS_CLUSTER", file.redis_cluster)?.unwrap_or(false) {
+        bail!(
+            "{} is set, but this release has only the embedded broker; unset it to run a single node",
+            redis.unwrap_or("redis_url/REDIS_CLUSTER")
+        );
+    }
+    let (secret, environment, dev_secret) = resolve_secret(env, file)?;
+    let mut gateway = GatewayConfig::new(secret);
+    let bind: IpAddr = match flags.bind_addr {
+        Some(ip) => ip,
+        None => s.parse("BIND_ADDR", file.bind_addr.as_deref().map(str::parse).transpose()?)?.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+    };
+    let ws_port = flags.ws_port.or(s.parse("WS_PORT", file.ws_port)?).unwrap_or(3001);
+    gateway.listen = SocketAddr::new(bind, ws_port);
+    if let Some(path) = s.string("WS_PATH", &file.ws_path) {
+        gateway.ws_path = path;
+    }
+    let metrics_port = flags.metrics_port.or(s.parse("METRICS_PORT", file.metrics_port)?).unwrap_or(9090);
+    let metrics = s.flag("ENABLE_METRICS", file.enable_metrics)?.unwrap_or(true);
+    gateway.admin_listen = metrics.then(|| SocketAddr::new(bind, metrics_port));
+    if let Some(n) = s.parse("MAX_CONNECTIONS", file.max_connections)? {
+        gateway.max_connections = n;
+    }
+    if let Some(rate) = s.parse::<u32>("RATE_LIMIT_PER_IP", file.rate_limit_per_ip)? {
+        if rate == 0 {
+            bail!("RATE_LIMIT_PER_IP must be at least 1");
+        }
+        tracing::warn!(rate, "RATE_LIMIT_PER_IP is accepted but not enforced in this release");
+    }
+    gateway.node_id = s.string("NODE_ID", &file.node_id).unwrap_or_else(|| default_node_id(env));
+    if !bellhop_protocol::is_valid_id(&gateway.node_id) {
+        bail!("NODE_ID={:?} is invalid: use [A-Za-z0-9_.-]{{1,64}}", gateway.node_id);
+    }
+    if let Some(secs) = s.parse::<u64>("DRAIN_SECONDS", file.drain_seconds)? {
+        gateway.drain_period = Duration::from_secs(secs);
+    }
+    if let Some(secs) = s.parse::<u64>("HEARTBEAT_SECONDS", file.heartbeat_seconds)? {
+        gateway.heartbeat_interval = Duration::from_secs(secs);
+        gateway.heartbeat_timeout = Duration::from_secs(secs * 2);
+    }
+    if let Some(secs) = s.parse::<u64>("AUTH_TIMEOUT_SECONDS", file.auth_timeout_seconds)? {
+        gateway.auth.auth_timeout = Duration::from_secs(secs);
+    }
+    gateway.validate().map_err(anyhow::Error::msg)?;
+    let mut memory = MemoryConfig::default();
+    if let Some(hours) = s.parse::<u64>("MESSAGE_RETENTION_HOURS", file.message_retention_hours)? {
+        if hours == 0 || hours > 24 * 365 {
+            bail!("MESSAGE_RETENTION_HOURS must be between 1 and 8760");
+        }
+        memory.retention = Duration::from_secs(hours * 3600);
+    }
+    let log_format = match s.string("LOG_FORMAT", &file.log_format).as_deref() {
+        None if environment == Environment::Production => LogFormat::Json,
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => bail!("LOG_FORMAT={other:?} is invalid: use text or json"),
+    };
+    Ok(ServeSettings { gateway, memory, environment, dev_secret, log_format })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<ServeSettings> {
+        serve_settings(&env(pairs), &FileSettings::default(), &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.gateway.listen.port(), 3001);
+        assert_eq!(s.gateway.ws_path, "/ws");
+        assert_eq!(s.gateway.admin_listen.unwrap().port(), 9090);
+        assert_eq!(s.gateway.max_connections, 10_000);
+        assert_eq!(s.memory.retention, Duration::from_secs(24 * 3600));
+        assert!(s.dev_secret);
+        assert_eq!(s.environment, Environment::Development);
+    }
+
+    #[test]
+    fn environment_variables_are_read_and_flags_win() {
+        let e = env(&[
+            ("WS_PORT", "4000"),
+            ("WS_PATH", "/socket"),
+            ("METRICS_PORT", "9100"),
+            ("MAX_CONNECTIONS", "5"),
+            ("MESSAGE_RETENTION_HOURS", "2"),
+            ("NODE_ID", "node-a"),
+            ("JWT_SECRET", "s3cret"),
+            ("ENABLE_METRICS", "true"),
+        ]);
+        let flags = Overrides { ws_port: Some(5000), ..Default::default() };
+        let s = serve_settings(&e, &FileSettings::default(), &flags).unwrap();
+        assert_eq!(s.gateway.listen.port(), 5000);
+        assert_eq!(s.gateway.ws_path, "/socket");
+        assert_eq!(s.gateway.admin_listen.unwrap().port(), 9100);
+        assert_eq!(s.gateway.max_connections, 5);
+        assert_eq!(s.memory.retention, Duration::from_secs(7200));
+        assert_eq!(s.gateway.node_id, "node-a");
+        assert_eq!(s.gateway.auth.secret, b"s3cret");
+        assert!(!s.dev_secret);
+        assert!(settings(&[("ENABLE_METRICS", "false")]).unwrap().gateway.admin_listen.is_none());
+    }
+
+    #[test]
+    fn the_file_is_used_below_the_environment() {
+        let file: FileSettings = toml::from_str("ws_port = 4100\nnode_id = \"from-file\"").unwrap();
+        let s = serve_settings(&env(&[("NODE_ID", "from-env")]), &file, &Overrides::default()).unwrap();
+        assert_eq!(s.gateway.listen.port(), 4100);
+        assert_eq!(s.gateway.node_id, "from-env");
+        assert!(toml::from_str::<FileSettings>("wsport = 1").is_err(), "typos in the file are errors");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("WS_PORT", "http"),
+            ("MAX_CONNECTIONS", "0"),
+            ("MESSAGE_RETENTION_HOURS", "0"),
+            ("ENABLE_METRICS", "maybe"),
+            ("NODE_ID", "bad id"),
+            ("LOG_FORMAT", "xml"),
+            ("BELLHOP_ENV", "staging"),
+        ] {
+            let err = settings(&[(k, v)]).unwrap_err().to_string();
+            let named = err.contains(k) || (k == "MAX_CONNECTIONS" && err.contains("MAX_CONNECTIONS"));
+            assert!(named, "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_missing_weak_and_development_secrets() {
+        let prod = |secret: Option<&str>| {
+            let mut pairs = vec![("BELLHOP_ENV", "production")];
+            if let Some(s) = secret {
+                pairs.push(("JWT_SECRET", s));
+            }
+            settings(&pairs)
+        };
+        assert!(prod(None).unwrap_err().to_string().contains("JWT_SECRET must be set"));
+        assert!(prod(Some(DEV_SECRET)).unwrap_err().to_string().contains("development secret"));
+        assert!(prod(Some("short")).unwrap_err().to_string().contains("at least 32"));
+        let ok = prod(Some("0123456789abcdef0123456789abcdef")).unwrap();
+        assert_eq!(ok.log_format, LogFormat::Json);
+        assert!(!ok.dev_secret);
+    }
+
+    #[test]
+    fn features_of_later_releases_are_refused_clearly() {
+        assert!(settings(&[("SSL_ENABLED", "true")]).unwrap_err().to_string().contains("TLS"));
+        assert!(settings(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap_err().to_string().contains("REDIS_URL"));
+    }
+}
