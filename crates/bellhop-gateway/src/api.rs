@@ -36,7 +36,10 @@ struct ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(error: RequestError) -> Self {
-        ApiError { status: None, error }
+        ApiError {
+            status: None,
+            error,
+        }
     }
 }
 
@@ -45,12 +48,18 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 fn with_status(status: StatusCode, message: impl Into<String>) -> ApiError {
-    ApiError { status: Some(status), error: RequestError::new(ErrorCode::BadRequest, message) }
+    ApiError {
+        status: Some(status),
+        error: RequestError::new(ErrorCode::BadRequest, message),
+    }
 }
 
 async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let token = request_token(&req).ok_or_else(|| {
-        RequestError::new(ErrorCode::Unauthorized, "missing token: send Authorization: Bearer <jwt>")
+        RequestError::new(
+            ErrorCode::Unauthorized,
+            "missing token: send Authorization: Bearer <jwt>",
+        )
     })?;
     let principal = node
         .verifier
@@ -59,7 +68,10 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
     if !matches!(principal.role, Role::Service | Role::Manager | Role::Admin) {
         return Err(RequestError::new(
             ErrorCode::Forbidden,
-            format!("the HTTP API needs a service, manager or admin token, not {}", principal.role.as_str()),
+            format!(
+                "the HTTP API needs a service, manager or admin token, not {}",
+                principal.role.as_str()
+            ),
         )
         .into());
     }
@@ -70,45 +82,78 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
     match segments.as_slice() {
         ["api", "v1", "publish"] => {
             if method != Method::POST {
-                return Err(with_status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST"));
+                return Err(with_status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed: use POST",
+                ));
             }
             let body = read_body(node, req).await?;
-            let frame: PublishFrame =
-                serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid publish body: {e}")))?;
+            let frame: PublishFrame = serde_json::from_slice(&body)
+                .map_err(|e| bad_request(format!("invalid publish body: {e}")))?;
             let (message_id, offset) = node.publish(&principal, frame).await?;
-            Ok(json(StatusCode::OK, &json!({"messageId": message_id, "offset": offset})))
+            Ok(json(
+                StatusCode::OK,
+                &json!({"messageId": message_id, "offset": offset}),
+            ))
         }
         ["api", "v1", "channels", channel, what @ ("history" | "presence")] => {
             if method != Method::GET {
-                return Err(with_status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET"));
+                return Err(with_status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed: use GET",
+                ));
             }
-            let channel: Channel = percent_decode(channel).parse().map_err(|e| bad_request(format!("{e}")))?;
+            let channel: Channel = percent_decode(channel)
+                .parse()
+                .map_err(|e| bad_request(format!("{e}")))?;
             if *what == "presence" {
                 let users = node.presence(&principal, &channel).await?;
-                return Ok(json(StatusCode::OK, &json!({"channel": channel, "users": users})));
+                return Ok(json(
+                    StatusCode::OK,
+                    &json!({"channel": channel, "users": users}),
+                ));
             }
             let mut since = None;
             let mut limit = None;
             for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
                 let v = percent_decode(v);
                 match k {
-                    "since" => since = Some(v.parse::<Offset>().map_err(|e| bad_request(e.to_string()))?),
+                    "since" => {
+                        since = Some(
+                            v.parse::<Offset>()
+                                .map_err(|e| bad_request(e.to_string()))?,
+                        )
+                    }
                     "limit" => {
-                        limit = Some(v.parse::<u32>().map_err(|_| bad_request("limit must be a number from 1 to 100"))?)
+                        limit = Some(
+                            v.parse::<u32>()
+                                .map_err(|_| bad_request("limit must be a number from 1 to 100"))?,
+                        )
                     }
                     _ => {}
                 }
             }
             let messages = node.history(&principal, &channel, since, limit).await?;
-            Ok(json(StatusCode::OK, &json!({"channel": channel, "messages": messages})))
+            Ok(json(
+                StatusCode::OK,
+                &json!({"channel": channel, "messages": messages}),
+            ))
         }
-        _ => Err(with_status(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
+        _ => Err(with_status(
+            StatusCode::NOT_FOUND,
+            format!("no such endpoint: {path}"),
+        )),
     }
 }
 
 async fn read_body(node: &Node, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
     let max = node.config.max_body_bytes;
-    let too_large = || RequestError::new(ErrorCode::TooLarge, format!("request body exceeds {max} bytes"));
+    let too_large = || {
+        RequestError::new(
+            ErrorCode::TooLarge,
+            format!("request body exceeds {max} bytes"),
+        )
+    };
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -133,16 +178,14 @@ pub(crate) fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }

@@ -73,7 +73,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("algorithms", &self.validation.algorithms).finish()
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
     }
 }
 
@@ -84,25 +86,30 @@ impl Verifier {
         validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Verifier { key: DecodingKey::from_secret(&config.secret), validation }
+        Verifier {
+            key: DecodingKey::from_secret(&config.secret),
+            validation,
+        }
     }
 
     /// Checks a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
-            }
-        })?;
+            },
+        )?;
         let c = data.claims;
         let ids_ok = is_valid_id(&c.sub)
             && is_valid_id(&c.prop)
             && c.rooms.iter().all(|r| is_valid_id(r))
             && c.depts.iter().all(|d| is_valid_id(d));
         if !ids_ok {
-            return Err(AuthError::Invalid("sub, prop, rooms and depts must match [A-Za-z0-9_.-]{1,64}".into()));
+            return Err(AuthError::Invalid(
+                "sub, prop, rooms and depts must match [A-Za-z0-9_.-]{1,64}".into(),
+            ));
         }
         Ok(Principal {
             user_id: c.sub,
@@ -117,8 +124,12 @@ impl Verifier {
 
 /// Signs claims with an HS256 secret: what `bellhop token` and the tests use.
 pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, AuthError> {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
-        .map_err(|e| AuthError::Invalid(e.to_string()))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| AuthError::Invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -129,11 +140,18 @@ mod tests {
     const SECRET: &[u8] = b"test-secret-test-secret-test-secret";
 
     fn config() -> AuthConfig {
-        AuthConfig { secret: SECRET.to_vec(), leeway: Duration::from_secs(0), auth_timeout: Duration::from_secs(5) }
+        AuthConfig {
+            secret: SECRET.to_vec(),
+            leeway: Duration::from_secs(0),
+            auth_timeout: Duration::from_secs(5),
+        }
     }
 
     fn claims(exp_from_now: i64) -> Claims {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         Claims {
             sub: "g1".into(),
             role: Role::Guest,
@@ -151,7 +169,10 @@ mod tests {
         let b = s.as_bytes();
         let mut out = String::new();
         for chunk in b.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
@@ -163,16 +184,28 @@ mod tests {
     fn a_valid_token_names_its_principal() {
         let token = mint(SECRET, &claims(60)).unwrap();
         let p = Verifier::new(&config()).verify(&token).unwrap();
-        assert_eq!((p.user_id.as_str(), p.role, p.property.as_str()), ("g1", Role::Guest, "h1"));
+        assert_eq!(
+            (p.user_id.as_str(), p.role, p.property.as_str()),
+            ("g1", Role::Guest, "h1")
+        );
         assert!(p.rooms.contains("101"));
     }
 
     #[test]
     fn expired_wrongly_signed_unsigned_and_malformed_tokens_are_refused() {
         let v = Verifier::new(&config());
-        assert_eq!(v.verify(&mint(SECRET, &claims(-10)).unwrap()), Err(AuthError::Expired));
-        assert!(matches!(v.verify(&mint(b"another-secret", &claims(60)).unwrap()), Err(AuthError::Invalid(_))));
-        assert!(matches!(v.verify("not.a.token"), Err(AuthError::Invalid(_))));
+        assert_eq!(
+            v.verify(&mint(SECRET, &claims(-10)).unwrap()),
+            Err(AuthError::Expired)
+        );
+        assert!(matches!(
+            v.verify(&mint(b"another-secret", &claims(60)).unwrap()),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            v.verify("not.a.token"),
+            Err(AuthError::Invalid(_))
+        ));
         assert!(matches!(v.verify(""), Err(AuthError::Invalid(_))));
         let body = serde_json::to_string(&claims(60)).unwrap();
         let unsigned = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&body));
@@ -182,7 +215,12 @@ mod tests {
         let parts: Vec<&str> = good.split('.').collect();
         let mut admin = claims(60);
         admin.role = Role::Admin;
-        let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_string(&admin).unwrap()), parts[2]);
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&serde_json::to_string(&admin).unwrap()),
+            parts[2]
+        );
         assert!(matches!(v.verify(&tampered), Err(AuthError::Invalid(_))));
     }
 
@@ -191,6 +229,9 @@ mod tests {
         let mut c = claims(60);
         c.rooms = vec!["10 1".into()];
         let token = mint(SECRET, &c).unwrap();
-        assert!(matches!(Verifier::new(&config()).verify(&token), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            Verifier::new(&config()).verify(&token),
+            Err(AuthError::Invalid(_))
+        ));
     }
 }

@@ -79,7 +79,10 @@ pub struct OutboundConfig {
 
 impl Default for OutboundConfig {
     fn default() -> Self {
-        OutboundConfig { max_frames: 1024, max_bytes: 4 << 20 }
+        OutboundConfig {
+            max_frames: 1024,
+            max_bytes: 4 << 20,
+        }
     }
 }
 
@@ -113,7 +116,10 @@ impl GatewayConfig {
     /// Rejects settings that cannot work, naming the setting.
     pub fn validate(&self) -> Result<(), String> {
         if !self.ws_path.starts_with('/') || self.ws_path.starts_with("/api/") {
-            return Err(format!("WS_PATH must start with '/' and not be under /api/: {:?}", self.ws_path));
+            return Err(format!(
+                "WS_PATH must start with '/' and not be under /api/: {:?}",
+                self.ws_path
+            ));
         }
         if self.max_connections == 0 {
             return Err("MAX_CONNECTIONS must be at least 1".into());
@@ -122,13 +128,18 @@ impl GatewayConfig {
             return Err("JWT_SECRET must not be empty".into());
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
-            return Err("the heartbeat timeout must be longer than the (non-zero) heartbeat interval".into());
+            return Err(
+                "the heartbeat timeout must be longer than the (non-zero) heartbeat interval"
+                    .into(),
+            );
         }
         if self.max_frame_bytes < 1024 {
             return Err("the maximum frame size must be at least 1024 bytes".into());
         }
         if self.outbound.max_frames < 16 || self.outbound.max_bytes < self.max_frame_bytes {
-            return Err("the outbound queue must hold at least 16 frames and one maximum-size frame".into());
+            return Err(
+                "the outbound queue must hold at least 16 frames and one maximum-size frame".into(),
+            );
         }
         if self.auth.auth_timeout.is_zero() {
             return Err("the auth timeout must be positive".into());
@@ -150,6 +161,9 @@ mod tests {
         let mut c = GatewayConfig::new("s");
         c.max_connections = 0;
         assert!(c.validate().unwrap_err().contains("MAX_CONNECTIONS"));
-        assert!(GatewayConfig::new("").validate().unwrap_err().contains("JWT_SECRET"));
+        assert!(GatewayConfig::new("")
+            .validate()
+            .unwrap_err()
+            .contains("JWT_SECRET"));
     }
 }

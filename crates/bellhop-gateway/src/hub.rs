@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bellhop_dispatcher::{Broker, BrokerError, ChannelEvent, ChannelKey, StoredMessage, Subscription, SubscriptionEvent};
+use bellhop_dispatcher::{
+    Broker, BrokerError, ChannelEvent, ChannelKey, StoredMessage, Subscription, SubscriptionEvent,
+};
 use bellhop_protocol::{close, Codec, Offset, ServerFrame};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
@@ -108,7 +110,11 @@ pub(crate) struct Hub {
 
 impl Hub {
     pub(crate) fn new(broker: Arc<dyn Broker>, metrics: Metrics) -> Self {
-        Hub { channels: Mutex::new(HashMap::new()), broker, metrics }
+        Hub {
+            channels: Mutex::new(HashMap::new()),
+            broker,
+            metrics,
+        }
     }
 
     /// Adds a pending subscriber to a channel, subscribing the node to it in the broker first if
@@ -120,13 +126,19 @@ impl Hub {
                 .lock()
                 .entry(key.clone())
                 .or_insert_with(|| {
-                    Arc::new(ChannelHub { key: key.clone(), init: OnceCell::new(), state: Mutex::default() })
+                    Arc::new(ChannelHub {
+                        key: key.clone(),
+                        init: OnceCell::new(),
+                        state: Mutex::default(),
+                    })
                 })
                 .clone();
             let started = hub.init.get_or_try_init(|| self.start(hub.clone())).await;
             if let Err(e) = started {
                 let mut channels = self.channels.lock();
-                if channels.get(key).is_some_and(|h| Arc::ptr_eq(h, &hub)) && hub.state.lock().subs.is_empty() {
+                if channels.get(key).is_some_and(|h| Arc::ptr_eq(h, &hub))
+                    && hub.state.lock().subs.is_empty()
+                {
                     channels.remove(key);
                 }
                 return Err(e);
@@ -135,7 +147,10 @@ impl Hub {
             if state.closed {
                 continue;
             }
-            let mode = Mode::Pending { buffer: Vec::new(), overflowed: false };
+            let mode = Mode::Pending {
+                buffer: Vec::new(),
+                overflowed: false,
+            };
             state.subs.insert(sub.conn_id, LocalSub { sub, mode });
             return Ok(());
         }
@@ -146,7 +161,12 @@ impl Hub {
         // Everything up to `last` is covered by each subscriber's own replay.
         let last = self.broker.read(&hub.key, None, 0).await?.last;
         hub.state.lock().last = last;
-        let task = tokio::spawn(run_channel(hub.clone(), subscription, self.broker.clone(), self.metrics.clone()));
+        let task = tokio::spawn(run_channel(
+            hub.clone(),
+            subscription,
+            self.broker.clone(),
+            self.metrics.clone(),
+        ));
         hub.state.lock().task = Some(task.abort_handle());
         self.metrics.channels.inc();
         tracing::debug!(channel = %hub.key, "node subscribed to channel");
@@ -156,10 +176,16 @@ impl Hub {
     /// Flushes what arrived during the replay (newer than `cursor`, the last replayed offset) and
     /// makes the subscriber live.
     pub(crate) fn activate(&self, key: &ChannelKey, conn_id: u64, cursor: Offset) -> Activation {
-        let Some(hub) = self.channels.lock().get(key).cloned() else { return Activation::Live };
+        let Some(hub) = self.channels.lock().get(key).cloned() else {
+            return Activation::Live;
+        };
         let mut state = hub.state.lock();
-        let Some(local) = state.subs.get_mut(&conn_id) else { return Activation::Live };
-        let Mode::Pending { buffer, overflowed } = &mut local.mode else { return Activation::Live };
+        let Some(local) = state.subs.get_mut(&conn_id) else {
+            return Activation::Live;
+        };
+        let Mode::Pending { buffer, overflowed } = &mut local.mode else {
+            return Activation::Live;
+        };
         if *overflowed {
             *overflowed = false;
             buffer.clear();
@@ -180,7 +206,9 @@ impl Hub {
     /// Removes a subscriber; the node unsubscribes from the broker when it was the last.
     pub(crate) fn leave(&self, key: &ChannelKey, conn_id: u64) {
         let mut channels = self.channels.lock();
-        let Some(hub) = channels.get(key).cloned() else { return };
+        let Some(hub) = channels.get(key).cloned() else {
+            return;
+        };
         let mut state = hub.state.lock();
         state.subs.remove(&conn_id);
         if state.subs.is_empty() && hub.init.initialized() {
@@ -202,7 +230,11 @@ impl Hub {
 
 /// Encodes a message frame for one codec.
 pub(crate) fn encode_message(codec: Codec, key: &ChannelKey, m: &StoredMessage) -> Option<Message> {
-    let frame = ServerFrame::Message { channel: key.channel.clone(), offset: m.offset, message: m.envelope.clone() };
+    let frame = ServerFrame::Message {
+        channel: key.channel.clone(),
+        offset: m.offset,
+        message: m.envelope.clone(),
+    };
     encode(codec, &frame)
 }
 
@@ -227,7 +259,10 @@ pub(crate) fn encode(codec: Codec, frame: &ServerFrame) -> Option<Message> {
 fn push_message(outbound: &Outbound, m: &StoredMessage, frame: Message, metrics: &Metrics) {
     if outbound.push(Class::of(m.envelope.priority), frame) == Pushed::Overflow {
         metrics.slow_consumers.inc();
-        metrics.queue_drops.with_label_values(&["slow_consumer"]).inc();
+        metrics
+            .queue_drops
+            .with_label_values(&["slow_consumer"])
+            .inc();
         tracing::info!(channel = %m.envelope.channel, "slow consumer disconnected");
     }
 }
@@ -266,24 +301,45 @@ impl ChannelHub {
                 Mode::Live { .. } => {}
             }
         }
-        metrics.messages_out.with_label_values(&[m.envelope.priority.as_str()]).inc_by(delivered);
+        metrics
+            .messages_out
+            .with_label_values(&[m.envelope.priority.as_str()])
+            .inc_by(delivered);
     }
 
-    /// Delivers a typing or presence notice to live subscribers (dropped first under pressure).
+    /// Delivers a typing or presence notice to the other users' live subscribers (dropped first
+    /// under pressure).
     fn deliver_ephemeral(&self, event: &ChannelEvent, metrics: &Metrics) {
         let channel = self.key.channel.clone();
-        let (frame, typist) = match event {
-            ChannelEvent::Join { user_id } => (ServerFrame::Join { channel, user_id: user_id.clone() }, None),
-            ChannelEvent::Leave { user_id } => (ServerFrame::Leave { channel, user_id: user_id.clone() }, None),
-            ChannelEvent::Typing { user_id } => {
-                (ServerFrame::Typing { channel, user_id: user_id.clone() }, Some(user_id.as_str()))
-            }
+        // Notices are about a user, for the others: never echoed to that user's own connections.
+        let (frame, subject) = match event {
+            ChannelEvent::Join { user_id } => (
+                ServerFrame::Join {
+                    channel,
+                    user_id: user_id.clone(),
+                },
+                user_id,
+            ),
+            ChannelEvent::Leave { user_id } => (
+                ServerFrame::Leave {
+                    channel,
+                    user_id: user_id.clone(),
+                },
+                user_id,
+            ),
+            ChannelEvent::Typing { user_id } => (
+                ServerFrame::Typing {
+                    channel,
+                    user_id: user_id.clone(),
+                },
+                user_id,
+            ),
             ChannelEvent::Message(_) => return,
         };
         let state = self.state.lock();
         let mut encoded: [Option<Message>; 2] = [None, None];
         for local in state.subs.values() {
-            if !matches!(local.mode, Mode::Live { .. }) || typist == Some(local.sub.user_id.as_str()) {
+            if !matches!(local.mode, Mode::Live { .. }) || *subject == local.sub.user_id {
                 continue;
             }
             let slot = &mut encoded[local.sub.codec.is_binary() as usize];
@@ -307,7 +363,12 @@ impl ChannelHub {
 
 /// Reads one channel's broker subscription and fans it out until the last subscriber leaves
 /// (which aborts this task) or the broker ends the subscription.
-async fn run_channel(hub: Arc<ChannelHub>, mut subscription: Subscription, broker: Arc<dyn Broker>, metrics: Metrics) {
+async fn run_channel(
+    hub: Arc<ChannelHub>,
+    mut subscription: Subscription,
+    broker: Arc<dyn Broker>,
+    metrics: Metrics,
+) {
     loop {
         match subscription.recv().await {
             SubscriptionEvent::Event(ChannelEvent::Message(m)) => hub.deliver(&m, &metrics),
@@ -315,7 +376,10 @@ async fn run_channel(hub: Arc<ChannelHub>, mut subscription: Subscription, broke
             SubscriptionEvent::Gap => catch_up(&hub, broker.as_ref(), &metrics).await,
             SubscriptionEvent::Closed => {
                 tracing::warn!(channel = %hub.key, "broker ended the subscription");
-                hub.close_all(close::RESTART, "channel subscription lost: reconnect and resume from your offsets");
+                hub.close_all(
+                    close::RESTART,
+                    "channel subscription lost: reconnect and resume from your offsets",
+                );
                 return;
             }
         }

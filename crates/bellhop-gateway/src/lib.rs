@@ -66,7 +66,10 @@ pub struct Gateway {
 
 impl Gateway {
     /// Validates the configuration, binds both ports and starts serving.
-    pub async fn bind(config: GatewayConfig, dispatcher: Arc<Dispatcher>) -> std::io::Result<Gateway> {
+    pub async fn bind(
+        config: GatewayConfig,
+        dispatcher: Arc<Dispatcher>,
+    ) -> std::io::Result<Gateway> {
         config
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -83,17 +86,30 @@ impl Gateway {
         let (stop_admin, admin_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let n = node.clone();
-        tasks.push(tokio::spawn(server::accept_loop(listener, main_rx, timeout, move |req, remote| {
-            server::main_handler(n.clone(), req, remote)
-        })));
+        tasks.push(tokio::spawn(server::accept_loop(
+            listener,
+            main_rx,
+            timeout,
+            move |req, remote| server::main_handler(n.clone(), req, remote),
+        )));
         if let Some(admin) = admin {
             let n = node.clone();
-            tasks.push(tokio::spawn(server::accept_loop(admin, admin_rx, timeout, move |req, _| {
-                server::admin_handler(n.clone(), req)
-            })));
+            tasks.push(tokio::spawn(server::accept_loop(
+                admin,
+                admin_rx,
+                timeout,
+                move |req, _| server::admin_handler(n.clone(), req),
+            )));
         }
         tracing::info!(%local_addr, ?admin_addr, node = %node.config.node_id, "gateway listening");
-        Ok(Gateway { node, local_addr, admin_addr, stop_main, stop_admin, tasks })
+        Ok(Gateway {
+            node,
+            local_addr,
+            admin_addr,
+            stop_main,
+            stop_admin,
+            tasks,
+        })
     }
 
     /// The address WebSocket clients and the HTTP API connect to.
@@ -127,9 +143,15 @@ impl Gateway {
         let period = node.config.drain_period;
         tracing::info!(connections = connections.len(), ?period, "draining");
         let start = Instant::now();
-        for (at, outbound) in drain_schedule(connections.len(), period).into_iter().zip(connections) {
+        for (at, outbound) in drain_schedule(connections.len(), period)
+            .into_iter()
+            .zip(connections)
+        {
             tokio::time::sleep_until(start + at).await;
-            outbound.close(close::RESTART, "node restarting: reconnect and resume from your offsets");
+            outbound.close(
+                close::RESTART,
+                "node restarting: reconnect and resume from your offsets",
+            );
         }
         let deadline = start + period + node.config.write_timeout * 2;
         loop {
@@ -140,7 +162,10 @@ impl Gateway {
                 break;
             }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
-                tracing::warn!(left = node.connections.lock().len(), "drain deadline passed");
+                tracing::warn!(
+                    left = node.connections.lock().len(),
+                    "drain deadline passed"
+                );
                 break;
             }
         }
@@ -156,7 +181,9 @@ impl Gateway {
 /// the first at once, so a fleet of reconnecting clients does not arrive at another node at the
 /// same instant.
 pub fn drain_schedule(n: usize, period: Duration) -> Vec<Duration> {
-    (0..n).map(|i| period.mul_f64(i as f64 / n as f64)).collect()
+    (0..n)
+        .map(|i| period.mul_f64(i as f64 / n as f64))
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! not share counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric a node exports on `/metrics`.
@@ -37,29 +38,45 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric. `node` becomes a constant label.
     pub fn new(node: &str) -> Self {
-        let registry = Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into()))
-            .unwrap_or_default();
+        let registry =
+            Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into()))
+                .unwrap_or_default();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric name");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let publish_seconds = HistogramVec::new(
-            HistogramOpts::new("bellhop_publish_duration_seconds", "Publish request to acknowledgement.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "bellhop_publish_duration_seconds",
+                "Publish request to acknowledgement.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["priority"],
         )
         .expect("valid metric");
-        registry.register(Box::new(publish_seconds.clone())).expect("unique metric");
-        let slow_consumers =
-            IntCounter::new("bellhop_slow_consumer_disconnects_total", "Connections closed with 4008.")
-                .expect("valid metric name");
-        registry.register(Box::new(slow_consumers.clone())).expect("unique metric");
+        registry
+            .register(Box::new(publish_seconds.clone()))
+            .expect("unique metric");
+        let slow_consumers = IntCounter::new(
+            "bellhop_slow_consumer_disconnects_total",
+            "Connections closed with 4008.",
+        )
+        .expect("valid metric name");
+        registry
+            .register(Box::new(slow_consumers.clone()))
+            .expect("unique metric");
         Metrics {
             connections: gauge("bellhop_connections", "Open WebSocket connections."),
             connections_rejected: counter_vec(
@@ -67,8 +84,14 @@ impl Metrics {
                 "Upgrades refused, by reason.",
                 &["reason"],
             ),
-            subscriptions: gauge("bellhop_subscriptions", "Channel subscriptions of local connections."),
-            channels: gauge("bellhop_channels", "Channels this node subscribes to in the broker."),
+            subscriptions: gauge(
+                "bellhop_subscriptions",
+                "Channel subscriptions of local connections.",
+            ),
+            channels: gauge(
+                "bellhop_channels",
+                "Channels this node subscribes to in the broker.",
+            ),
             messages_in: counter_vec(
                 "bellhop_messages_published_total",
                 "Messages acknowledged to publishers, by priority.",
@@ -80,7 +103,11 @@ impl Metrics {
                 &["priority"],
             ),
             publish_seconds,
-            errors: counter_vec("bellhop_errors_total", "Errors sent to clients, by code.", &["code"]),
+            errors: counter_vec(
+                "bellhop_errors_total",
+                "Errors sent to clients, by code.",
+                &["code"],
+            ),
             queue_drops: counter_vec(
                 "bellhop_queue_drops_total",
                 "Outbound frames dropped, by reason.",

@@ -31,7 +31,11 @@ pub(crate) struct RequestError {
 
 impl RequestError {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RequestError { code, message: message.into(), retry_after_ms: None }
+        RequestError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -50,7 +54,10 @@ impl From<ValidationError> for RequestError {
 impl From<BrokerError> for RequestError {
     fn from(e: BrokerError) -> Self {
         match e {
-            BrokerError::Unavailable { reason, retry_after } => RequestError {
+            BrokerError::Unavailable {
+                reason,
+                retry_after,
+            } => RequestError {
                 code: ErrorCode::Unavailable,
                 message: reason,
                 retry_after_ms: Some(retry_after.as_millis() as u64),
@@ -127,12 +134,19 @@ impl Node {
     }
 
     pub(crate) fn count_error(&self, code: ErrorCode) {
-        self.metrics.errors.with_label_values(&[code.as_str()]).inc();
+        self.metrics
+            .errors
+            .with_label_values(&[code.as_str()])
+            .inc();
     }
 
     /// Validates, authorizes, stores and acknowledges one publish. Returns the message id and
     /// offset once the broker confirmed the write.
-    pub(crate) async fn publish(&self, p: &Principal, frame: PublishFrame) -> Result<(String, Offset), RequestError> {
+    pub(crate) async fn publish(
+        &self,
+        p: &Principal,
+        frame: PublishFrame,
+    ) -> Result<(String, Offset), RequestError> {
         validate::publish(&frame, &self.config.limits)?;
         policy::check(p, Access::Publish, &frame.channel)?;
         let priority = policy::priority(p, &frame.event, frame.priority)?;
@@ -143,7 +157,10 @@ impl Node {
             channel: frame.channel,
             payload: frame.payload,
             timestamp: now_rfc3339(),
-            sender: Sender { id: p.user_id.clone(), role: p.role },
+            sender: Sender {
+                id: p.user_id.clone(),
+                role: p.role,
+            },
             priority,
             correlation_id: frame.correlation_id,
         };
@@ -154,7 +171,10 @@ impl Node {
             .publish_seconds
             .with_label_values(&[priority.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.messages_in.with_label_values(&[priority.as_str()]).inc();
+        self.metrics
+            .messages_in
+            .with_label_values(&[priority.as_str()])
+            .inc();
         Ok((message_id, offset))
     }
 
@@ -168,18 +188,33 @@ impl Node {
     ) -> Result<Vec<HistoryEntry>, RequestError> {
         policy::check(p, Access::Read, channel)?;
         let limit = validate::history_limit(limit, &self.config.limits)?;
-        let read = self.dispatcher.broker().read(&Self::key(p, channel), since, limit).await?;
+        let read = self
+            .dispatcher
+            .broker()
+            .read(&Self::key(p, channel), since, limit)
+            .await?;
         Ok(read
             .messages
             .into_iter()
-            .map(|m| HistoryEntry { offset: m.offset, message: m.envelope })
+            .map(|m| HistoryEntry {
+                offset: m.offset,
+                message: m.envelope,
+            })
             .collect())
     }
 
     /// The users on a channel the principal may read.
-    pub(crate) async fn presence(&self, p: &Principal, channel: &Channel) -> Result<Vec<String>, RequestError> {
+    pub(crate) async fn presence(
+        &self,
+        p: &Principal,
+        channel: &Channel,
+    ) -> Result<Vec<String>, RequestError> {
         policy::check(p, Access::Read, channel)?;
-        Ok(self.dispatcher.broker().presence(&Self::key(p, channel)).await?)
+        Ok(self
+            .dispatcher
+            .broker()
+            .presence(&Self::key(p, channel))
+            .await?)
     }
 }
 
@@ -188,7 +223,9 @@ pub(crate) fn now_rfc3339() -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    time::OffsetDateTime::now_utc().format(&format).unwrap_or_default()
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

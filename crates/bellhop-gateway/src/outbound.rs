@@ -111,7 +111,10 @@ pub struct Outbound {
 }
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {
-    CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() }
+    CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    }
 }
 
 impl Outbound {
@@ -135,7 +138,9 @@ impl Outbound {
         if inner.closing.is_some() {
             return Pushed::Closed;
         }
-        let full = |i: &Inner| i.frames >= self.config.max_frames || i.bytes + message.len() > self.config.max_bytes;
+        let full = |i: &Inner| {
+            i.frames >= self.config.max_frames || i.bytes + message.len() > self.config.max_bytes
+        };
         if full(&inner) {
             if class == Class::Ephemeral {
                 return Pushed::Dropped;
@@ -272,7 +277,10 @@ mod tests {
     use super::*;
 
     fn q(max_frames: usize) -> Outbound {
-        Outbound::new(OutboundConfig { max_frames, max_bytes: 1 << 20 })
+        Outbound::new(OutboundConfig {
+            max_frames,
+            max_bytes: 1 << 20,
+        })
     }
 
     fn text(s: &str) -> Message {
@@ -299,7 +307,10 @@ mod tests {
         o.push(Class::Urgent, text("urgent"));
         o.push(Class::Normal, text("n2"));
         o.push(Class::Control, text("ack"));
-        assert_eq!(drain(&o).await, ["ack", "urgent", "n1", "n2", "low", "typing"]);
+        assert_eq!(
+            drain(&o).await,
+            ["ack", "urgent", "n1", "n2", "low", "typing"]
+        );
     }
 
     #[tokio::test]
@@ -321,7 +332,10 @@ mod tests {
         o.push(Class::Normal, text("m2"));
         assert_eq!(o.push(Class::Normal, text("m3")), Pushed::Overflow);
         assert_eq!(o.push(Class::Urgent, text("m4")), Pushed::Closed);
-        assert!(o.is_empty(), "the backlog is discarded: the client resumes from its offsets");
+        assert!(
+            o.is_empty(),
+            "the backlog is discarded: the client resumes from its offsets"
+        );
         match o.next().await {
             Some(Next::Close(f)) => assert_eq!(u16::from(f.code), close::SLOW_CONSUMER),
             other => panic!("expected close, got {other:?}"),
@@ -336,7 +350,9 @@ mod tests {
         o.push(Class::Control, text("error"));
         o.close(close::UNAUTHORIZED, "bad token");
         assert!(matches!(o.next().await, Some(Next::Frame(m)) if m.to_text().unwrap() == "error"));
-        assert!(matches!(o.next().await, Some(Next::Close(f)) if u16::from(f.code) == close::UNAUTHORIZED));
+        assert!(
+            matches!(o.next().await, Some(Next::Close(f)) if u16::from(f.code) == close::UNAUTHORIZED)
+        );
     }
 
     #[tokio::test(start_paused = true)]

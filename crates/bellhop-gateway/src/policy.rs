@@ -65,16 +65,25 @@ pub fn check(p: &Principal, access: Access, channel: &Channel) -> Result<(), Den
             Access::Read => "read",
             Access::Publish => "publish to",
         };
-        Err(Denied(format!("a {} may not {verb} {channel}", p.role.as_str())))
+        Err(Denied(format!(
+            "a {} may not {verb} {channel}",
+            p.role.as_str()
+        )))
     }
 }
 
 /// The priority a publish gets: the event's default unless the publisher asked for another.
 /// Anyone may lower it; raising it is for staff (up to `high`) and for managers, admins and
 /// services (up to `urgent`).
-pub fn priority(p: &Principal, event: &str, requested: Option<Priority>) -> Result<Priority, Denied> {
+pub fn priority(
+    p: &Principal,
+    event: &str,
+    requested: Option<Priority>,
+) -> Result<Priority, Denied> {
     let default = Priority::default_for_event(event);
-    let Some(requested) = requested else { return Ok(default) };
+    let Some(requested) = requested else {
+        return Ok(default);
+    };
     if requested <= default {
         return Ok(requested);
     }
@@ -149,7 +158,10 @@ mod tests {
         for role in [Role::Manager, Role::Admin, Role::Service] {
             for channel in ["user:other", "dept:maintenance", "room:999", "broadcast"] {
                 for access in [Read, Publish] {
-                    assert!(check(&principal(role), access, &ch(channel)).is_ok(), "{role:?} {channel}");
+                    assert!(
+                        check(&principal(role), access, &ch(channel)).is_ok(),
+                        "{role:?} {channel}"
+                    );
                 }
             }
         }
@@ -160,12 +172,27 @@ mod tests {
         let guest = principal(Role::Guest);
         let staff = principal(Role::Staff);
         let manager = principal(Role::Manager);
-        assert_eq!(priority(&guest, "SERVICE_REQUEST", None), Ok(Priority::Normal));
-        assert_eq!(priority(&guest, "EMERGENCY_ALERT", None), Ok(Priority::Urgent));
-        assert_eq!(priority(&guest, "SERVICE_REQUEST", Some(Priority::Low)), Ok(Priority::Low));
+        assert_eq!(
+            priority(&guest, "SERVICE_REQUEST", None),
+            Ok(Priority::Normal)
+        );
+        assert_eq!(
+            priority(&guest, "EMERGENCY_ALERT", None),
+            Ok(Priority::Urgent)
+        );
+        assert_eq!(
+            priority(&guest, "SERVICE_REQUEST", Some(Priority::Low)),
+            Ok(Priority::Low)
+        );
         assert!(priority(&guest, "SERVICE_REQUEST", Some(Priority::High)).is_err());
-        assert_eq!(priority(&staff, "SERVICE_REQUEST", Some(Priority::High)), Ok(Priority::High));
+        assert_eq!(
+            priority(&staff, "SERVICE_REQUEST", Some(Priority::High)),
+            Ok(Priority::High)
+        );
         assert!(priority(&staff, "SERVICE_REQUEST", Some(Priority::Urgent)).is_err());
-        assert_eq!(priority(&manager, "CHAT_MESSAGE", Some(Priority::Urgent)), Ok(Priority::Urgent));
+        assert_eq!(
+            priority(&manager, "CHAT_MESSAGE", Some(Priority::Urgent)),
+            Ok(Priority::Urgent)
+        );
     }
 }

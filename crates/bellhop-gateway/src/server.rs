@@ -30,16 +30,23 @@ pub(crate) type Body = Full<Bytes>;
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 /// A JSON error body: `{"error": {"code": "...", "message": "..."}}` with the code's status.
-pub(crate) fn error_response(node: &Node, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Response<Body> {
+pub(crate) fn error_response(
+    node: &Node,
+    code: ErrorCode,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) -> Response<Body> {
     node.count_error(code);
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut body = serde_json::json!({"error": {"code": code, "message": message}});
     if let Some(ms) = retry_after_ms {
         body["error"]["retryAfterMs"] = ms.into();
@@ -98,7 +105,11 @@ pub(crate) async fn accept_loop<F, Fut>(
 }
 
 /// Routes a request on the main port.
-pub(crate) async fn main_handler(node: Arc<Node>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+pub(crate) async fn main_handler(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path();
     if path == node.config.ws_path {
         return upgrade(node, req, remote);
@@ -106,7 +117,8 @@ pub(crate) async fn main_handler(node: Arc<Node>, req: Request<Incoming>, remote
     if path.starts_with("/api/") {
         return crate::api::handle(node, req).await;
     }
-    error_response(&node, ErrorCode::BadRequest, "not found", None).map_status(StatusCode::NOT_FOUND)
+    error_response(&node, ErrorCode::BadRequest, "not found", None)
+        .map_status(StatusCode::NOT_FOUND)
 }
 
 trait MapStatus {
@@ -122,7 +134,11 @@ impl MapStatus for Response<Body> {
 
 /// The bearer token of a request: `Authorization: Bearer`, else `?token=`.
 pub(crate) fn request_token(req: &Request<Incoming>) -> Option<String> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let value = value.trim();
         if value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ") {
             return Some(value[7..].trim().to_owned());
@@ -139,28 +155,52 @@ pub(crate) fn request_token(req: &Request<Incoming>) -> Option<String> {
 /// Validates a WebSocket upgrade, answers 101, and runs the session on the upgraded socket.
 fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let reject = |node: &Node, reason: &str, code: ErrorCode, message: &str| {
-        node.metrics.connections_rejected.with_label_values(&[reason]).inc();
+        node.metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc();
         error_response(node, code, message, None)
     };
     if !node.is_ready() {
-        node.metrics.connections_rejected.with_label_values(&["draining"]).inc();
-        return error_response(&node, ErrorCode::Unavailable, "node is draining: connect to another node", Some(1000));
+        node.metrics
+            .connections_rejected
+            .with_label_values(&["draining"])
+            .inc();
+        return error_response(
+            &node,
+            ErrorCode::Unavailable,
+            "node is draining: connect to another node",
+            Some(1000),
+        );
     }
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
-        headers.get(&name).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-            v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        headers
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     let is_upgrade = req.method() == Method::GET
         && has_token(header::CONNECTION, "upgrade")
         && has_token(header::UPGRADE, "websocket");
-    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return reject(&node, "bad_request", ErrorCode::BadRequest, "expected a WebSocket upgrade request");
+        return reject(
+            &node,
+            "bad_request",
+            ErrorCode::BadRequest,
+            "expected a WebSocket upgrade request",
+        );
     };
     if !is_upgrade || !version_ok {
-        return reject(&node, "bad_request", ErrorCode::BadRequest, "expected a WebSocket upgrade (version 13)");
+        return reject(
+            &node,
+            "bad_request",
+            ErrorCode::BadRequest,
+            "expected a WebSocket upgrade (version 13)",
+        );
     }
     let principal = match request_token(&req) {
         Some(token) => match node.verifier.verify(&token) {
@@ -176,8 +216,16 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
         None => None,
     };
     let Ok(permit) = node.slots.clone().try_acquire_owned() else {
-        node.metrics.connections_rejected.with_label_values(&["capacity"]).inc();
-        return error_response(&node, ErrorCode::Unavailable, "node at capacity: try another node", Some(1000));
+        node.metrics
+            .connections_rejected
+            .with_label_values(&["capacity"])
+            .inc();
+        return error_response(
+            &node,
+            ErrorCode::Unavailable,
+            "node at capacity: try another node",
+            Some(1000),
+        );
     };
     let msgpack = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -199,8 +247,19 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
         let config = WebSocketConfig::default()
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        session::run(node, ws, Opening { principal, codec, permit }).await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        session::run(
+            node,
+            ws,
+            Opening {
+                principal,
+                codec,
+                permit,
+            },
+        )
+        .await;
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -211,7 +270,10 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
         h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     if msgpack {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(MSGPACK_SUBPROTOCOL));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(MSGPACK_SUBPROTOCOL),
+        );
     }
     response
 }
@@ -221,15 +283,27 @@ pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Re
     let text = |status: StatusCode, body: String, content_type: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         r
     };
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, node.metrics.render(), "text/plain; version=0.0.4"),
-        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok", "node": node.config.node_id})),
+        "/metrics" => text(
+            StatusCode::OK,
+            node.metrics.render(),
+            "text/plain; version=0.0.4",
+        ),
+        "/healthz" => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok", "node": node.config.node_id}),
+        ),
         "/readyz" => {
             let ready = node.is_ready();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             let body = serde_json::json!({
                 "ready": ready,
                 "node": node.config.node_id,

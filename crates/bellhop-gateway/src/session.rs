@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bellhop_dispatcher::{ChannelEvent, ChannelKey};
-use bellhop_protocol::{close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome};
+use bellhop_protocol::{
+    close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome,
+};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant};
@@ -37,14 +39,24 @@ pub(crate) struct Opening {
 /// Runs a connection to its end.
 pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening)
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + Send
+        + Unpin
+        + 'static,
 {
-    let conn_id = node.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let conn_id = node
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let outbound = Arc::new(Outbound::new(node.config.outbound.clone()));
     node.connections.lock().insert(conn_id, outbound.clone());
     node.metrics.connections.inc();
     let (sink, stream) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, outbound.clone(), node.config.write_timeout));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbound.clone(),
+        node.config.write_timeout,
+    ));
     let mut session = Session {
         node: node.clone(),
         conn_id,
@@ -52,6 +64,7 @@ where
         outbound: outbound.clone(),
         codec: opening.codec,
         principal: None,
+        deadline: Instant::now() + node.config.auth.auth_timeout,
         subscriptions: HashSet::new(),
     };
     if let Some(p) = opening.principal {
@@ -113,6 +126,8 @@ struct Session {
     codec: Codec,
     /// `None` until authenticated.
     principal: Option<Principal>,
+    /// When the token expires (or, before authentication, when the auth timeout runs out).
+    deadline: Instant,
     /// Channels this connection subscribed to.
     subscriptions: HashSet<Channel>,
 }
@@ -133,13 +148,9 @@ impl Session {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
-        let auth_deadline = Instant::now() + self.node.config.auth.auth_timeout;
         let outbound = self.outbound.clone();
         loop {
-            let deadline = match &self.principal {
-                None => auth_deadline,
-                Some(p) => expiry_instant(p.expires_at, self.node.config.auth.leeway),
-            };
+            let deadline = self.deadline;
             tokio::select! {
                 biased;
                 _ = outbound.closed() => return,
@@ -186,13 +197,16 @@ impl Session {
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
                 self.node.count_error(ErrorCode::TooLarge);
-                self.outbound.close(close::TOO_BIG, &format!("frame exceeds {max} bytes"));
+                self.outbound
+                    .close(close::TOO_BIG, &format!("frame exceeds {max} bytes"));
             }
             WsError::Capacity(_) => self.outbound.close(close::TOO_BIG, "frame too large"),
-            WsError::Utf8(_) => self.outbound.close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::ConnectionClosed | WsError::Io(_) => {
-                self.outbound.close(close::NORMAL, "")
-            }
+            WsError::Utf8(_) => self
+                .outbound
+                .close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+            | WsError::ConnectionClosed
+            | WsError::Io(_) => self.outbound.close(close::NORMAL, ""),
             WsError::Protocol(p) => self.outbound.close(close::PROTOCOL_ERROR, &p.to_string()),
             other => {
                 tracing::debug!(error = %other, "connection failed");
@@ -214,7 +228,12 @@ impl Session {
 
     async fn fail(&self, id: Option<u64>, e: RequestError) {
         self.node.count_error(e.code);
-        let frame = ServerFrame::Error { id, code: e.code, message: e.message, retry_after_ms: e.retry_after_ms };
+        let frame = ServerFrame::Error {
+            id,
+            code: e.code,
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        };
         self.send(&frame).await;
     }
 
@@ -228,6 +247,7 @@ impl Session {
             heartbeat_seconds: self.node.config.heartbeat_interval.as_secs(),
         });
         tracing::debug!(user = %p.user_id, property = %p.property, "authenticated");
+        self.deadline = expiry_instant(p.expires_at, self.node.config.auth.leeway);
         self.principal = Some(p);
         self.send(&frame).await;
     }
@@ -245,7 +265,8 @@ impl Session {
         let Some(p) = self.principal.clone() else {
             let message = "authenticate first: send {\"type\":\"auth\",\"token\":\"<jwt>\"}";
             self.error(id, ErrorCode::Unauthorized, message).await;
-            self.outbound.close(close::UNAUTHORIZED, "not authenticated");
+            self.outbound
+                .close(close::UNAUTHORIZED, "not authenticated");
             return;
         };
         let result = match frame {
@@ -254,34 +275,51 @@ impl Session {
                 self.send(&ServerFrame::Pong { id }).await;
                 Ok(())
             }
-            ClientFrame::Subscribe { channel, since } => self.subscribe(id, &p, channel, since).await,
+            ClientFrame::Subscribe { channel, since } => {
+                self.subscribe(id, &p, channel, since).await
+            }
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(id, &p, channel).await,
             ClientFrame::Publish(publish) => match self.node.publish(&p, publish).await {
                 Ok((message_id, offset)) => {
-                    let ack = ServerFrame::Ack { id, message_id: Some(message_id), offset, unread: None };
+                    let ack = ServerFrame::Ack {
+                        id,
+                        message_id: Some(message_id),
+                        offset,
+                        unread: None,
+                    };
                     self.send(&ack).await;
                     Ok(())
                 }
                 Err(e) => Err(e),
             },
-            ClientFrame::History { channel, since, limit } => {
-                match self.node.history(&p, &channel, since, limit).await {
-                    Ok(messages) => {
-                        self.send(&ServerFrame::History { id, channel, messages }).await;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+            ClientFrame::History {
+                channel,
+                since,
+                limit,
+            } => match self.node.history(&p, &channel, since, limit).await {
+                Ok(messages) => {
+                    self.send(&ServerFrame::History {
+                        id,
+                        channel,
+                        messages,
+                    })
+                    .await;
+                    Ok(())
                 }
-            }
+                Err(e) => Err(e),
+            },
             ClientFrame::Presence { channel } => match self.node.presence(&p, &channel).await {
                 Ok(users) => {
-                    self.send(&ServerFrame::Presence { id, channel, users }).await;
+                    self.send(&ServerFrame::Presence { id, channel, users })
+                        .await;
                     Ok(())
                 }
                 Err(e) => Err(e),
             },
             ClientFrame::Typing { channel } => self.typing(&p, channel).await,
-            ClientFrame::Read { channel, offset } => self.read_marker(id, &p, channel, offset).await,
+            ClientFrame::Read { channel, offset } => {
+                self.read_marker(id, &p, channel, offset).await
+            }
         };
         if let Err(e) = result {
             self.fail(id, e).await;
@@ -292,20 +330,29 @@ impl Session {
         match (self.node.verifier.verify(token), &self.principal) {
             (Ok(p), None) => self.welcome(p).await,
             // Re-authentication extends a live connection with a fresh token of the same user.
-            (Ok(p), Some(current)) if p.user_id == current.user_id && p.property == current.property => {
+            (Ok(p), Some(current))
+                if p.user_id == current.user_id && p.property == current.property =>
+            {
                 self.welcome(p).await
             }
             (Ok(_), Some(_)) => {
-                self.error(id, ErrorCode::Unauthorized, "a connection cannot change its user or property").await
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "a connection cannot change its user or property",
+                )
+                .await
             }
             (Err(e), current) => {
                 let message = match e {
                     AuthError::Expired => "token expired".to_string(),
                     other => other.to_string(),
                 };
-                self.error(id, ErrorCode::Unauthorized, message.clone()).await;
+                self.error(id, ErrorCode::Unauthorized, message.clone())
+                    .await;
                 if current.is_none() {
-                    self.outbound.close(close::UNAUTHORIZED, "authentication failed");
+                    self.outbound
+                        .close(close::UNAUTHORIZED, "authentication failed");
                 }
             }
         }
@@ -354,8 +401,18 @@ impl Session {
         while self.node.hub.activate(&key, self.conn_id, cursor) == Activation::Reread {
             cursor = self.replay_pages(&key, cursor).await?;
         }
-        if broker.presence_join(&key, &p.user_id, &self.session_id).await? {
-            broker.publish_ephemeral(&key, ChannelEvent::Join { user_id: p.user_id.clone() }).await?;
+        if broker
+            .presence_join(&key, &p.user_id, &self.session_id)
+            .await?
+        {
+            broker
+                .publish_ephemeral(
+                    &key,
+                    ChannelEvent::Join {
+                        user_id: p.user_id.clone(),
+                    },
+                )
+                .await?;
         }
         Ok(())
     }
@@ -372,7 +429,13 @@ impl Session {
         let unread = broker.unread(key, &p.user_id).await?;
         let Some(since) = since else {
             let last = broker.read(key, None, 0).await?.last;
-            let frame = ServerFrame::Subscribed { id, channel: key.channel.clone(), offset: last, recovered: true, unread };
+            let frame = ServerFrame::Subscribed {
+                id,
+                channel: key.channel.clone(),
+                offset: last,
+                recovered: true,
+                unread,
+            };
             self.send(&frame).await;
             return Ok(last);
         };
@@ -388,7 +451,9 @@ impl Session {
         let mut cursor = since;
         for m in &first.messages {
             if let Some(frame) = hub::encode_message(self.codec, key, m) {
-                self.outbound.send(Class::of(m.envelope.priority), frame).await;
+                self.outbound
+                    .send(Class::of(m.envelope.priority), frame)
+                    .await;
             }
             cursor = m.offset;
         }
@@ -399,13 +464,21 @@ impl Session {
     }
 
     /// Sends every stored message after `cursor`, page by page, waiting for the client to read.
-    async fn replay_pages(&self, key: &ChannelKey, mut cursor: Offset) -> Result<Offset, RequestError> {
+    async fn replay_pages(
+        &self,
+        key: &ChannelKey,
+        mut cursor: Offset,
+    ) -> Result<Offset, RequestError> {
         let broker = self.node.dispatcher.broker().clone();
         loop {
             let page = broker.read(key, Some(cursor), REPLAY_PAGE).await?;
             for m in &page.messages {
                 if let Some(frame) = hub::encode_message(self.codec, key, m) {
-                    if !self.outbound.send(Class::of(m.envelope.priority), frame).await {
+                    if !self
+                        .outbound
+                        .send(Class::of(m.envelope.priority), frame)
+                        .await
+                    {
                         return Ok(cursor);
                     }
                 }
@@ -417,9 +490,17 @@ impl Session {
         }
     }
 
-    async fn unsubscribe(&mut self, id: Option<u64>, p: &Principal, channel: Channel) -> Result<(), RequestError> {
+    async fn unsubscribe(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        channel: Channel,
+    ) -> Result<(), RequestError> {
         if !self.subscriptions.contains(&channel) {
-            return Err(RequestError::new(ErrorCode::BadRequest, format!("not subscribed to {channel}")));
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("not subscribed to {channel}"),
+            ));
         }
         self.leave(p, &channel, true).await;
         self.send(&ServerFrame::Unsubscribed { id, channel }).await;
@@ -435,9 +516,14 @@ impl Session {
         let key = Node::key(p, channel);
         self.node.hub.leave(&key, self.conn_id);
         let broker = self.node.dispatcher.broker();
-        match broker.presence_leave(&key, &p.user_id, &self.session_id).await {
+        match broker
+            .presence_leave(&key, &p.user_id, &self.session_id)
+            .await
+        {
             Ok(true) if announce => {
-                let leave = ChannelEvent::Leave { user_id: p.user_id.clone() };
+                let leave = ChannelEvent::Leave {
+                    user_id: p.user_id.clone(),
+                };
                 if let Err(e) = broker.publish_ephemeral(&key, leave).await {
                     tracing::debug!(error = %e, "could not announce leave");
                 }
@@ -448,7 +534,9 @@ impl Session {
     }
 
     async fn leave_all(&mut self) {
-        let Some(p) = self.principal.clone() else { return };
+        let Some(p) = self.principal.clone() else {
+            return;
+        };
         let channels: Vec<Channel> = self.subscriptions.iter().cloned().collect();
         for channel in channels {
             self.leave(&p, &channel, true).await;
@@ -458,8 +546,14 @@ impl Session {
     async fn typing(&self, p: &Principal, channel: Channel) -> Result<(), RequestError> {
         policy::check(p, Access::Publish, &channel)?;
         let key = Node::key(p, &channel);
-        let event = ChannelEvent::Typing { user_id: p.user_id.clone() };
-        self.node.dispatcher.broker().publish_ephemeral(&key, event).await?;
+        let event = ChannelEvent::Typing {
+            user_id: p.user_id.clone(),
+        };
+        self.node
+            .dispatcher
+            .broker()
+            .publish_ephemeral(&key, event)
+            .await?;
         Ok(())
     }
 
@@ -472,8 +566,181 @@ impl Session {
     ) -> Result<(), RequestError> {
         policy::check(p, Access::Read, &channel)?;
         let key = Node::key(p, &channel);
-        let (marker, unread) = self.node.dispatcher.broker().mark_read(&key, &p.user_id, offset).await?;
-        self.send(&ServerFrame::Ack { id, message_id: None, offset: marker, unread: Some(unread) }).await;
+        let (marker, unread) = self
+            .node
+            .dispatcher
+            .broker()
+            .mark_read(&key, &p.user_id, offset)
+            .await?;
+        self.send(&ServerFrame::Ack {
+            id,
+            message_id: None,
+            offset: marker,
+            unread: Some(unread),
+        })
+        .await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session over in-memory channels with paused time: heartbeats and token expiry are
+    //! checked against tokio's clock, with no real waiting.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bellhop_dispatcher::{Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig};
+    use bellhop_protocol::Role;
+    use futures_channel::mpsc;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::config::GatewayConfig;
+
+    /// One end of an in-memory WebSocket: what the server reads and where it writes.
+    struct Duplex {
+        incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        outgoing: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Duplex {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_next_unpin(cx)
+        }
+    }
+
+    impl Sink<Message> for Duplex {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.outgoing
+                .unbounded_send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Peer {
+        to_server: mpsc::UnboundedSender<Result<Message, WsError>>,
+        from_server: mpsc::UnboundedReceiver<Message>,
+    }
+
+    impl Peer {
+        async fn next(&mut self) -> Message {
+            self.from_server.next().await.expect("server still writing")
+        }
+    }
+
+    fn principal(expires_in_secs: u64) -> Principal {
+        Principal {
+            user_id: "u1".into(),
+            role: Role::Staff,
+            property: "h1".into(),
+            rooms: Default::default(),
+            depts: Default::default(),
+            expires_at: bellhop_dispatcher::now_ms() / 1000 + expires_in_secs,
+        }
+    }
+
+    fn start(principal: Principal) -> Peer {
+        let mut config = GatewayConfig::new("secret");
+        config.auth.leeway = Duration::from_secs(0);
+        let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
+        let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
+        let node = Arc::new(Node::new(config, dispatcher));
+        let (to_server, incoming) = mpsc::unbounded();
+        let (outgoing, from_server) = mpsc::unbounded();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let opening = Opening {
+            principal: Some(principal),
+            codec: Codec::Json,
+            permit,
+        };
+        tokio::spawn(run(node, Duplex { incoming, outgoing }, opening));
+        Peer {
+            to_server,
+            from_server,
+        }
+    }
+
+    fn close_code(m: &Message) -> Option<u16> {
+        match m {
+            Message::Close(Some(f)) => Some(f.code.into()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_pinged_then_closed_with_4002_after_the_timeout() {
+        let started = Instant::now();
+        let mut peer = start(principal(86_400));
+        assert!(matches!(peer.next().await, Message::Text(t) if t.contains("welcome")));
+        let ping = peer.next().await;
+        assert!(matches!(ping, Message::Ping(_)), "{ping:?}");
+        assert_eq!(
+            started.elapsed().as_secs(),
+            30,
+            "first ping after one interval"
+        );
+        let close = peer.next().await;
+        assert_eq!(
+            close_code(&close),
+            Some(close::HEARTBEAT_TIMEOUT),
+            "{close:?}"
+        );
+        assert_eq!(
+            started.elapsed().as_secs(),
+            60,
+            "closed after two silent intervals"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_answers_pings_stays_connected() {
+        let started = Instant::now();
+        let mut peer = start(principal(86_400));
+        peer.next().await; // welcome
+        for _ in 0..10 {
+            let ping = peer.next().await;
+            assert!(matches!(ping, Message::Ping(_)), "{ping:?}");
+            peer.to_server
+                .unbounded_send(Ok(Message::Pong(Default::default())))
+                .unwrap();
+        }
+        assert_eq!(started.elapsed().as_secs(), 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_token_ends_a_live_connection_with_4001() {
+        let started = Instant::now();
+        let mut peer = start(principal(75));
+        peer.next().await; // welcome
+        let error = loop {
+            match peer.next().await {
+                Message::Ping(_) => peer
+                    .to_server
+                    .unbounded_send(Ok(Message::Pong(Default::default())))
+                    .unwrap(),
+                other => break other,
+            }
+        };
+        let text = error.into_text().unwrap();
+        assert!(
+            text.contains("unauthorized") && text.contains("expired"),
+            "{text}"
+        );
+        assert_eq!(close_code(&peer.next().await), Some(close::UNAUTHORIZED));
+        let elapsed = started.elapsed().as_secs();
+        assert!((74..=76).contains(&elapsed), "closed at {elapsed} s");
     }
 }

@@ -1,0 +1,327 @@
+//! The edge under stress and misuse: authentication paths and refusals, frame limits, protocol
+//! violations, connection limits, slow consumers, and graceful drain. Every refusal is checked
+//! for its documented status or close code, and for not harming anyone else on the node.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use bellhop_protocol::{close, Codec, Role};
+use futures_util::SinkExt;
+use serde_json::json;
+use support::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+fn http_status(result: Result<Client, WsError>) -> (u16, String) {
+    match result {
+        Err(WsError::Http(response)) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            (response.status().as_u16(), body)
+        }
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_accepted_in_the_header_the_query_and_a_first_frame() {
+    let node = TestNode::start(Backend::Memory).await;
+    node.connect(&guest("g1", &["101"])).await;
+    let t = guest("g2", &["101"]);
+    let mut by_query = node
+        .connect_url(&format!("{}?token={t}", node.url()))
+        .await
+        .unwrap();
+    assert_eq!(by_query.next().await["userId"], "g2");
+    let mut by_frame = node.connect_with(None, Codec::Json).await.unwrap();
+    by_frame
+        .send(json!({"type": "auth", "token": guest("g3", &[])}))
+        .await;
+    let welcome = by_frame.next().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(
+        (
+            welcome["userId"].as_str(),
+            welcome["role"].as_str(),
+            welcome["property"].as_str()
+        ),
+        (Some("g3"), Some("guest"), Some("h1"))
+    );
+    assert_eq!(welcome["node"], "test-node");
+    assert_eq!(welcome["heartbeatSeconds"], 30);
+}
+
+#[tokio::test]
+async fn bad_tokens_at_the_upgrade_get_401_with_a_json_body() {
+    let node = TestNode::start(Backend::Memory).await;
+    let expired = token_exp("g1", Role::Guest, "h1", &[], &[], -120);
+    let wrong_secret = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = bellhop_gateway::auth::Claims {
+            sub: "g1".into(),
+            role: Role::Admin,
+            prop: "h1".into(),
+            rooms: vec![],
+            depts: vec![],
+            exp: now + 60,
+            iat: None,
+        };
+        bellhop_gateway::auth::mint(b"not-the-secret", &claims).unwrap()
+    };
+    let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJnMSIsInJvbGUiOiJhZG1pbiIsInByb3AiOiJoMSIsImV4cCI6OTk5OTk5OTk5OX0.";
+    for (bad, needle) in [
+        (expired.as_str(), "expired"),
+        (&wrong_secret, "invalid"),
+        (unsigned, "invalid"),
+        ("garbage", "invalid"),
+    ] {
+        let (status, body) = http_status(node.connect_with(Some(bad), Codec::Json).await);
+        assert_eq!(status, 401, "{bad}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
+    }
+    assert!(
+        node.metric("bellhop_connections_rejected_total{reason=\"unauthorized\"}")
+            .await
+            >= 4.0
+    );
+}
+
+#[tokio::test]
+async fn a_bad_first_frame_gets_unauthorized_then_close_4001() {
+    let node = TestNode::start(Backend::Memory).await;
+    let mut c = node.connect_with(None, Codec::Json).await.unwrap();
+    c.send(json!({"type": "auth", "token": "nope"})).await;
+    let (code, _, frames) = c.closed().await;
+    assert_eq!(code, close::UNAUTHORIZED);
+    assert_eq!(frames[0]["code"], "unauthorized");
+    let mut c = node.connect_with(None, Codec::Json).await.unwrap();
+    c.send(json!({"type": "subscribe", "channel": "broadcast", "id": 1}))
+        .await;
+    let (code, _, frames) = c.closed().await;
+    assert_eq!(code, close::UNAUTHORIZED);
+    assert_eq!(
+        (frames[0]["code"].as_str(), &frames[0]["id"]),
+        (Some("unauthorized"), &json!(1))
+    );
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_after_the_auth_timeout() {
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.auth.auth_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let mut c = node.connect_with(None, Codec::Json).await.unwrap();
+    let (code, reason, frames) = c.closed().await;
+    assert_eq!(code, close::UNAUTHORIZED, "{reason}");
+    assert_eq!(frames[0]["code"], "unauthorized");
+    assert!(frames[0]["message"].as_str().unwrap().contains("timed out"));
+}
+
+#[tokio::test]
+async fn re_authentication_accepts_the_same_user_and_refuses_another() {
+    let node = TestNode::start(Backend::Memory).await;
+    let mut c = node.connect(&staff("s1", &[])).await;
+    c.send(json!({"type": "auth", "token": staff("s1", &["housekeeping"])}))
+        .await;
+    assert_eq!(c.next().await["type"], "welcome");
+    // The new token's departments apply at once.
+    assert_eq!(
+        c.subscribe("dept:housekeeping").await["channel"],
+        "dept:housekeeping"
+    );
+    let other = c
+        .request(json!({"type": "auth", "token": staff("s2", &[])}))
+        .await;
+    assert_eq!(other["code"], "unauthorized");
+    assert_eq!(
+        c.request(json!({"type": "ping"})).await["type"],
+        "pong",
+        "still open as s1"
+    );
+}
+
+#[tokio::test]
+async fn oversized_frames_close_with_1009_and_others_are_unaffected() {
+    let node = TestNode::start(Backend::Memory).await;
+    let mut bystander = node.connect(&staff("s2", &[])).await;
+    let mut c = node.connect(&staff("s1", &[])).await;
+    let big = format!(
+        "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(70 * 1024)
+    );
+    let _ = c.ws.send(Message::text(big)).await;
+    let (code, reason, _) = c.closed().await;
+    assert_eq!(code, close::TOO_BIG, "{reason}");
+    assert_eq!(
+        bystander.request(json!({"type": "ping"})).await["type"],
+        "pong"
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let node = TestNode::start(Backend::Memory).await;
+    let mut c = node.connect(&staff("s1", &[])).await;
+    let frame = Frame::message(vec![0x7b, 0xff, 0xfe, 0x7d], OpCode::Data(Data::Text), true);
+    c.ws.send(Message::Frame(frame)).await.unwrap();
+    let (code, _, _) = c.closed().await;
+    assert_eq!(code, close::INVALID_PAYLOAD);
+}
+
+#[tokio::test]
+async fn beyond_max_connections_upgrades_get_503() {
+    let node = TestNode::start_with(Backend::Memory, |c| c.max_connections = 2).await;
+    let _a = node.connect(&staff("s1", &[])).await;
+    let mut b = node.connect(&staff("s2", &[])).await;
+    let (status, body) = http_status(
+        node.connect_with(Some(&staff("s3", &[])), Codec::Json)
+            .await,
+    );
+    assert_eq!(status, 503);
+    assert!(body.contains("unavailable"), "{body}");
+    assert_eq!(b.request(json!({"type": "ping"})).await["type"], "pong");
+    drop(b);
+    // The slot comes back once the connection is gone.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match node
+            .connect_with(Some(&staff("s3", &[])), Codec::Json)
+            .await
+        {
+            Ok(_) => break,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(e) => panic!("slot never freed: {e}"),
+        }
+    }
+}
+
+/// A client that subscribes and then stops reading, with a small receive buffer so the
+/// kernel cannot absorb the backlog for it.
+async fn stalled_subscriber(node: &TestNode, channel: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(node.url())
+            .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", staff("slow", &[])).parse().unwrap(),
+    );
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let mut c = Client::from_ws(ws);
+    assert_eq!(c.next().await["type"], "welcome");
+    c.subscribe(channel).await;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_is_closed_with_4008_and_nobody_else_suffers() {
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.outbound.max_frames = 32;
+        c.outbound.max_bytes = 256 * 1024;
+    })
+    .await;
+    let mut slow = stalled_subscriber(&node, "room:1").await;
+    let mut healthy = node.connect(&staff("s1", &[])).await;
+    healthy.subscribe("room:1").await;
+    let mut publisher = node.connect(&manager("m1")).await;
+    let text = "x".repeat(8000);
+    const N: usize = 400;
+    let mut acked = Vec::new();
+    let mut received = 0;
+    for i in 0..N {
+        acked.push(
+            publisher
+                .publish("room:1", "CHAT_MESSAGE", json!({"n": i, "text": text}))
+                .await["offset"]
+                .clone(),
+        );
+        // The healthy client keeps reading as it goes.
+        while let Ok(Some(frame)) = tokio::time::timeout(Duration::ZERO, healthy.maybe_next()).await
+        {
+            if frame["type"] == "message" {
+                received += 1;
+            }
+        }
+    }
+    while received < N {
+        if healthy.wait_type("message").await["type"] == "message" {
+            received += 1;
+        }
+    }
+    assert_eq!(received, N, "the healthy subscriber got everything");
+    node.wait_metric("bellhop_slow_consumer_disconnects_total", 1.0)
+        .await;
+    let (code, reason, frames) = slow.closed().await;
+    assert_eq!(code, close::SLOW_CONSUMER, "{reason}");
+    assert!(
+        frames.len() < N,
+        "the backlog was cut, not buffered without bound"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_everyone_with_1012_and_readiness_turns_false() {
+    let mut node = TestNode::start_with(Backend::Memory, |c| {
+        c.drain_period = Duration::from_millis(300)
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(node.connect(&staff(&format!("s{i}"), &[])).await);
+    }
+    let (status, _, _) = http(node.admin, "GET", "/readyz", &[], b"").await;
+    assert_eq!(status, 200);
+    let gateway = node.gateway.take().unwrap();
+    let drain = tokio::spawn(gateway.shutdown());
+    // The last close is due 200 ms into the drain; the admin port answers until the drain ends.
+    let not_ready = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let (status, _, body) = http(node.admin, "GET", "/readyz", &[], b"").await;
+            if status == 503 {
+                return body;
+            }
+        }
+    })
+    .await
+    .expect("/readyz turns 503 while draining");
+    assert!(not_ready.contains("draining"), "{not_ready}");
+    let mut codes = Vec::new();
+    for c in &mut clients {
+        let (code, reason, _) = c.closed().await;
+        assert!(reason.contains("resume"), "{reason}");
+        codes.push(code);
+    }
+    assert_eq!(codes, [close::RESTART; 3]);
+    tokio::time::timeout(DEADLINE, drain)
+        .await
+        .expect("drain finishes")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(node.addr).await.is_err(),
+        "the listener is closed"
+    );
+}

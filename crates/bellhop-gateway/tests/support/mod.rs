@@ -1,0 +1,431 @@
+//! Test support: a real gateway node on port 0 (on a chosen broker backend), real WebSocket
+//! clients speaking the protocol over real sockets, and a minimal HTTP/1.1 client. Every wait
+//! has a deadline; nothing sleeps to let things settle.
+
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_dispatcher::{Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig};
+use bellhop_gateway::auth::{mint, Claims};
+use bellhop_gateway::{Gateway, GatewayConfig};
+use bellhop_protocol::{Codec, Role, MSGPACK_SUBPROTOCOL};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &[u8] = b"integration-test-secret-0123456789abcdef";
+/// Longest any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The broker backends every protocol test runs against.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Memory,
+}
+
+pub struct TestNode {
+    pub gateway: Option<Gateway>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub broker: Arc<dyn Broker>,
+}
+
+pub fn config() -> GatewayConfig {
+    let mut c = GatewayConfig::new(SECRET.to_vec());
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    c.node_id = "test-node".into();
+    c
+}
+
+impl TestNode {
+    pub async fn start(backend: Backend) -> TestNode {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut GatewayConfig)) -> TestNode {
+        let broker: Arc<dyn Broker> = match backend {
+            Backend::Memory => Arc::new(MemoryBroker::new(MemoryConfig::default())),
+        };
+        Self::start_on(broker, tweak).await
+    }
+
+    pub async fn start_on(
+        broker: Arc<dyn Broker>,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> TestNode {
+        let mut c = config();
+        tweak(&mut c);
+        let dispatcher = Arc::new(Dispatcher::new(broker.clone(), DispatcherConfig::default()));
+        let gateway = Gateway::bind(c, dispatcher).await.expect("gateway binds");
+        TestNode {
+            addr: gateway.local_addr(),
+            admin: gateway.admin_addr().expect("admin enabled"),
+            gateway: Some(gateway),
+            broker,
+        }
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("running")
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Connects with the token in the Authorization header and waits for `welcome`.
+    pub async fn connect(&self, token: &str) -> Client {
+        let mut client = self
+            .connect_with(Some(token), Codec::Json)
+            .await
+            .expect("upgrade accepted");
+        let welcome = client.next().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client
+    }
+
+    pub async fn connect_msgpack(&self, token: &str) -> Client {
+        let mut client = self
+            .connect_with(Some(token), Codec::MsgPack)
+            .await
+            .expect("upgrade accepted");
+        let welcome = client.next().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client
+    }
+
+    /// Connects without waiting for anything; the token (if any) goes in the header.
+    pub async fn connect_with(
+        &self,
+        token: Option<&str>,
+        codec: Codec,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = self.url().into_client_request().unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        if codec == Codec::MsgPack {
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                MSGPACK_SUBPROTOCOL.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Client {
+            ws,
+            codec,
+            next_id: 1,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Connects to an arbitrary URL (query tokens, other paths).
+    pub async fn connect_url(
+        &self,
+        url: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Client {
+            ws,
+            codec: Codec::Json,
+            next_id: 1,
+            pending: Vec::new(),
+        })
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, _, body) = http(self.admin, "GET", "/metrics", &[], b"").await;
+        metric_value(&body, name_and_labels)
+    }
+
+    /// Waits (with a deadline) until a metric reaches at least `value`.
+    pub async fn wait_metric(&self, name_and_labels: &str, value: f64) {
+        let waited = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if self.metric(name_and_labels).await >= value {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "metric {name_and_labels} never reached {value}"
+        );
+    }
+}
+
+/// Reads one sample of the Prometheus text format; 0 when absent.
+pub fn metric_value(body: &str, name_and_labels: &str) -> f64 {
+    let (name, labels) = name_and_labels
+        .split_once('{')
+        .map_or((name_and_labels, ""), |(n, l)| (n, l.trim_end_matches('}')));
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (n, ls) = series
+                .split_once('{')
+                .map_or((*series, ""), |(n, l)| (n, l));
+            n == name
+                && labels
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .all(|want| ls.contains(want))
+        })
+        .map(|(_, v)| v.parse::<f64>().unwrap_or(0.0))
+        .sum()
+}
+
+pub fn token(sub: &str, role: Role, prop: &str, rooms: &[&str], depts: &[&str]) -> String {
+    token_exp(sub, role, prop, rooms, depts, 3600)
+}
+
+pub fn token_exp(
+    sub: &str,
+    role: Role,
+    prop: &str,
+    rooms: &[&str],
+    depts: &[&str],
+    ttl: i64,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = Claims {
+        sub: sub.into(),
+        role,
+        prop: prop.into(),
+        rooms: rooms.iter().map(|s| s.to_string()).collect(),
+        depts: depts.iter().map(|s| s.to_string()).collect(),
+        exp: (now + ttl) as u64,
+        iat: Some(now as u64),
+    };
+    mint(SECRET, &claims).unwrap()
+}
+
+pub fn guest(sub: &str, rooms: &[&str]) -> String {
+    token(sub, Role::Guest, "h1", rooms, &[])
+}
+
+pub fn staff(sub: &str, depts: &[&str]) -> String {
+    token(sub, Role::Staff, "h1", &[], depts)
+}
+
+pub fn manager(sub: &str) -> String {
+    token(sub, Role::Manager, "h1", &[], &[])
+}
+
+pub fn service(sub: &str) -> String {
+    token(sub, Role::Service, "h1", &[], &[])
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub codec: Codec,
+    next_id: u64,
+    /// Frames read while waiting for something else, returned first by `next`.
+    pending: Vec<Value>,
+}
+
+impl Client {
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            codec: Codec::Json,
+            next_id: 1,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next frame if one arrives before the caller's timeout; never returns pending frames.
+    pub async fn maybe_next(&mut self) -> Option<Value> {
+        Some(self.read().await)
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        let message = match self.codec {
+            Codec::Json => Message::text(frame.to_string()),
+            Codec::MsgPack => Message::binary(rmp_serde::to_vec_named(&frame).unwrap()),
+        };
+        self.ws.send(message).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// Sends a request with a fresh id and returns the reply with that id (frames that arrive
+    /// meanwhile are kept for `next`).
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = id.into();
+        self.send(frame).await;
+        self.wait_for(|f| f["id"] == id).await
+    }
+
+    /// The next frame from the server (deadline: [`DEADLINE`]).
+    pub async fn next(&mut self) -> Value {
+        if !self.pending.is_empty() {
+            return self.pending.remove(0);
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame within the deadline")
+                .expect("connection open")
+                .expect("frame");
+            match message {
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
+                Message::Binary(b) => {
+                    return rmp_serde::from_slice(&b).expect("server sends MessagePack");
+                }
+                Message::Close(c) => panic!("connection closed while waiting for a frame: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Frames received while waiting for others and not consumed yet.
+    pub fn take_pending(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Waits for the first frame matching `pred`, keeping the others for `next`.
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i);
+        }
+        loop {
+            let frame = self.read().await;
+            if pred(&frame) {
+                return frame;
+            }
+            self.pending.push(frame);
+        }
+    }
+
+    pub async fn wait_type(&mut self, t: &str) -> Value {
+        self.wait_for(|f| f["type"] == t).await
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        let reply = self
+            .request(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        reply
+    }
+
+    pub async fn publish(&mut self, channel: &str, event: &str, payload: Value) -> Value {
+        let reply = self
+            .request(
+                json!({"type": "publish", "channel": channel, "event": event, "payload": payload}),
+            )
+            .await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+        reply
+    }
+
+    /// Reads until the server closes; returns the close code and reason. Frames before the
+    /// close are returned too.
+    pub async fn closed(&mut self) -> (u16, String, Vec<Value>) {
+        let mut frames = std::mem::take(&mut self.pending);
+        loop {
+            let next = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("close within the deadline");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string(), frames)
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (u16::from(CloseCode::Status), String::new(), frames)
+                }
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Binary(b))) => frames.push(rmp_serde::from_slice(&b).unwrap()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request over a real socket: returns status, headers (lowercase names)
+/// and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, _, text) = http(addr, method, path, &headers, body.as_bytes()).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
