@@ -71,6 +71,8 @@ where
         session.welcome(p).await;
     }
     session.read_loop(stream).await;
+    // The peer may have simply gone away: make sure the writer finishes either way.
+    outbound.close(close::NORMAL, "");
     session.leave_all().await;
     // The writer sends what is left and the close frame, bounded by the write timeout.
     let _ = tokio::time::timeout(node.config.write_timeout * 2, writer).await;

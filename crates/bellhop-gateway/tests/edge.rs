@@ -325,3 +325,25 @@ async fn drain_closes_everyone_with_1012_and_readiness_turns_false() {
         "the listener is closed"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_without_a_close_frame_is_cleaned_up() {
+    let node = TestNode::start(Backend::Memory).await;
+    let mut watcher = node.connect(&staff("s1", &[])).await;
+    watcher.subscribe("room:3").await;
+    let mut gone = node.connect(&guest("g1", &["3"])).await;
+    gone.subscribe("room:3").await;
+    watcher.wait_type("join").await;
+    drop(gone); // TCP close, no WebSocket close handshake
+    let leave = watcher.wait_type("leave").await;
+    assert_eq!(leave["userId"], "g1");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while node.metric("bellhop_connections").await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(node.gateway().connection_count(), 1);
+}

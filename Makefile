@@ -1,0 +1,37 @@
+# Bellhop: the two commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+BIN := target/release/bellhop
+
+.PHONY: run test lint unit deps build clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+deps: ## check for (and install, where missing) what building and testing need
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (https://rustup.rs) first"; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+build: deps ## build the release binary
+	$(CARGO) build --release -p bellhop
+
+run: build ## run one node on the embedded broker (ws://127.0.0.1:3001/ws, admin on :9090)
+	@echo
+	@echo "Bellhop node: ws://127.0.0.1:$${WS_PORT:-3001}$${WS_PATH:-/ws}   admin: http://127.0.0.1:$${METRICS_PORT:-9090}/metrics"
+	@echo "In another terminal, mint a token and connect (see README, 'A two-minute tour'):"
+	@echo "  T=\$$($(BIN) token --sub s1 --role staff --prop h1 --depts housekeeping)"
+	@echo "  $(BIN) connect --token \$$T --subscribe dept:housekeeping --follow"
+	@echo
+	$(BIN) serve
+
+lint: deps ## formatting and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: deps ## the test suites only
+	$(CARGO) test --workspace
+
+test: lint unit ## everything CI runs: lint, then every test suite
+
+clean: ## remove build output
+	$(CARGO) clean
