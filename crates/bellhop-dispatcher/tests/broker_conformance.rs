@@ -13,6 +13,10 @@
 //! (suffixed with a per-run id, so a rerun against the same Redis never sees an earlier run's data),
 //! and none assumes the broker is empty.
 
+// The checks are plain async fns (not `#[test]`s), which `allow-unwrap-in-tests` does not cover;
+// a failed unwrap is a failed check here.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -175,7 +179,12 @@ async fn check_channels_and_properties_are_isolated(broker: Arc<dyn Broker>) {
 
     let mut live = broker.subscribe(&p2_room).await.unwrap();
     let mut published = Vec::new();
-    for (i, key) in [&p1_room, &p2_room, &p1_other].into_iter().cycle().take(9).enumerate() {
+    for (i, key) in [&p1_room, &p2_room, &p1_other]
+        .into_iter()
+        .cycle()
+        .take(9)
+        .enumerate()
+    {
         let id = format!("{}-{}-{i}", key.property, key.channel);
         let offset = publish_each(&broker, key, std::slice::from_ref(&id)).await[0];
         published.push((key, offset, id));
@@ -199,7 +208,10 @@ async fn check_channels_and_properties_are_isolated(broker: Arc<dyn Broker>) {
     let sentinel = "sentinel".to_owned();
     let sentinel_offset = publish_each(&broker, &p2_room, std::slice::from_ref(&sentinel)).await[0];
     let own = published.iter().filter(|(k, _, _)| *k == &p2_room);
-    for (offset, id) in own.map(|(_, o, id)| (o, id)).chain([(&sentinel_offset, &sentinel)]) {
+    for (offset, id) in own
+        .map(|(_, o, id)| (o, id))
+        .chain([(&sentinel_offset, &sentinel)])
+    {
         let m = next_message(&mut live).await;
         assert_eq!((m.offset, &m.envelope.message_id), (*offset, id));
     }
@@ -269,7 +281,10 @@ async fn check_paging_yields_every_message_once_in_order(broker: Arc<dyn Broker>
     loop {
         let page = broker.read(&key, Some(since), 3).await.unwrap();
         assert!(page.recovered);
-        assert!(page.messages.len() <= 3, "a page holds at most limit messages");
+        assert!(
+            page.messages.len() <= 3,
+            "a page holds at most limit messages"
+        );
         pages += 1;
         assert!(pages <= 4, "10 messages in pages of 3 take 4 pages");
         seen.extend(pairs(&page.messages));
@@ -302,7 +317,10 @@ async fn check_resume_from_the_last_of_a_fresh_channel(broker: Arc<dyn Broker>) 
 
     let names = ids("m", 3);
     let offsets = publish_each(&broker, &key, &names).await;
-    assert!(offsets[0] > last, "new messages come after the handed-out position");
+    assert!(
+        offsets[0] > last,
+        "new messages come after the handed-out position"
+    );
     let resumed = broker.read(&key, Some(last), 50).await.unwrap();
     assert!(resumed.recovered);
     assert_eq!(pairs(&resumed.messages), expected(&offsets, &names));
@@ -345,7 +363,13 @@ async fn check_subscription_yields_published_messages_in_order(broker: Arc<dyn B
         .iter()
         .map(|id| envelope(&key.property, &key.channel, id))
         .collect();
-    offsets.extend(broker.publish_batch(batch).await.into_iter().map(Result::unwrap));
+    offsets.extend(
+        broker
+            .publish_batch(batch)
+            .await
+            .into_iter()
+            .map(Result::unwrap),
+    );
 
     for (offset, id) in offsets.iter().zip(&names) {
         let m = next_message(&mut sub).await;
@@ -367,7 +391,10 @@ async fn check_ephemeral_events_are_live_only(broker: Arc<dyn Broker>) {
         user_id: "u2".into(),
     };
     broker.publish_ephemeral(&key, join.clone()).await.unwrap();
-    broker.publish_ephemeral(&key, typing.clone()).await.unwrap();
+    broker
+        .publish_ephemeral(&key, typing.clone())
+        .await
+        .unwrap();
     let after = publish_each(&broker, &key, &["after".to_owned()]).await[0];
 
     assert_eq!(next_message(&mut sub).await.offset, before);
@@ -433,23 +460,44 @@ async fn check_presence_tracks_users_across_sessions(broker: Arc<dyn Broker>) {
     let key = ChannelKey::new(property("presence"), room("101"));
     assert!(broker.presence(&key).await.unwrap().is_empty());
 
-    assert!(broker.presence_join(&key, "mia", "s1").await.unwrap(), "first session");
-    assert!(!broker.presence_join(&key, "mia", "s2").await.unwrap(), "second session");
+    assert!(
+        broker.presence_join(&key, "mia", "s1").await.unwrap(),
+        "first session"
+    );
+    assert!(
+        !broker.presence_join(&key, "mia", "s2").await.unwrap(),
+        "second session"
+    );
     assert_eq!(broker.presence(&key).await.unwrap(), ["mia"]);
 
     assert!(broker.presence_join(&key, "zed", "s3").await.unwrap());
     assert!(broker.presence_join(&key, "amy", "s4").await.unwrap());
     assert_eq!(broker.presence(&key).await.unwrap(), ["amy", "mia", "zed"]);
 
-    assert!(!broker.presence_leave(&key, "mia", "s1").await.unwrap(), "s2 remains");
+    assert!(
+        !broker.presence_leave(&key, "mia", "s1").await.unwrap(),
+        "s2 remains"
+    );
     assert_eq!(broker.presence(&key).await.unwrap(), ["amy", "mia", "zed"]);
-    assert!(!broker.presence_leave(&key, "mia", "nope").await.unwrap(), "unknown session");
-    assert!(!broker.presence_leave(&key, "nobody", "s1").await.unwrap(), "unknown user");
+    assert!(
+        !broker.presence_leave(&key, "mia", "nope").await.unwrap(),
+        "unknown session"
+    );
+    assert!(
+        !broker.presence_leave(&key, "nobody", "s1").await.unwrap(),
+        "unknown user"
+    );
     assert_eq!(broker.presence(&key).await.unwrap(), ["amy", "mia", "zed"]);
 
-    assert!(broker.presence_leave(&key, "mia", "s2").await.unwrap(), "last session");
+    assert!(
+        broker.presence_leave(&key, "mia", "s2").await.unwrap(),
+        "last session"
+    );
     assert_eq!(broker.presence(&key).await.unwrap(), ["amy", "zed"]);
-    assert!(!broker.presence_leave(&key, "mia", "s2").await.unwrap(), "already gone");
+    assert!(
+        !broker.presence_leave(&key, "mia", "s2").await.unwrap(),
+        "already gone"
+    );
 
     // Presence is per channel.
     let other = ChannelKey::new(key.property.clone(), room("102"));
@@ -465,7 +513,11 @@ async fn check_read_markers_count_unread_and_never_move_back(broker: Arc<dyn Bro
     let key = ChannelKey::new(property("markers"), room("101"));
     let o = publish_each(&broker, &key, &ids("m", 5)).await;
 
-    assert_eq!(broker.unread(&key, "u1").await.unwrap(), 5, "no marker: all retained");
+    assert_eq!(
+        broker.unread(&key, "u1").await.unwrap(),
+        5,
+        "no marker: all retained"
+    );
     assert_eq!(broker.mark_read(&key, "u1", o[2]).await.unwrap(), (o[2], 2));
     assert_eq!(broker.unread(&key, "u1").await.unwrap(), 2);
 
