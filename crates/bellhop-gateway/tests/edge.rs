@@ -347,3 +347,50 @@ async fn a_client_that_vanishes_without_a_close_frame_is_cleaned_up() {
     }
     assert_eq!(node.gateway().connection_count(), 1);
 }
+
+#[tokio::test]
+async fn a_broker_failure_reaches_the_publisher_as_unavailable_or_internal() {
+    use bellhop_dispatcher::BrokerError;
+    let broker = FaultyBroker::new();
+    let node = TestNode::start_on(broker.clone(), |_| {}).await;
+    let mut c = node.connect(&manager("m1")).await;
+    *broker.publish_error.lock() = Some(BrokerError::Unavailable {
+        reason: "broker down".into(),
+        retry_after: Duration::from_millis(250),
+    });
+    let frame = json!({"type": "publish", "channel": "room:1", "event": "CHAT_MESSAGE"});
+    let e = c.request(frame.clone()).await;
+    assert_eq!(
+        (e["code"].as_str(), &e["retryAfterMs"]),
+        (Some("unavailable"), &json!(250)),
+        "{e}"
+    );
+    let body = json!({"channel": "room:1", "event": "CHAT_MESSAGE"}).to_string();
+    let auth = format!("Bearer {}", service("pms"));
+    let (status, headers, text) = http(
+        node.addr,
+        "POST",
+        "/api/v1/publish",
+        &[("authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        headers.iter().any(|(k, v)| k == "retry-after" && v == "1"),
+        "{headers:?}"
+    );
+    *broker.publish_error.lock() = Some(BrokerError::Internal("disk on fire".into()));
+    let e = c.request(frame.clone()).await;
+    assert_eq!(e["code"], "internal");
+    assert!(
+        !e["message"].as_str().unwrap().contains("disk"),
+        "internal details stay in the logs"
+    );
+    *broker.publish_error.lock() = None;
+    assert_eq!(
+        c.request(frame).await["type"],
+        "ack",
+        "the connection survives and recovers"
+    );
+}

@@ -429,3 +429,91 @@ pub async fn http_json(
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// A memory broker whose writes can be made to fail, to check how failures reach clients.
+#[derive(Debug)]
+pub struct FaultyBroker {
+    pub inner: MemoryBroker,
+    pub publish_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+}
+
+impl FaultyBroker {
+    pub fn new() -> Arc<FaultyBroker> {
+        Arc::new(FaultyBroker {
+            inner: MemoryBroker::new(MemoryConfig::default()),
+            publish_error: Default::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for FaultyBroker {
+    async fn publish_batch(
+        &self,
+        batch: Vec<Arc<bellhop_protocol::Envelope>>,
+    ) -> Vec<Result<bellhop_protocol::Offset, bellhop_dispatcher::BrokerError>> {
+        let failure = self.publish_error.lock().clone();
+        match failure {
+            Some(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+            None => self.inner.publish_batch(batch).await,
+        }
+    }
+    async fn publish_ephemeral(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+        event: bellhop_dispatcher::ChannelEvent,
+    ) -> Result<(), bellhop_dispatcher::BrokerError> {
+        self.inner.publish_ephemeral(key, event).await
+    }
+    async fn subscribe(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+    ) -> Result<bellhop_dispatcher::Subscription, bellhop_dispatcher::BrokerError> {
+        self.inner.subscribe(key).await
+    }
+    async fn read(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+        since: Option<bellhop_protocol::Offset>,
+        limit: usize,
+    ) -> Result<bellhop_dispatcher::ReadResult, bellhop_dispatcher::BrokerError> {
+        self.inner.read(key, since, limit).await
+    }
+    async fn presence_join(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+        u: &str,
+        s: &str,
+    ) -> Result<bool, bellhop_dispatcher::BrokerError> {
+        self.inner.presence_join(key, u, s).await
+    }
+    async fn presence_leave(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+        u: &str,
+        s: &str,
+    ) -> Result<bool, bellhop_dispatcher::BrokerError> {
+        self.inner.presence_leave(key, u, s).await
+    }
+    async fn presence(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+    ) -> Result<Vec<String>, bellhop_dispatcher::BrokerError> {
+        self.inner.presence(key).await
+    }
+    async fn mark_read(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+        u: &str,
+        o: bellhop_protocol::Offset,
+    ) -> Result<(bellhop_protocol::Offset, u64), bellhop_dispatcher::BrokerError> {
+        self.inner.mark_read(key, u, o).await
+    }
+    async fn unread(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+        u: &str,
+    ) -> Result<u64, bellhop_dispatcher::BrokerError> {
+        self.inner.unread(key, u).await
+    }
+}
