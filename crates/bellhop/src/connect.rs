@@ -13,14 +13,23 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Replies that answer a request (and so end the wait for it).
-const REPLIES: &[&str] = &["subscribed", "unsubscribed", "ack", "history", "presence", "pong", "error"];
+const REPLIES: &[&str] = &[
+    "subscribed",
+    "unsubscribed",
+    "ack",
+    "history",
+    "presence",
+    "pong",
+    "error",
+];
 
 #[allow(clippy::print_stdout)]
 pub(crate) async fn run(url: &str, token: &str, subscribe: &[String], follow: bool) -> Result<()> {
     let mut request = url.into_client_request().context("invalid URL")?;
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().context("invalid token")?);
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().context("invalid token")?,
+    );
     let (ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .with_context(|| format!("cannot connect to {url}"))?;

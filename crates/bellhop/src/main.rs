@@ -20,7 +20,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use settings::{Environment, FileSettings, LogFormat, Overrides, ProcessEnv};
 
 #[derive(Parser, Debug)]
-#[command(name = "bellhop", version, about = "Real-time messaging gateway for hotel operations")]
+#[command(
+    name = "bellhop",
+    version,
+    about = "Real-time messaging gateway for hotel operations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -110,7 +114,9 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -118,28 +124,58 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load_file(path: &Option<PathBuf>) -> Result<FileSettings> {
-    path.as_deref().map(settings::read_file).transpose().map(Option::unwrap_or_default)
+    path.as_deref()
+        .map(settings::read_file)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, port, metrics_port, bind } => {
+        Command::Serve {
+            config,
+            port,
+            metrics_port,
+            bind,
+        } => {
             let file = load_file(&config)?;
-            let flags = Overrides { ws_port: port, metrics_port, bind_addr: bind };
+            let flags = Overrides {
+                ws_port: port,
+                metrics_port,
+                bind_addr: bind,
+            };
             let settings = settings::serve_settings(&ProcessEnv, &file, &flags)?;
             init_logging(settings.log_format);
             serve(settings).await
         }
-        Command::Token { sub, role, prop, rooms, depts, ttl, config } => {
+        Command::Token {
+            sub,
+            role,
+            prop,
+            rooms,
+            depts,
+            ttl,
+            config,
+        } => {
             let file = load_file(&config)?;
             let (secret, _, dev) = settings::resolve_secret(&ProcessEnv, &file)?;
             if dev {
-                eprintln!("warning: JWT_SECRET is not set; signing with the public development secret");
+                eprintln!(
+                    "warning: JWT_SECRET is not set; signing with the public development secret"
+                );
             }
             let now = bellhop_dispatcher::now_ms() / 1000;
-            let claims = Claims { sub, role: role.into(), prop, rooms, depts, exp: now + ttl, iat: Some(now) };
+            let claims = Claims {
+                sub,
+                role: role.into(),
+                prop,
+                rooms,
+                depts,
+                exp: now + ttl,
+                iat: Some(now),
+            };
             let token = mint(&secret, &claims).context("cannot sign token")?;
             #[allow(clippy::print_stdout)]
             {
@@ -147,7 +183,12 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Connect { url, token, subscribe, follow } => connect::run(&url, &token, &subscribe, follow).await,
+        Command::Connect {
+            url,
+            token,
+            subscribe,
+            follow,
+        } => connect::run(&url, &token, &subscribe, follow).await,
     }
 }
 
@@ -165,7 +206,11 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.gateway.listen))?;
     let addr = gateway.local_addr();
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
     tracing::info!(
         environment = ?settings.environment,
         broker = "embedded",

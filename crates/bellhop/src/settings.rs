@@ -150,14 +150,22 @@ impl Sources<'_> {
 
 /// Reads the TOML file at `path`.
 pub(crate) fn read_file(path: &Path) -> Result<FileSettings> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
 /// Resolves the secret `bellhop token` and `bellhop serve` sign and verify with.
-pub(crate) fn resolve_secret(env: &dyn Env, file: &FileSettings) -> Result<(Vec<u8>, Environment, bool)> {
+pub(crate) fn resolve_secret(
+    env: &dyn Env,
+    file: &FileSettings,
+) -> Result<(Vec<u8>, Environment, bool)> {
     let s = Sources { env, file };
-    let environment = match s.string("BELLHOP_ENV", &file.bellhop_env).as_deref().map(str::to_ascii_lowercase) {
+    let environment = match s
+        .string("BELLHOP_ENV", &file.bellhop_env)
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+    {
         None => Environment::Development,
         Some(e) if e == "development" || e == "dev" => Environment::Development,
         Some(e) if e == "production" || e == "prod" => Environment::Production,
@@ -165,7 +173,9 @@ pub(crate) fn resolve_secret(env: &dyn Env, file: &FileSettings) -> Result<(Vec<
     };
     match (s.string("JWT_SECRET", &file.jwt_secret), environment) {
         (None, Environment::Development) => Ok((DEV_SECRET.as_bytes().to_vec(), environment, true)),
-        (None, Environment::Production) => bail!("JWT_SECRET must be set when BELLHOP_ENV=production"),
+        (None, Environment::Production) => {
+            bail!("JWT_SECRET must be set when BELLHOP_ENV=production")
+        }
         (Some(secret), Environment::Production) if secret == DEV_SECRET => {
             bail!("JWT_SECRET is the public development secret; BELLHOP_ENV=production refuses it")
         }
@@ -182,19 +192,33 @@ fn secret_is_dev(s: &Sources<'_>) -> bool {
 
 fn default_node_id(env: &dyn Env) -> String {
     env.get("HOSTNAME")
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
         .filter(|h| bellhop_protocol::is_valid_id(h))
         .unwrap_or_else(|| "bellhop-1".into())
 }
 
 /// Builds the settings of `bellhop serve`.
-pub(crate) fn serve_settings(env: &dyn Env, file: &FileSettings, flags: &Overrides) -> Result<ServeSettings> {
+pub(crate) fn serve_settings(
+    env: &dyn Env,
+    file: &FileSettings,
+    flags: &Overrides,
+) -> Result<ServeSettings> {
     let s = Sources { env, file };
     if s.flag("SSL_ENABLED", file.ssl_enabled)?.unwrap_or(false) {
         bail!("SSL_ENABLED=true: TLS termination is not in this release yet; terminate TLS at the load balancer and leave SSL_ENABLED unset");
     }
-    let redis = ["REDIS_URL", "REDIS_HOST"].into_iter().find(|k| env.get(k).is_some());
-    if redis.is_some() || file.redis_url.is_some() || s.flag("REDIS_CLUSTER", file.redis_cluster)?.unwrap_or(false) {
+    let redis = ["REDIS_URL", "REDIS_HOST"]
+        .into_iter()
+        .find(|k| env.get(k).is_some());
+    if redis.is_some()
+        || file.redis_url.is_some()
+        || s.flag("REDIS_CLUSTER", file.redis_cluster)?
+            .unwrap_or(false)
+    {
         bail!(
             "{} is set, but this release has only the embedded broker; unset it to run a single node",
             redis.unwrap_or("redis_url/REDIS_CLUSTER")
@@ -204,15 +228,28 @@ pub(crate) fn serve_settings(env: &dyn Env, file: &FileSettings, flags: &Overrid
     let mut gateway = GatewayConfig::new(secret);
     let bind: IpAddr = match flags.bind_addr {
         Some(ip) => ip,
-        None => s.parse("BIND_ADDR", file.bind_addr.as_deref().map(str::parse).transpose()?)?.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        None => s
+            .parse(
+                "BIND_ADDR",
+                file.bind_addr.as_deref().map(str::parse).transpose()?,
+            )?
+            .unwrap_or(IpAddr::from([0, 0, 0, 0])),
     };
-    let ws_port = flags.ws_port.or(s.parse("WS_PORT", file.ws_port)?).unwrap_or(3001);
+    let ws_port = flags
+        .ws_port
+        .or(s.parse("WS_PORT", file.ws_port)?)
+        .unwrap_or(3001);
     gateway.listen = SocketAddr::new(bind, ws_port);
     if let Some(path) = s.string("WS_PATH", &file.ws_path) {
         gateway.ws_path = path;
     }
-    let metrics_port = flags.metrics_port.or(s.parse("METRICS_PORT", file.metrics_port)?).unwrap_or(9090);
-    let metrics = s.flag("ENABLE_METRICS", file.enable_metrics)?.unwrap_or(true);
+    let metrics_port = flags
+        .metrics_port
+        .or(s.parse("METRICS_PORT", file.metrics_port)?)
+        .unwrap_or(9090);
+    let metrics = s
+        .flag("ENABLE_METRICS", file.enable_metrics)?
+        .unwrap_or(true);
     gateway.admin_listen = metrics.then(|| SocketAddr::new(bind, metrics_port));
     if let Some(n) = s.parse("MAX_CONNECTIONS", file.max_connections)? {
         gateway.max_connections = n;
@@ -221,11 +258,19 @@ pub(crate) fn serve_settings(env: &dyn Env, file: &FileSettings, flags: &Overrid
         if rate == 0 {
             bail!("RATE_LIMIT_PER_IP must be at least 1");
         }
-        tracing::warn!(rate, "RATE_LIMIT_PER_IP is accepted but not enforced in this release");
+        tracing::warn!(
+            rate,
+            "RATE_LIMIT_PER_IP is accepted but not enforced in this release"
+        );
     }
-    gateway.node_id = s.string("NODE_ID", &file.node_id).unwrap_or_else(|| default_node_id(env));
+    gateway.node_id = s
+        .string("NODE_ID", &file.node_id)
+        .unwrap_or_else(|| default_node_id(env));
     if !bellhop_protocol::is_valid_id(&gateway.node_id) {
-        bail!("NODE_ID={:?} is invalid: use [A-Za-z0-9_.-]{{1,64}}", gateway.node_id);
+        bail!(
+            "NODE_ID={:?} is invalid: use [A-Za-z0-9_.-]{{1,64}}",
+            gateway.node_id
+        );
     }
     if let Some(secs) = s.parse::<u64>("DRAIN_SECONDS", file.drain_seconds)? {
         gateway.drain_period = Duration::from_secs(secs);
@@ -251,7 +296,13 @@ pub(crate) fn serve_settings(env: &dyn Env, file: &FileSettings, flags: &Overrid
         Some("json") => LogFormat::Json,
         Some(other) => bail!("LOG_FORMAT={other:?} is invalid: use text or json"),
     };
-    Ok(ServeSettings { gateway, memory, environment, dev_secret, log_format })
+    Ok(ServeSettings {
+        gateway,
+        memory,
+        environment,
+        dev_secret,
+        log_format,
+    })
 }
 
 #[cfg(test)]
@@ -259,7 +310,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn settings(pairs: &[(&str, &str)]) -> Result<ServeSettings> {
@@ -290,7 +344,10 @@ mod tests {
             ("JWT_SECRET", "s3cret"),
             ("ENABLE_METRICS", "true"),
         ]);
-        let flags = Overrides { ws_port: Some(5000), ..Default::default() };
+        let flags = Overrides {
+            ws_port: Some(5000),
+            ..Default::default()
+        };
         let s = serve_settings(&e, &FileSettings::default(), &flags).unwrap();
         assert_eq!(s.gateway.listen.port(), 5000);
         assert_eq!(s.gateway.ws_path, "/socket");
@@ -300,16 +357,28 @@ mod tests {
         assert_eq!(s.gateway.node_id, "node-a");
         assert_eq!(s.gateway.auth.secret, b"s3cret");
         assert!(!s.dev_secret);
-        assert!(settings(&[("ENABLE_METRICS", "false")]).unwrap().gateway.admin_listen.is_none());
+        assert!(settings(&[("ENABLE_METRICS", "false")])
+            .unwrap()
+            .gateway
+            .admin_listen
+            .is_none());
     }
 
     #[test]
     fn the_file_is_used_below_the_environment() {
         let file: FileSettings = toml::from_str("ws_port = 4100\nnode_id = \"from-file\"").unwrap();
-        let s = serve_settings(&env(&[("NODE_ID", "from-env")]), &file, &Overrides::default()).unwrap();
+        let s = serve_settings(
+            &env(&[("NODE_ID", "from-env")]),
+            &file,
+            &Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(s.gateway.listen.port(), 4100);
         assert_eq!(s.gateway.node_id, "from-env");
-        assert!(toml::from_str::<FileSettings>("wsport = 1").is_err(), "typos in the file are errors");
+        assert!(
+            toml::from_str::<FileSettings>("wsport = 1").is_err(),
+            "typos in the file are errors"
+        );
     }
 
     #[test]
@@ -324,7 +393,8 @@ mod tests {
             ("BELLHOP_ENV", "staging"),
         ] {
             let err = settings(&[(k, v)]).unwrap_err().to_string();
-            let named = err.contains(k) || (k == "MAX_CONNECTIONS" && err.contains("MAX_CONNECTIONS"));
+            let named =
+                err.contains(k) || (k == "MAX_CONNECTIONS" && err.contains("MAX_CONNECTIONS"));
             assert!(named, "{k}={v}: {err}");
         }
     }
@@ -338,9 +408,18 @@ mod tests {
             }
             settings(&pairs)
         };
-        assert!(prod(None).unwrap_err().to_string().contains("JWT_SECRET must be set"));
-        assert!(prod(Some(DEV_SECRET)).unwrap_err().to_string().contains("development secret"));
-        assert!(prod(Some("short")).unwrap_err().to_string().contains("at least 32"));
+        assert!(prod(None)
+            .unwrap_err()
+            .to_string()
+            .contains("JWT_SECRET must be set"));
+        assert!(prod(Some(DEV_SECRET))
+            .unwrap_err()
+            .to_string()
+            .contains("development secret"));
+        assert!(prod(Some("short"))
+            .unwrap_err()
+            .to_string()
+            .contains("at least 32"));
         let ok = prod(Some("0123456789abcdef0123456789abcdef")).unwrap();
         assert_eq!(ok.log_format, LogFormat::Json);
         assert!(!ok.dev_secret);
@@ -348,7 +427,13 @@ mod tests {
 
     #[test]
     fn features_of_later_releases_are_refused_clearly() {
-        assert!(settings(&[("SSL_ENABLED", "true")]).unwrap_err().to_string().contains("TLS"));
-        assert!(settings(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap_err().to_string().contains("REDIS_URL"));
+        assert!(settings(&[("SSL_ENABLED", "true")])
+            .unwrap_err()
+            .to_string()
+            .contains("TLS"));
+        assert!(settings(&[("REDIS_URL", "redis://127.0.0.1:6379")])
+            .unwrap_err()
+            .to_string()
+            .contains("REDIS_URL"));
     }
 }
