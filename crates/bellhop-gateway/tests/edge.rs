@@ -394,3 +394,16 @@ async fn a_broker_failure_reaches_the_publisher_as_unavailable_or_internal() {
         "the connection survives and recovers"
     );
 }
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_capped() {
+    let node = TestNode::start_with(Backend::Memory, |c| c.max_subscriptions_per_connection = 2).await;
+    let mut c = node.connect(&staff("s1", &[])).await;
+    c.subscribe("room:1").await;
+    c.subscribe("room:2").await;
+    let third = c.request(json!({"type": "subscribe", "channel": "room:3"})).await;
+    assert_eq!(third["code"], "bad_request", "{third}");
+    assert!(third["message"].as_str().unwrap().contains("at most 2"));
+    c.request(json!({"type": "unsubscribe", "channel": "room:1"})).await;
+    c.subscribe("room:3").await;
+}
