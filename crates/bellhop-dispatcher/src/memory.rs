@@ -329,11 +329,13 @@ impl Broker for MemoryBroker {
         offset: Offset,
     ) -> Result<(Offset, u64), BrokerError> {
         Ok(self.with_state(key, |state, _| {
+            let last = state.last;
             let marker = state
                 .markers
                 .entry(user_id.to_owned())
                 .or_insert(Offset::ZERO);
-            *marker = (*marker).max(offset);
+            // A marker beyond the newest message would hide every future one: clamp it.
+            *marker = (*marker).max(offset.min(last));
             let marker = *marker;
             (marker, state.count_after(marker))
         }))

@@ -85,6 +85,9 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
+        // Issuer and audience checks arrive with production keys; until then a token's `aud`
+        // must not make it invalid.
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Verifier {
             key: DecodingKey::from_secret(&config.secret),

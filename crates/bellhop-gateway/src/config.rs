@@ -129,8 +129,7 @@ impl GatewayConfig {
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
             return Err(
-                "the heartbeat timeout must be longer than the (non-zero) heartbeat interval"
-                    .into(),
+                "HEARTBEAT_SECONDS must be at least 1 (the timeout is twice the interval)".into(),
             );
         }
         if self.max_frame_bytes < 1024 {
@@ -142,7 +141,7 @@ impl GatewayConfig {
             );
         }
         if self.auth.auth_timeout.is_zero() {
-            return Err("the auth timeout must be positive".into());
+            return Err("AUTH_TIMEOUT_SECONDS must be at least 1".into());
         }
         Ok(())
     }

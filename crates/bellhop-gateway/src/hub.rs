@@ -22,7 +22,7 @@ use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::metrics::Metrics;
-use crate::outbound::{Class, Outbound, Pushed};
+use crate::outbound::{channel_tag, Class, Outbound, Pushed};
 
 /// Live messages buffered for a pending subscriber before it must re-read from the broker.
 const PENDING_BUFFER: usize = 4096;
@@ -70,6 +70,8 @@ struct LocalSub {
 struct ChannelHub {
     /// Which channel.
     key: ChannelKey,
+    /// The channel's tag in outbound queues.
+    tag: u64,
     /// Set once the broker subscription is up and the task runs.
     init: OnceCell<()>,
     /// Subscribers and the channel's delivery position.
@@ -128,6 +130,7 @@ impl Hub {
                 .or_insert_with(|| {
                     Arc::new(ChannelHub {
                         key: key.clone(),
+                        tag: channel_tag(key),
                         init: OnceCell::new(),
                         state: Mutex::default(),
                     })
@@ -195,7 +198,7 @@ impl Hub {
         let buffered = std::mem::take(buffer);
         for m in buffered.iter().filter(|m| m.offset > cursor) {
             if let Some(frame) = encode_message(local.sub.codec, &hub.key, m) {
-                push_message(&local.sub.outbound, m, frame, &self.metrics);
+                push_message(&local.sub.outbound, hub.tag, m, frame, &self.metrics);
             }
             watermark = m.offset;
         }
@@ -256,8 +259,14 @@ pub(crate) fn encode(codec: Codec, frame: &ServerFrame) -> Option<Message> {
     }
 }
 
-fn push_message(outbound: &Outbound, m: &StoredMessage, frame: Message, metrics: &Metrics) {
-    if outbound.push(Class::of(m.envelope.priority), frame) == Pushed::Overflow {
+fn push_message(
+    outbound: &Outbound,
+    tag: u64,
+    m: &StoredMessage,
+    frame: Message,
+    metrics: &Metrics,
+) {
+    if outbound.push_in(Class::of(m.envelope.priority), tag, frame) == Pushed::Overflow {
         metrics.slow_consumers.inc();
         metrics
             .queue_drops
@@ -294,7 +303,7 @@ impl ChannelHub {
                         *slot = encode_message(local.sub.codec, &self.key, m);
                     }
                     if let Some(frame) = slot.clone() {
-                        push_message(&local.sub.outbound, m, frame, metrics);
+                        push_message(&local.sub.outbound, self.tag, m, frame, metrics);
                         delivered += 1;
                     }
                 }

@@ -2,6 +2,10 @@
 //! urgent, high, normal and low messages, ephemeral notices last), with ephemeral frames dropped
 //! first under pressure and the connection closed with 4008 when a message finds it full.
 //!
+//! Per-channel order is kept: a message that goes ahead of lower classes takes every queued
+//! message of its own channel along with it (they are promoted into its class, in order), so
+//! priority reorders channels relative to each other, never one channel's messages.
+//!
 //! Producers never block on a slow client: fan-out uses [`Outbound::push`], which fails instead
 //! of waiting. Only the connection's own session waits for space ([`Outbound::send`]), which
 //! turns a slow reader into TCP back-pressure on its own requests.
@@ -69,11 +73,29 @@ pub enum Next {
     Close(CloseFrame),
 }
 
+/// A queued frame and the channel it belongs to (0: none, e.g. replies and notices).
+#[derive(Debug)]
+struct Entry {
+    /// Tag of the frame's channel (see [`channel_tag`]); 0 for frames outside any channel order.
+    channel: u64,
+    /// The frame.
+    message: Message,
+}
+
+/// A channel's tag in outbound queues: a hash of its key. A collision only promotes more than
+/// needed; it never reorders.
+pub fn channel_tag<K: std::hash::Hash>(key: &K) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default()
+        .hash_one(key)
+        .max(1)
+}
+
 /// The queue state behind the lock.
 #[derive(Debug, Default)]
 struct Inner {
     /// One FIFO per class.
-    queues: [VecDeque<Message>; 6],
+    queues: [VecDeque<Entry>; 6],
     /// Frames queued.
     frames: usize,
     /// Bytes queued.
@@ -86,10 +108,28 @@ struct Inner {
 
 impl Inner {
     fn take(&mut self, class: usize) -> Option<Message> {
-        let m = self.queues[class].pop_front()?;
+        let entry = self.queues[class].pop_front()?;
         self.frames -= 1;
-        self.bytes -= m.len();
-        Some(m)
+        self.bytes -= entry.message.len();
+        Some(entry.message)
+    }
+
+    /// Moves every queued frame of `channel` from the classes below `class` to the back of
+    /// `class`, oldest first. Frames of one channel sit in classes of non-increasing priority in
+    /// arrival order (this function keeps it so), so scanning the lower classes from the highest
+    /// down yields them in arrival order.
+    fn promote(&mut self, class: usize, channel: u64) {
+        for lower in class + 1..Class::Ephemeral as usize {
+            if self.queues[lower].iter().all(|e| e.channel != channel) {
+                continue;
+            }
+            let (moved, kept): (VecDeque<Entry>, VecDeque<Entry>) =
+                std::mem::take(&mut self.queues[lower])
+                    .into_iter()
+                    .partition(|e| e.channel == channel);
+            self.queues[lower] = kept;
+            self.queues[class].extend(moved);
+        }
     }
 }
 
@@ -130,10 +170,16 @@ impl Outbound {
         }
     }
 
-    /// Queues a frame without waiting. A full queue drops an ephemeral frame (the new one, or a
+    /// Queues a frame outside any channel order (replies, errors, notices) without waiting.
+    pub fn push(&self, class: Class, message: Message) -> Pushed {
+        self.push_in(class, 0, message)
+    }
+
+    /// Queues a message of the channel tagged `channel` without waiting, behind every queued
+    /// message of the same channel. A full queue drops an ephemeral frame (the new one, or a
     /// queued one to make room for something more important); when nothing can be dropped the
     /// connection is closed with 4008.
-    pub fn push(&self, class: Class, message: Message) -> Pushed {
+    pub fn push_in(&self, class: Class, channel: u64, message: Message) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.closing.is_some() {
             return Pushed::Closed;
@@ -161,14 +207,23 @@ impl Outbound {
         }
         inner.frames += 1;
         inner.bytes += message.len();
-        inner.queues[class as usize].push_back(message);
+        if channel != 0 {
+            inner.promote(class as usize, channel);
+        }
+        inner.queues[class as usize].push_back(Entry { channel, message });
         drop(inner);
         self.writer.notify_one();
         Pushed::Queued
     }
 
-    /// Queues a frame, waiting for room first. Returns false when the connection is closing.
+    /// Queues a frame outside any channel order, waiting for room first. Returns false when the
+    /// connection is closing.
     pub async fn send(&self, class: Class, message: Message) -> bool {
+        self.send_in(class, 0, message).await
+    }
+
+    /// Queues a message of a channel (see [`Outbound::push_in`]), waiting for room first.
+    pub async fn send_in(&self, class: Class, channel: u64, message: Message) -> bool {
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
@@ -182,7 +237,7 @@ impl Outbound {
                     && inner.bytes + message.len() <= self.config.max_bytes;
                 if room {
                     drop(inner);
-                    return self.push(class, message) == Pushed::Queued;
+                    return self.push_in(class, channel, message) == Pushed::Queued;
                 }
             }
             tokio::select! {
@@ -310,6 +365,23 @@ mod tests {
         assert_eq!(
             drain(&o).await,
             ["ack", "urgent", "n1", "n2", "low", "typing"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_higher_priority_message_takes_its_channels_backlog_along_but_overtakes_others() {
+        let o = q(16);
+        o.push_in(Class::Normal, 1, text("a1"));
+        o.push_in(Class::Normal, 2, text("b1"));
+        o.push_in(Class::Low, 1, text("a2"));
+        o.push_in(Class::Low, 2, text("b2"));
+        o.push_in(Class::Urgent, 1, text("a3-urgent"));
+        o.push_in(Class::Normal, 1, text("a4"));
+        o.push(Class::Control, text("reply"));
+        // Channel 1 keeps its order (a1 a2 a3 a4) while its urgent message jumps channel 2.
+        assert_eq!(
+            drain(&o).await,
+            ["reply", "a1", "a2", "a3-urgent", "b1", "a4", "b2"]
         );
     }
 

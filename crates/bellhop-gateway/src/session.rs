@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::auth::{AuthError, Principal};
 use crate::hub::{self, Activation, Subscriber};
 use crate::node::{Node, RequestError};
-use crate::outbound::{Class, Next, Outbound};
+use crate::outbound::{channel_tag, Class, Next, Outbound};
 use crate::policy::{self, Access};
 
 /// Messages per broker read while replaying a subscription.
@@ -68,7 +68,7 @@ where
         subscriptions: HashSet::new(),
     };
     if let Some(p) = opening.principal {
-        session.welcome(p).await;
+        session.welcome(None, p).await;
     }
     session.read_loop(stream).await;
     // The peer may have simply gone away: make sure the writer finishes either way.
@@ -134,10 +134,13 @@ struct Session {
     subscriptions: HashSet<Channel>,
 }
 
-/// When a token's `exp` (Unix seconds) passes, on tokio's clock.
+/// When a token's `exp` (Unix seconds) plus the leeway passes, on tokio's clock.
 fn expiry_instant(expires_at: u64, leeway: Duration) -> Instant {
-    let now = bellhop_dispatcher::now_ms() / 1000;
-    let left = Duration::from_secs(expires_at.saturating_sub(now)) + leeway;
+    let now_ms = bellhop_dispatcher::now_ms();
+    let end_ms = expires_at
+        .saturating_add(leeway.as_secs())
+        .saturating_mul(1000);
+    let left = Duration::from_millis(end_ms.saturating_sub(now_ms));
     Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
 }
 
@@ -239,8 +242,9 @@ impl Session {
         self.send(&frame).await;
     }
 
-    async fn welcome(&mut self, p: Principal) {
+    async fn welcome(&mut self, id: Option<u64>, p: Principal) {
         let frame = ServerFrame::Welcome(Welcome {
+            id,
             session_id: self.session_id.clone(),
             node: self.node.config.node_id.clone(),
             user_id: p.user_id.clone(),
@@ -330,12 +334,25 @@ impl Session {
 
     async fn authenticate(&mut self, id: Option<u64>, token: &str) {
         match (self.node.verifier.verify(token), &self.principal) {
-            (Ok(p), None) => self.welcome(p).await,
-            // Re-authentication extends a live connection with a fresh token of the same user.
+            (Ok(p), None) => self.welcome(id, p).await,
+            // Re-authentication extends a live connection with a fresh token of the same user;
+            // subscriptions the new token no longer allows are dropped.
             (Ok(p), Some(current))
                 if p.user_id == current.user_id && p.property == current.property =>
             {
-                self.welcome(p).await
+                let old = current.clone();
+                self.welcome(id, p.clone()).await;
+                let lost: Vec<Channel> = self
+                    .subscriptions
+                    .iter()
+                    .filter(|c| policy::check(&p, Access::Read, c).is_err())
+                    .cloned()
+                    .collect();
+                for channel in lost {
+                    self.leave(&old, &channel, true).await;
+                    self.send(&ServerFrame::Unsubscribed { id: None, channel })
+                        .await;
+                }
             }
             (Ok(_), Some(_)) => {
                 self.error(
@@ -350,8 +367,7 @@ impl Session {
                     AuthError::Expired => "token expired".to_string(),
                     other => other.to_string(),
                 };
-                self.error(id, ErrorCode::Unauthorized, message.clone())
-                    .await;
+                self.error(id, ErrorCode::Unauthorized, message).await;
                 if current.is_none() {
                     self.outbound
                         .close(close::UNAUTHORIZED, "authentication failed");
@@ -450,12 +466,14 @@ impl Session {
             unread,
         };
         self.send(&frame).await;
-        let mut cursor = since;
+        // A `since` beyond the channel's newest offset (unknown, so not recovered) must not hide
+        // the live messages that follow the newest one.
+        let mut cursor = since.min(first.last);
+        let tag = channel_tag(key);
         for m in &first.messages {
             if let Some(frame) = hub::encode_message(self.codec, key, m) {
-                self.outbound
-                    .send(Class::of(m.envelope.priority), frame)
-                    .await;
+                let class = Class::of(m.envelope.priority);
+                self.outbound.send_in(class, tag, frame).await;
             }
             cursor = m.offset;
         }
@@ -472,13 +490,14 @@ impl Session {
         mut cursor: Offset,
     ) -> Result<Offset, RequestError> {
         let broker = self.node.dispatcher.broker().clone();
+        let tag = channel_tag(key);
         loop {
             let page = broker.read(key, Some(cursor), REPLAY_PAGE).await?;
             for m in &page.messages {
                 if let Some(frame) = hub::encode_message(self.codec, key, m) {
                     if !self
                         .outbound
-                        .send(Class::of(m.envelope.priority), frame)
+                        .send_in(Class::of(m.envelope.priority), tag, frame)
                         .await
                     {
                         return Ok(cursor);
@@ -655,8 +674,12 @@ mod tests {
     }
 
     fn start(principal: Principal) -> Peer {
+        start_with_leeway(principal, Duration::ZERO)
+    }
+
+    fn start_with_leeway(principal: Principal, leeway: Duration) -> Peer {
         let mut config = GatewayConfig::new("secret");
-        config.auth.leeway = Duration::from_secs(0);
+        config.auth.leeway = leeway;
         let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
         let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
         let node = Arc::new(Node::new(config, dispatcher));
@@ -744,5 +767,21 @@ mod tests {
         assert_eq!(close_code(&peer.next().await), Some(close::UNAUTHORIZED));
         let elapsed = started.elapsed().as_secs();
         assert!((74..=76).contains(&elapsed), "closed at {elapsed} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_accepted_inside_the_leeway_lives_only_until_exp_plus_leeway() {
+        let started = Instant::now();
+        let mut p = principal(0);
+        p.expires_at -= 10; // expired ten seconds ago, inside a 30 s leeway
+        let mut peer = start_with_leeway(p, Duration::from_secs(30));
+        peer.next().await; // welcome
+        let error = peer.next().await.into_text().unwrap();
+        assert!(error.contains("expired"), "{error}");
+        let elapsed = started.elapsed().as_secs();
+        assert!(
+            (19..=21).contains(&elapsed),
+            "closed after {elapsed} s, not 20"
+        );
     }
 }

@@ -43,10 +43,11 @@ async fn tokens_are_accepted_in_the_header_the_query_and_a_first_frame() {
     assert_eq!(by_query.next().await["userId"], "g2");
     let mut by_frame = node.connect_with(None, Codec::Json).await.unwrap();
     by_frame
-        .send(json!({"type": "auth", "token": guest("g3", &[])}))
+        .send(json!({"type": "auth", "token": guest("g3", &[]), "id": 7}))
         .await;
     let welcome = by_frame.next().await;
     assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["id"], 7, "welcome answers the auth request");
     assert_eq!(
         (
             welcome["userId"].as_str(),
@@ -146,6 +147,13 @@ async fn re_authentication_accepts_the_same_user_and_refuses_another() {
         c.subscribe("dept:housekeeping").await["channel"],
         "dept:housekeeping"
     );
+    // A fresh token that no longer grants the department ends that subscription.
+    let narrower = c
+        .request(json!({"type": "auth", "token": staff("s1", &[])}))
+        .await;
+    assert_eq!(narrower["type"], "welcome");
+    let dropped = c.wait_type("unsubscribed").await;
+    assert_eq!(dropped["channel"], "dept:housekeeping");
     let other = c
         .request(json!({"type": "auth", "token": staff("s2", &[])}))
         .await;
@@ -397,13 +405,17 @@ async fn a_broker_failure_reaches_the_publisher_as_unavailable_or_internal() {
 
 #[tokio::test]
 async fn subscriptions_per_connection_are_capped() {
-    let node = TestNode::start_with(Backend::Memory, |c| c.max_subscriptions_per_connection = 2).await;
+    let node =
+        TestNode::start_with(Backend::Memory, |c| c.max_subscriptions_per_connection = 2).await;
     let mut c = node.connect(&staff("s1", &[])).await;
     c.subscribe("room:1").await;
     c.subscribe("room:2").await;
-    let third = c.request(json!({"type": "subscribe", "channel": "room:3"})).await;
+    let third = c
+        .request(json!({"type": "subscribe", "channel": "room:3"}))
+        .await;
     assert_eq!(third["code"], "bad_request", "{third}");
     assert!(third["message"].as_str().unwrap().contains("at most 2"));
-    c.request(json!({"type": "unsubscribe", "channel": "room:1"})).await;
+    c.request(json!({"type": "unsubscribe", "channel": "room:1"}))
+        .await;
     c.subscribe("room:3").await;
 }

@@ -25,6 +25,7 @@ macro_rules! suite {
 
 suite!(
     a_guest_service_request_reaches_housekeeping,
+    an_urgent_message_never_overtakes_its_own_channel,
     resume_replays_missed_messages_then_goes_live_without_gap_or_duplicate,
     resume_during_a_publish_burst_loses_and_duplicates_nothing,
     unknown_or_expired_offsets_are_not_recovered,
@@ -161,6 +162,35 @@ async fn resume_during_a_publish_burst_loses_and_duplicates_nothing(backend: Bac
     assert!(extra.is_empty(), "duplicates: {extra:?}");
 }
 
+async fn an_urgent_message_never_overtakes_its_own_channel(backend: Backend) {
+    let node = TestNode::start(backend).await;
+    let mut m = node.connect(&manager("m1")).await;
+    let start = offset(&m.publish("room:12", "CHAT_MESSAGE", json!({})).await);
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        acked.push(offset(
+            &m.publish("room:12", "CHAT_MESSAGE", json!({"n": i})).await,
+        ));
+    }
+    acked.push(offset(
+        &m.publish("room:12", "EMERGENCY_ALERT", json!({"leak": "204"}))
+            .await,
+    ));
+    acked.push(offset(
+        &m.publish("room:12", "CHAT_MESSAGE", json!({"after": true}))
+            .await,
+    ));
+    // The replay queues everything at once: the urgent message must still come in its place.
+    let mut c = node.connect(&staff("s1", &[])).await;
+    c.request(json!({"type": "subscribe", "channel": "room:12", "since": start}))
+        .await;
+    let mut got = Vec::new();
+    while got.len() < acked.len() {
+        got.push(offset(&c.wait_type("message").await));
+    }
+    assert_eq!(got, acked);
+}
+
 async fn unknown_or_expired_offsets_are_not_recovered(backend: Backend) {
     let node = TestNode::start(backend).await;
     let mut publisher = node.connect(&manager("m1")).await;
@@ -179,6 +209,9 @@ async fn unknown_or_expired_offsets_are_not_recovered(backend: Backend) {
         .request(json!({"type": "subscribe", "channel": "room:5", "since": "99999999999999-0"}))
         .await;
     assert_eq!(sub["recovered"], false, "{sub}");
+    // ... and must not hide the live messages that follow.
+    let next = offset(&publisher.publish("room:5", "CHAT_MESSAGE", json!({})).await);
+    assert_eq!(offset(&other.wait_type("message").await), next);
 }
 
 async fn unsubscribe_stops_delivery_and_releases_the_channel(backend: Backend) {
@@ -372,6 +405,17 @@ async fn read_markers_give_unread_counts(backend: Backend) {
     // Another device of the same user sees the same count.
     let mut other = node.connect(&t).await;
     assert_eq!(other.subscribe("dept:frontdesk").await["unread"], 2);
+    // A marker beyond the newest message is clamped to it, so later messages still count.
+    let future = json!({"type": "read", "channel": "dept:frontdesk", "offset": "99999999999999-0"});
+    let ack = s.request(future).await;
+    assert_eq!(
+        (ack["offset"].as_str(), &ack["unread"]),
+        (Some(offsets[2].as_str()), &json!(0))
+    );
+    m.publish("dept:frontdesk", "GUEST_CHECKIN", json!({}))
+        .await;
+    let mut third = node.connect(&t).await;
+    assert_eq!(third.subscribe("dept:frontdesk").await["unread"], 1);
 }
 
 async fn ping_gets_pong_with_the_same_id(backend: Backend) {

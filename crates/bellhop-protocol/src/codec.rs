@@ -210,6 +210,7 @@ mod tests {
         let room = Channel::Room("101".into());
         vec![
             ServerFrame::Welcome(crate::Welcome {
+                id: Some(9),
                 session_id: "s".into(),
                 node: "n".into(),
                 user_id: "u".into(),

@@ -53,7 +53,7 @@ pub struct Sender {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Envelope {
-    /// Unique id of the message (a UUID unless the publisher chose one).
+    /// Unique id of the message (a UUID chosen by the server).
     pub message_id: String,
     /// What happened, in `UPPER_SNAKE` (`SERVICE_REQUEST`, `ROOM_STATUS_UPDATE`, ...).
     pub event: String,
@@ -190,10 +190,13 @@ impl Request {
     }
 }
 
-/// The first frame of every authenticated connection.
+/// The first frame of every authenticated connection, and the reply to every `auth`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Welcome {
+    /// Echo of the `auth` request's id (absent when the upgrade request carried the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
     /// This connection's id, for logs and support.
     pub session_id: String,
     /// The node that serves the connection.
@@ -290,8 +293,8 @@ pub enum ServerFrame {
         id: Option<u64>,
         /// The channel.
         channel: Channel,
-        /// The channel's newest offset when the subscription started, or `since` when the replay
-        /// that follows is complete from there.
+        /// The channel's newest offset when the subscription started (any replayed messages end
+        /// at or after it; live ones follow).
         offset: Offset,
         /// False when `since` is older than the retention window (or unknown to this broker):
         /// messages may be missing and the client must reload from its own store.

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Replies that answer a request (and so end the wait for it).
 const REPLIES: &[&str] = &[
+    "welcome",
     "subscribed",
     "unsubscribed",
     "ack",

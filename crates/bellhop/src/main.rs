@@ -163,7 +163,7 @@ async fn main() -> Result<()> {
             let (secret, _, dev) = settings::resolve_secret(&ProcessEnv, &file)?;
             if dev {
                 eprintln!(
-                    "warning: JWT_SECRET is not set; signing with the public development secret"
+                    "warning: JWT_SECRET is unset (or the development secret): signing with the public development secret"
                 );
             }
             let now = bellhop_dispatcher::now_ms() / 1000;
@@ -195,8 +195,14 @@ async fn main() -> Result<()> {
 async fn serve(settings: settings::ServeSettings) -> Result<()> {
     if settings.dev_secret {
         tracing::warn!(
-            "JWT_SECRET is not set: using the PUBLIC development secret. Anyone can mint tokens for this node. \
+            "JWT_SECRET is unset or the development secret: using the PUBLIC development secret. Anyone can mint tokens for this node. \
              Set JWT_SECRET (and BELLHOP_ENV=production) before exposing it."
+        );
+    }
+    if let Some(rate) = settings.rate_limit_per_ip {
+        tracing::warn!(
+            rate,
+            "RATE_LIMIT_PER_IP is accepted but not enforced in this release"
         );
     }
     let broker = Arc::new(MemoryBroker::new(settings.memory.clone()));

@@ -109,6 +109,8 @@ pub(crate) struct ServeSettings {
     pub(crate) dev_secret: bool,
     /// Log output format.
     pub(crate) log_format: LogFormat,
+    /// `RATE_LIMIT_PER_IP`, accepted and validated but not enforced in this release.
+    pub(crate) rate_limit_per_ip: Option<u32>,
 }
 
 /// A settings reader over one environment and one file.
@@ -226,14 +228,15 @@ pub(crate) fn serve_settings(
     }
     let (secret, environment, dev_secret) = resolve_secret(env, file)?;
     let mut gateway = GatewayConfig::new(secret);
-    let bind: IpAddr = match flags.bind_addr {
-        Some(ip) => ip,
-        None => s
-            .parse(
-                "BIND_ADDR",
-                file.bind_addr.as_deref().map(str::parse).transpose()?,
-            )?
+    let bind: IpAddr = match (flags.bind_addr, env.get("BIND_ADDR"), &file.bind_addr) {
+        (Some(ip), _, _) => ip,
+        (None, Some(_), _) => s
+            .parse("BIND_ADDR", None)?
             .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        (None, None, Some(text)) => text.parse().map_err(|e| {
+            anyhow::anyhow!("bind_addr = {text:?} in the config file is invalid: {e}")
+        })?,
+        (None, None, None) => IpAddr::from([0, 0, 0, 0]),
     };
     let ws_port = flags
         .ws_port
@@ -254,14 +257,9 @@ pub(crate) fn serve_settings(
     if let Some(n) = s.parse("MAX_CONNECTIONS", file.max_connections)? {
         gateway.max_connections = n;
     }
-    if let Some(rate) = s.parse::<u32>("RATE_LIMIT_PER_IP", file.rate_limit_per_ip)? {
-        if rate == 0 {
-            bail!("RATE_LIMIT_PER_IP must be at least 1");
-        }
-        tracing::warn!(
-            rate,
-            "RATE_LIMIT_PER_IP is accepted but not enforced in this release"
-        );
+    let rate_limit_per_ip = s.parse::<u32>("RATE_LIMIT_PER_IP", file.rate_limit_per_ip)?;
+    if rate_limit_per_ip == Some(0) {
+        bail!("RATE_LIMIT_PER_IP must be at least 1");
     }
     gateway.node_id = s
         .string("NODE_ID", &file.node_id)
@@ -276,6 +274,9 @@ pub(crate) fn serve_settings(
         gateway.drain_period = Duration::from_secs(secs);
     }
     if let Some(secs) = s.parse::<u64>("HEARTBEAT_SECONDS", file.heartbeat_seconds)? {
+        if secs > 3600 {
+            bail!("HEARTBEAT_SECONDS must be between 1 and 3600");
+        }
         gateway.heartbeat_interval = Duration::from_secs(secs);
         gateway.heartbeat_timeout = Duration::from_secs(secs * 2);
     }
@@ -297,6 +298,7 @@ pub(crate) fn serve_settings(
         Some(other) => bail!("LOG_FORMAT={other:?} is invalid: use text or json"),
     };
     Ok(ServeSettings {
+        rate_limit_per_ip,
         gateway,
         memory,
         environment,
