@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/bellhop
 
-.PHONY: run test lint unit deps build clean help
+.PHONY: run test lint unit deps test-deps build clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -11,6 +11,13 @@ deps: ## check for (and install, where missing) what building and testing need
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (https://rustup.rs) first"; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+test-deps: deps ## also what the test suites need: redis-server (tests start their own on free ports)
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server is missing: installing it (the Redis backend's tests start their own)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
 
 build: deps ## build the release binary
 	$(CARGO) build --release -p bellhop
@@ -28,7 +35,7 @@ lint: deps ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: deps ## the test suites only
+unit: test-deps ## the test suites only
 	$(CARGO) test --workspace
 
 test: lint unit ## everything CI runs: lint, then every test suite

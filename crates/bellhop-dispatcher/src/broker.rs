@@ -84,21 +84,70 @@ pub enum SubscriptionEvent {
 /// A live subscription to one channel. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: broadcast::Receiver<ChannelEvent>,
+    /// Where the events come from.
+    source: Source,
+}
+
+/// What a backend's broadcast carries when the backend detects gaps itself (the Redis backend:
+/// a sequence jump or a reconnect), so that the gap reaches each subscriber in order with the
+/// events around it.
+#[derive(Clone, Debug)]
+pub(crate) enum Feed {
+    /// The next event.
+    Event(ChannelEvent),
+    /// Events may have been missed before the next one.
+    Gap,
+}
+
+/// Something a backend keeps alive for as long as a subscription exists; dropping it tells the
+/// backend the subscription ended (the Redis backend unsubscribes when the last one goes).
+pub(crate) type Lease = Box<dyn std::any::Any + Send + Sync>;
+
+/// The two kinds of backend feeds.
+#[derive(Debug)]
+enum Source {
+    /// Only lag is a gap (the embedded broker).
+    Events(broadcast::Receiver<ChannelEvent>),
+    /// The backend also reports gaps in band.
+    Feed {
+        /// The channel's events and gaps. Declared before `_lease`, so it is dropped first and
+        /// the backend sees this receiver gone when the lease tells it to look.
+        rx: broadcast::Receiver<Feed>,
+        /// Held for its `Drop`.
+        _lease: Lease,
+    },
 }
 
 impl Subscription {
     /// Wraps a backend's broadcast receiver.
     pub fn new(rx: broadcast::Receiver<ChannelEvent>) -> Self {
-        Subscription { rx }
+        Subscription {
+            source: Source::Events(rx),
+        }
+    }
+
+    /// Wraps a feed that carries explicit gaps, and the lease that ends the subscription on drop.
+    pub(crate) fn with_feed(rx: broadcast::Receiver<Feed>, lease: Lease) -> Self {
+        Subscription {
+            source: Source::Feed { rx, _lease: lease },
+        }
     }
 
     /// The next event. Cancel-safe.
     pub async fn recv(&mut self) -> SubscriptionEvent {
-        match self.rx.recv().await {
-            Ok(event) => SubscriptionEvent::Event(event),
-            Err(broadcast::error::RecvError::Lagged(_)) => SubscriptionEvent::Gap,
-            Err(broadcast::error::RecvError::Closed) => SubscriptionEvent::Closed,
+        match &mut self.source {
+            Source::Events(rx) => match rx.recv().await {
+                Ok(event) => SubscriptionEvent::Event(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => SubscriptionEvent::Gap,
+                Err(broadcast::error::RecvError::Closed) => SubscriptionEvent::Closed,
+            },
+            Source::Feed { rx, .. } => match rx.recv().await {
+                Ok(Feed::Event(event)) => SubscriptionEvent::Event(event),
+                Ok(Feed::Gap) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    SubscriptionEvent::Gap
+                }
+                Err(broadcast::error::RecvError::Closed) => SubscriptionEvent::Closed,
+            },
         }
     }
 }
@@ -195,4 +244,51 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// The count of retained messages after the user's read marker (all retained messages when
     /// the user has none).
     async fn unread(&self, key: &ChannelKey, user_id: &str) -> Result<u64, BrokerError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Records, when dropped, how many receivers its channel still had.
+    struct Probe {
+        tx: broadcast::Sender<Feed>,
+        receivers_at_drop: Arc<AtomicUsize>,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.receivers_at_drop
+                .store(self.tx.receiver_count(), Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_feed_delivers_gaps_in_order_and_releases_its_lease_after_its_receiver() {
+        let (tx, rx) = broadcast::channel(8);
+        let receivers_at_drop = Arc::new(AtomicUsize::new(usize::MAX));
+        let lease = Probe {
+            tx: tx.clone(),
+            receivers_at_drop: receivers_at_drop.clone(),
+        };
+        let mut sub = Subscription::with_feed(rx, Box::new(lease));
+        let typing = ChannelEvent::Typing {
+            user_id: "u1".into(),
+        };
+        tx.send(Feed::Event(typing.clone())).unwrap();
+        tx.send(Feed::Gap).unwrap();
+        tx.send(Feed::Event(typing.clone())).unwrap();
+        assert_eq!(sub.recv().await, SubscriptionEvent::Event(typing.clone()));
+        assert_eq!(sub.recv().await, SubscriptionEvent::Gap);
+        assert_eq!(sub.recv().await, SubscriptionEvent::Event(typing));
+
+        drop(sub);
+        assert_eq!(
+            receivers_at_drop.load(Ordering::SeqCst),
+            0,
+            "the backend must see the receiver gone when the lease drops"
+        );
+    }
 }

@@ -3,8 +3,8 @@
 //! a priority queue with batching in front of the storage backend.
 //!
 //! Backends implement [`Broker`]: [`MemoryBroker`] is the embedded single-node broker (a product
-//! feature, not a test double); the Redis backend implements the same trait with the same
-//! semantics.
+//! feature, not a test double); [`RedisBroker`] keeps the same semantics in a Redis server shared by
+//! every node.
 //!
 //! Architecture invariant: this crate knows nothing of WebSockets, HTTP or sessions. It speaks in
 //! channel keys, envelopes and offsets.
@@ -13,6 +13,7 @@ mod broker;
 mod dispatcher;
 mod memory;
 pub mod queue;
+mod redis;
 
 pub use broker::{
     Broker, BrokerError, ChannelEvent, ChannelKey, ReadResult, StoredMessage, Subscription,
@@ -20,6 +21,7 @@ pub use broker::{
 };
 pub use dispatcher::{Dispatcher, DispatcherConfig, PublishError};
 pub use memory::{MemoryBroker, MemoryConfig};
+pub use redis::{RedisBroker, RedisConfig};
 
 /// Milliseconds since the Unix epoch, from the system clock. Offsets are wall-clock based (like
 /// Redis stream IDs); monotonicity is restored by [`bellhop_protocol::Offset::next_after`].

@@ -3,11 +3,9 @@
 //!
 //! Every check is an `async fn check_xxx(broker: Arc<dyn Broker>)`. The `conformance!` macro turns
 //! the list of checks into one `#[tokio::test]` per check for a given backend factory, so a new
-//! backend is one more line at the bottom of this file, e.g.
-//!
-//! ```ignore
-//! conformance!(redis, || async { Arc::new(RedisBroker::connect(..).await.unwrap()) as Arc<dyn Broker> });
-//! ```
+//! backend is one more line at the bottom of this file. A factory returns the broker, or the
+//! broker and whatever must outlive it (the Redis checks each get their own `redis-server`, which
+//! is killed when the check ends).
 //!
 //! Checks must hold on a shared, persistent backend too: each one works in its own property
 //! (suffixed with a per-run id, so a rerun against the same Redis never sees an earlier run's data),
@@ -23,8 +21,12 @@ use std::time::Duration;
 use bellhop_dispatcher::{
     now_ms, Broker, ChannelEvent, ChannelKey, StoredMessage, Subscription, SubscriptionEvent,
 };
-use bellhop_dispatcher::{MemoryBroker, MemoryConfig};
+use bellhop_dispatcher::{MemoryBroker, MemoryConfig, RedisBroker, RedisConfig};
 use bellhop_protocol::{Channel, Envelope, Offset, Priority, Role, Sender};
+
+mod support;
+
+use support::redis_server::RedisServer;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -537,8 +539,26 @@ async fn check_read_markers_count_unread_and_never_move_back(broker: Arc<dyn Bro
 // Wiring: one test per check per backend
 // ---------------------------------------------------------------------------------------------
 
+/// What a backend factory hands a check: the broker, and what must live until the check is done.
+trait Fixture {
+    fn into_parts(self) -> (Arc<dyn Broker>, Box<dyn std::any::Any>);
+}
+
+impl Fixture for Arc<dyn Broker> {
+    fn into_parts(self) -> (Arc<dyn Broker>, Box<dyn std::any::Any>) {
+        (self, Box::new(()))
+    }
+}
+
+impl<Keep: 'static> Fixture for (Arc<dyn Broker>, Keep) {
+    fn into_parts(self) -> (Arc<dyn Broker>, Box<dyn std::any::Any>) {
+        (self.0, Box::new(self.1))
+    }
+}
+
 /// `conformance!(backend, factory)` defines `mod backend` with one `#[tokio::test]` per check,
-/// each on a fresh broker from `factory` (a closure returning a future of `Arc<dyn Broker>`).
+/// each on a fresh broker from `factory` (a closure returning a future of a [`Fixture`]: the
+/// broker, or the broker and what must outlive it).
 macro_rules! conformance {
     ($backend:ident, $factory:expr) => {
         conformance!(@tests $backend, $factory, [
@@ -564,7 +584,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $check() {
-                    let broker: Arc<dyn Broker> = ($factory)().await;
+                    let (broker, _keep) = Fixture::into_parts(($factory)().await);
                     super::$check(broker).await;
                 }
             )*
@@ -574,4 +594,14 @@ macro_rules! conformance {
 
 conformance!(memory, || async {
     Arc::new(MemoryBroker::new(MemoryConfig::default())) as Arc<dyn Broker>
+});
+
+conformance!(redis, || async {
+    let server = RedisServer::start().await;
+    let config = RedisConfig {
+        url: server.url(),
+        ..RedisConfig::default()
+    };
+    let broker = RedisBroker::connect(config).await.unwrap();
+    (Arc::new(broker) as Arc<dyn Broker>, server)
 });

@@ -1,0 +1,1573 @@
+//! The Redis backend: every channel's log, sequence, presence and read markers in one Redis
+//! server, so any number of gateway nodes share them. It keeps exactly the semantics of
+//! [`MemoryBroker`](crate::MemoryBroker) (the conformance suite runs against both) and must never
+//! hold state a client needs after it reconnects to another node.
+//!
+//! # Key layout
+//!
+//! Every key of one channel carries the same hash tag, `{<property>|<channel>}`, so they live on
+//! one cluster slot and one Lua script may touch them all (channel names never contain `|`, so
+//! the tag is unambiguous). With the default prefix `bh`, for `room:101` of property `h1`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `bh:{h1\|room:101}:log` | stream | the messages: ID = offset, fields `s` (sequence) and `e` (envelope JSON) |
+//! | `bh:{h1\|room:101}:meta` | hash | `seq` (messages ever stored, contiguous), `last` (newest position handed out), `origin` (where this channel's history starts) |
+//! | `bh:{h1\|room:101}:read` | hash | read markers: user → offset |
+//! | `bh:{h1\|room:101}:presence` | sorted set | sessions `<user>\x1f<session>`, scored by expiry (ms) |
+//! | `bh:{h1\|room:101}:users` | hash | presence: user → number of present sessions |
+//! | `bh:{h1\|room:101}:live` | pub/sub channel | live events (below) |
+//!
+//! The one name outside this scheme is each broker's own probe channel, `bh:probe:<client id>`.
+//!
+//! Nothing needs a sweeper: the log, meta and markers expire one retention window after the
+//! newest message (or the newest position handed out), the presence keys one presence TTL after
+//! the last join or refresh.
+//!
+//! # The channel script
+//!
+//! Every operation is one call of one Lua script ([`SCRIPT`], loaded once with `SCRIPT LOAD`,
+//! called with `EVALSHA`, reloaded on `NOSCRIPT`), so it is atomic and one round trip. Time is the
+//! server's (`TIME`), never a node's, so nodes with skewed clocks still agree. A publish:
+//!
+//! 1. computes the offset like [`Offset::next_after`]: the server's millisecond, or one past
+//!    `meta.last` when the clock has not moved past it (it stepped back), so offsets strictly
+//!    increase and a position handed out for an empty channel is never undercut;
+//! 2. `XADD log MINID ~ <now - retention> <offset> s <seq> e <envelope>` (the explicit ID keeps
+//!    time-based trimming; the sequence is `meta.seq + 1`), then `HSET meta seq last` and
+//!    `HSETNX meta origin`;
+//! 3. extends the channel's keys to live until the message leaves the window;
+//! 4. `PUBLISH live {"k":"m","o":<offset>,"s":<seq>,"e":<envelope>}`.
+//!
+//! `publish_batch` sends one `EVALSHA` per message in one pipeline (one round trip), results in
+//! batch order. Ephemeral events are `PUBLISH`ed from the node as `{"k":"join"|"leave"|"typing",
+//! "u":<user>}` on the same live channel and never stored.
+//!
+//! # Live subscriptions
+//!
+//! One dedicated subscriber connection per broker. A map from live channel to a
+//! [`broadcast`] sender fans events out to local [`Subscription`]s; the channel is `SUBSCRIBE`d
+//! when its first local subscription is created and `UNSUBSCRIBE`d when the last one is dropped:
+//! each subscription holds a lease whose `Drop` hands the channel to a release task, which
+//! unsubscribes if no receiver is left (drop-triggered rather than periodic, so a channel nobody
+//! wants stops costing Redis fan-out at once). Subscribing and unsubscribing are serialized, so an
+//! `UNSUBSCRIBE` can never overtake a newer `SUBSCRIBE`. `subscribe` returns only once Redis has
+//! processed the `SUBSCRIBE` (a `PING` behind it on the same connection has been answered: fred
+//! resolves a `SUBSCRIBE` as soon as it is written), so anything published after it returns is
+//! delivered.
+//!
+//! Gaps are reported in band, in order with the events around them:
+//! - **Sequence jumps.** The broker remembers the last sequence seen per channel; a message whose
+//!   sequence is not the next one is preceded by a
+//!   [`SubscriptionEvent::Gap`](crate::SubscriptionEvent::Gap), so the reader re-reads the log
+//!   before it sees that message.
+//! - **Reconnects.** After the subscriber connection comes back, every active channel is
+//!   subscribed again and then gets a gap (the reader re-reads from its last offset, which covers
+//!   anything published while the connection was down).
+//! - **Lag.** A local subscriber that falls behind, or a router that falls behind the connection,
+//!   gets a gap.
+//! - **Silence.** A pub/sub connection can stop delivering without closing (after a failover,
+//!   behind a broken middlebox). Every `probe_interval` the broker publishes a numbered probe to
+//!   its own channel (`bh:probe:<client id>`); if it does not come back on the subscriber
+//!   connection within `probe_timeout`, the connection is replaced (which is a reconnect, above)
+//!   and [`RedisBroker::subscriber_healthy`] reads false until a probe comes back.
+//!
+//! # Reads and recovery
+//!
+//! A read is one script call: `XRANGE` strictly after `since` (`COUNT limit + 1`, for `more`), or
+//! `XREVRANGE` for the newest `limit`, never older than `now - retention` (an entry the
+//! approximate `MINID ~` trim has not removed yet is out of the window all the same). `last` is
+//! `meta.last`, the newest position handed out; when nothing is retained, the read hands out a
+//! position just below now and above every earlier one, and stores it in `meta.last`, which is
+//! what the embedded broker's `fresh_state` and `high_water` do. The channel's **floor** is
+//! `max(origin, (now - retention)-0)`, and `recovered` is `since >= floor`, with `since` known
+//! (not beyond both now and `last`). `origin` is set when the channel's meta is created (by a read
+//! or a publish): a Redis that lost its data (restart without persistence, flush, eviction)
+//! starts a new origin, so positions from before are reported `recovered: false`, like the
+//! embedded broker after a restart.
+//!
+//! # Presence and read markers
+//!
+//! A join adds `<user>\x1f<session>` scored by `now + presence_ttl` and counts the user's sessions
+//! in the `users` hash, so "first session" and "last session" are O(1), not a scan; this broker
+//! refreshes the sessions it added every `presence_refresh`, and every presence call first drops
+//! expired sessions (a node that died leaves nobody behind for longer than the TTL). A read
+//! marker only moves forward; the unread count is the newest sequence minus the sequence of the
+//! first retained entry after the marker, plus one (exact, not a scan).
+//!
+//! # Limits of this slice
+//!
+//! - Redis 6.2 or newer (`MINID`, exclusive ranges); one server, no TLS (`rediss://`), no Cluster
+//!   or Sentinel URLs (refused by [`RedisConfig::validate`]). Cluster mode needs `SSUBSCRIBE`/
+//!   `SPUBLISH`, per-shard subscriber connections and `SCRIPT LOAD` on every primary.
+//! - The floor is time-based, so a `since` older than `now - retention` is `recovered: false`
+//!   even when the newest message trimmed happens to be older still (the embedded broker knows
+//!   exactly what it trimmed and says true there): conservative, never the other way round.
+//!   Redis keeps no per-channel message count cap; retention alone bounds a log.
+//! - A publish that fails with `unavailable` after Redis received it (the connection dropped
+//!   before the reply) may have been stored: retrying can store it twice. Commands are never
+//!   retried by the client for this reason; idempotent publishes are a later step.
+//! - A presence refresh that races a leave of the same session can bring it back until its TTL
+//!   runs out (at most `presence_ttl`).
+//! - Reads return at most [`MAX_READ`] messages per call (`more` says when to read on).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bellhop_protocol::{Envelope, Offset};
+use fred::prelude::{
+    Builder, ClientLike, Config as FredConfig, Error as FredError, ErrorKind, EventInterface,
+    LuaInterface, PubsubInterface, ReconnectPolicy, Value,
+};
+use fred::types::{ClusterHash, CustomCommand};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::broker::{
+    Broker, BrokerError, ChannelEvent, ChannelKey, Feed, ReadResult, StoredMessage, Subscription,
+};
+
+/// Most messages one read returns; `more` tells the caller to read on.
+const MAX_READ: usize = 10_000;
+
+/// Settings of the Redis backend.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// Where Redis is: `redis://[[user]:password@]host[:port][/db]` (`REDIS_URL`).
+    pub url: String,
+    /// Prefix of every key and pub/sub channel (`bh`), so several deployments can share a
+    /// server. Must not contain `{`, `}` or whitespace.
+    pub key_prefix: String,
+    /// How long messages stay readable (`MESSAGE_RETENTION_HOURS`, 24 h); also how long an idle
+    /// channel's keys live.
+    pub retention: Duration,
+    /// How long a session stays present without a refresh (90 s): a node that dies leaves its
+    /// sessions behind for at most this long.
+    pub presence_ttl: Duration,
+    /// How often this broker refreshes the sessions it added (30 s); well under `presence_ttl`.
+    pub presence_refresh: Duration,
+    /// Longest a Redis call may take before it fails with `unavailable` (5 s, the circuit
+    /// breaker's call timeout). Also bounds connecting.
+    pub command_timeout: Duration,
+    /// What `retryAfterMs` says when Redis is unreachable (1 s).
+    pub retry_after: Duration,
+    /// First delay before reconnecting (100 ms); doubles on each failed attempt. Reconnecting
+    /// never gives up.
+    pub reconnect_min_delay: Duration,
+    /// Longest delay between reconnect attempts (10 s).
+    pub reconnect_max_delay: Duration,
+    /// Events buffered per channel for a live subscriber before it is told it has a gap (4,096).
+    pub subscriber_buffer: usize,
+    /// Pub/sub messages buffered between the subscriber connection and the task that routes them
+    /// to channels, before every channel is told it has a gap (16,384).
+    pub pubsub_buffer: usize,
+    /// How often a probe is published to this broker's own pub/sub channel, to catch a subscriber
+    /// connection that went silent without closing (15 s).
+    pub probe_interval: Duration,
+    /// How long a probe may take to come back before the subscriber connection is replaced and
+    /// every channel told it has a gap (5 s).
+    pub probe_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "bh".into(),
+            retention: Duration::from_secs(24 * 3600),
+            presence_ttl: Duration::from_secs(90),
+            presence_refresh: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(5),
+            retry_after: Duration::from_secs(1),
+            reconnect_min_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(10),
+            subscriber_buffer: 4096,
+            pubsub_buffer: 16_384,
+            probe_interval: Duration::from_secs(15),
+            probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Written by hand so the password in the URL never reaches a log.
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("retention", &self.retention)
+            .field("presence_ttl", &self.presence_ttl)
+            .field("presence_refresh", &self.presence_refresh)
+            .field("command_timeout", &self.command_timeout)
+            .field("retry_after", &self.retry_after)
+            .field("reconnect_min_delay", &self.reconnect_min_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("subscriber_buffer", &self.subscriber_buffer)
+            .field("pubsub_buffer", &self.pubsub_buffer)
+            .field("probe_interval", &self.probe_interval)
+            .field("probe_timeout", &self.probe_timeout)
+            .finish()
+    }
+}
+
+/// The URL with any credentials replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl RedisConfig {
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.url.starts_with("redis://") {
+            return Err(format!(
+                "REDIS_URL must be a redis:// URL (TLS, Cluster and Sentinel are not supported yet): {:?}",
+                redact(&self.url)
+            ));
+        }
+        if self.key_prefix.is_empty()
+            || self
+                .key_prefix
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_whitespace())
+        {
+            return Err(format!(
+                "the Redis key prefix must be non-empty without braces or spaces: {:?}",
+                self.key_prefix
+            ));
+        }
+        if self.retention < Duration::from_secs(1)
+            || self.retention > Duration::from_secs(3650 * 24 * 3600)
+        {
+            return Err(
+                "MESSAGE_RETENTION_HOURS must give a retention between 1 s and 10 years".into(),
+            );
+        }
+        if self.presence_ttl > Duration::from_secs(24 * 3600) {
+            return Err("the presence TTL must be at most a day".into());
+        }
+        if self.presence_refresh.is_zero() || self.presence_ttl <= self.presence_refresh {
+            return Err(
+                "the presence TTL must be longer than the (non-zero) presence refresh interval"
+                    .into(),
+            );
+        }
+        if self.command_timeout.is_zero() {
+            return Err("the Redis command timeout must be positive".into());
+        }
+        if self.reconnect_min_delay.is_zero() || self.reconnect_max_delay < self.reconnect_min_delay
+        {
+            return Err(
+                "the Redis reconnect delays must be positive, the maximum at least the minimum"
+                    .into(),
+            );
+        }
+        if self.subscriber_buffer == 0 || self.pubsub_buffer == 0 {
+            return Err("the Redis subscriber buffers must hold at least one event".into());
+        }
+        if self.probe_interval.is_zero() || self.probe_timeout.is_zero() {
+            return Err("the Redis subscriber probe interval and timeout must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The channel script; see the module docs. `KEYS`: log, meta, read markers, presence sessions,
+/// presence users. `ARGV`: operation, retention (ms), presence TTL (ms), then the operation's
+/// arguments.
+const SCRIPT: &str = r#"
+local log, meta, markers, sessions, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local op, retention, presence_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local cutoff = math.max(now - retention, 0)
+
+-- Lua prints large numbers with exponents: integers are written with this instead.
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+local cutoff_id = int(cutoff) .. '-0'
+local max_id = '18446744073709551615-18446744073709551615'
+
+-- The two parts of a canonical stream ID ("<ms>-<seq>", no leading zeros), as strings.
+local function parts(id)
+  return string.match(id, '^(%d+)-(%d+)$')
+end
+
+-- Exact comparison of canonical decimal strings of any length (offsets are u64 pairs).
+local function cmp_dec(a, b)
+  if #a ~= #b then
+    return #a < #b and -1 or 1
+  end
+  if a == b then
+    return 0
+  end
+  return a < b and -1 or 1
+end
+
+local function id_less(a, b)
+  local am, as = parts(a)
+  local bm, bs = parts(b)
+  local c = cmp_dec(am, bm)
+  if c == 0 then
+    c = cmp_dec(as, bs)
+  end
+  return c < 0
+end
+
+local function id_max(a, b)
+  if id_less(a, b) then
+    return b
+  end
+  return a
+end
+
+-- The XRANGE start of the retained entries strictly after `id` (all of them when `id` is
+-- false), or false when no entry can follow it.
+local function start_after(id)
+  if not id or tonumber((parts(id))) < cutoff then
+    return cutoff_id
+  end
+  if id == max_id then
+    return false
+  end
+  return '(' .. id
+end
+
+-- Keeps `key` for at least `ms` more milliseconds (a longer life it already has is kept).
+local function extend(key, ms)
+  if ms > 0 and redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, int(ms))
+  end
+end
+
+-- A field of a stream entry ({id, {name, value, ...}}).
+local function field(entry, name)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == name then
+      return fields[i + 1]
+    end
+  end
+  return false
+end
+
+-- The retained entries after `marker`: sequence numbers are contiguous, so this is the newest
+-- sequence minus the first one after the marker, plus one.
+local function unread(marker)
+  local start = start_after(marker)
+  if not start then
+    return 0
+  end
+  local first = redis.call('XRANGE', log, start, '+', 'COUNT', 1)
+  if #first == 0 then
+    return 0
+  end
+  local seq = tonumber(field(first[1], 's'))
+  local newest = tonumber(redis.call('HGET', meta, 'seq') or '')
+  if seq and newest and newest >= seq then
+    return newest - seq + 1
+  end
+  -- The meta hash was lost (evicted): count instead, capped.
+  return #redis.call('XRANGE', log, start, '+', 'COUNT', 10000)
+end
+
+-- Forgets the sessions whose broker stopped refreshing them.
+local function expire_sessions()
+  local expired = redis.call('ZRANGEBYSCORE', sessions, '-inf', int(now))
+  for _, member in ipairs(expired) do
+    redis.call('ZREM', sessions, member)
+    local user = string.match(member, '^(.-)\31')
+    if user and redis.call('HINCRBY', users, user, -1) <= 0 then
+      redis.call('HDEL', users, user)
+    end
+  end
+end
+
+if op == 'publish' then
+  -- ARGV[4]: the envelope (JSON); ARGV[5]: the live pub/sub channel.
+  local last = redis.call('HGET', meta, 'last')
+  if not last then
+    local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+    if #top > 0 then
+      last = top[1][1]
+    end
+  end
+  -- Offset::next_after: the server's millisecond, or one past the newest position handed out.
+  local id_ms, id_seq = now, 0
+  if last then
+    local ms, seq = parts(last)
+    if tonumber(ms) >= now then
+      id_ms, id_seq = tonumber(ms), tonumber(seq) + 1
+    end
+  end
+  local id = int(id_ms) .. '-' .. int(id_seq)
+  local seq = tonumber(redis.call('HGET', meta, 'seq') or '0') + 1
+  redis.call('XADD', log, 'MINID', '~', int(cutoff), id, 's', int(seq), 'e', ARGV[4])
+  redis.call('HSETNX', meta, 'origin', int(now - 1) .. '-0')
+  redis.call('HSET', meta, 'seq', int(seq), 'last', id)
+  local keep = id_ms + retention - now
+  extend(log, keep)
+  extend(meta, keep)
+  extend(markers, keep)
+  redis.call('PUBLISH', ARGV[5],
+    '{"k":"m","o":"' .. id .. '","s":' .. int(seq) .. ',"e":' .. ARGV[4] .. '}')
+  return {id, int(seq)}
+elseif op == 'read' then
+  -- ARGV[4]: since ('' for the newest entries); ARGV[5]: limit.
+  local since, limit = ARGV[4], tonumber(ARGV[5])
+  local entries = {}
+  if since == '' then
+    if limit > 0 then
+      entries = redis.call('XREVRANGE', log, '+', cutoff_id, 'COUNT', limit)
+    end
+  else
+    local start = start_after(since)
+    if start then
+      entries = redis.call('XRANGE', log, start, '+', 'COUNT', limit + 1)
+    end
+  end
+  local origin = redis.call('HGET', meta, 'origin')
+  local last = redis.call('HGET', meta, 'last')
+  local newest = redis.call('XREVRANGE', log, '+', cutoff_id, 'COUNT', 1)
+  local position
+  if #newest > 0 then
+    position = newest[1][1]
+    if last then
+      position = id_max(position, last)
+    end
+  else
+    -- Nothing retained: hand out a position just below now and above every earlier one (the
+    -- clock may have stepped back), and remember it so the next message comes after it.
+    position = int(now - 1) .. '-0'
+    if last then
+      position = id_max(position, last)
+    end
+    if origin then
+      position = id_max(position, origin)
+    end
+  end
+  if not origin or position ~= last then
+    origin = origin or (int(now - 1) .. '-0')
+    redis.call('HSET', meta, 'origin', origin, 'last', position)
+    extend(meta, tonumber((parts(position))) + retention - now)
+  end
+  return {int(now), origin, position, entries}
+elseif op == 'mark' then
+  -- ARGV[4]: user; ARGV[5]: the offset read up to.
+  local marker = redis.call('HGET', markers, ARGV[4])
+  if not marker or id_less(marker, ARGV[5]) then
+    marker = ARGV[5]
+    redis.call('HSET', markers, ARGV[4], marker)
+  end
+  extend(markers, retention)
+  return {marker, unread(marker)}
+elseif op == 'unread' then
+  -- ARGV[4]: user.
+  return unread(redis.call('HGET', markers, ARGV[4]))
+elseif op == 'join' then
+  -- ARGV[4]: user; ARGV[5]: session. Also how a session is refreshed.
+  expire_sessions()
+  local added = redis.call('ZADD', sessions, int(now + presence_ttl), ARGV[4] .. '\31' .. ARGV[5])
+  local first = 0
+  if added == 1 and redis.call('HINCRBY', users, ARGV[4], 1) == 1 then
+    first = 1
+  end
+  extend(sessions, presence_ttl)
+  extend(users, presence_ttl)
+  return first
+elseif op == 'leave' then
+  -- ARGV[4]: user; ARGV[5]: session.
+  expire_sessions()
+  local last = 0
+  if redis.call('ZREM', sessions, ARGV[4] .. '\31' .. ARGV[5]) == 1
+      and redis.call('HINCRBY', users, ARGV[4], -1) <= 0 then
+    redis.call('HDEL', users, ARGV[4])
+    last = 1
+  end
+  return last
+elseif op == 'presence' then
+  expire_sessions()
+  return redis.call('HKEYS', users)
+end
+return redis.error_reply('bellhop channel script: unknown operation ' .. tostring(op))
+"#;
+
+/// The names of one channel's keys and live channel (see the module docs).
+#[derive(Clone, Debug)]
+struct ChannelKeys {
+    /// The stream of messages.
+    log: String,
+    /// `seq`, `last`, `origin`.
+    meta: String,
+    /// Read markers.
+    read: String,
+    /// Present sessions by expiry.
+    presence: String,
+    /// Present users and their session counts.
+    users: String,
+    /// The pub/sub channel of live events.
+    live: String,
+}
+
+impl ChannelKeys {
+    fn new(prefix: &str, key: &ChannelKey) -> Self {
+        let base = format!("{prefix}:{{{}|{}}}", key.property, key.channel);
+        ChannelKeys {
+            log: format!("{base}:log"),
+            meta: format!("{base}:meta"),
+            read: format!("{base}:read"),
+            presence: format!("{base}:presence"),
+            users: format!("{base}:users"),
+            live: format!("{base}:live"),
+        }
+    }
+
+    /// `KEYS` of the channel script, in its order.
+    fn script_keys(&self) -> Vec<String> {
+        vec![
+            self.log.clone(),
+            self.meta.clone(),
+            self.read.clone(),
+            self.presence.clone(),
+            self.users.clone(),
+        ]
+    }
+}
+
+/// A live event as it travels on a channel's pub/sub channel. Short field names: every byte is
+/// sent to every subscribed node. Stored messages are published by the script, which writes the
+/// same JSON by hand.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "k")]
+enum Live {
+    /// A stored message: its offset, sequence number and envelope.
+    #[serde(rename = "m")]
+    Message {
+        /// Offset.
+        o: Offset,
+        /// The channel's sequence number of this message (contiguous: gaps are detectable).
+        s: u64,
+        /// The message (shared from here on, never copied per subscriber).
+        e: Arc<Envelope>,
+    },
+    /// [`ChannelEvent::Join`].
+    #[serde(rename = "join")]
+    Join {
+        /// Who.
+        u: String,
+    },
+    /// [`ChannelEvent::Leave`].
+    #[serde(rename = "leave")]
+    Leave {
+        /// Who.
+        u: String,
+    },
+    /// [`ChannelEvent::Typing`].
+    #[serde(rename = "typing")]
+    Typing {
+        /// Who.
+        u: String,
+    },
+}
+
+/// One live channel this broker is subscribed to.
+#[derive(Debug)]
+struct LiveChannel {
+    /// Fan-out to the local subscriptions.
+    tx: broadcast::Sender<Feed>,
+    /// Redis confirmed the `SUBSCRIBE`. Only false while the subscribing call holds
+    /// `Inner::sub_lock`.
+    subscribed: bool,
+    /// The sequence number of the last message routed, to detect jumps; `None` after a gap.
+    last_seq: Option<u64>,
+}
+
+/// A session this broker added to a channel's presence, and keeps refreshing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct HeldSession {
+    /// The channel.
+    key: ChannelKey,
+    /// The user.
+    user: String,
+    /// The session.
+    session: String,
+}
+
+/// State shared by the broker handle and its background tasks.
+struct Inner {
+    /// Settings.
+    config: RedisConfig,
+    /// Commands and scripts.
+    client: fred::clients::Client,
+    /// The pub/sub connection: only `SUBSCRIBE`, `UNSUBSCRIBE` and `PING` go here.
+    subscriber: fred::clients::Client,
+    /// The channel script's SHA1, as `SCRIPT LOAD` returned it.
+    script_sha: String,
+    /// Live channels with local subscribers, by pub/sub channel name.
+    live: Mutex<HashMap<String, LiveChannel>>,
+    /// Serializes `SUBSCRIBE` and `UNSUBSCRIBE` decisions and commands, so an unsubscribe never
+    /// overtakes a newer subscribe of the same channel. A tokio lock: held across the command.
+    sub_lock: tokio::sync::Mutex<()>,
+    /// Sessions this broker added and refreshes.
+    sessions: Mutex<HashSet<HeldSession>>,
+    /// Where dropped subscriptions send their live channel, for the release task.
+    released: mpsc::UnboundedSender<String>,
+    /// This broker's own pub/sub channel, where the probe goes round.
+    probe_channel: String,
+    /// The newest probe number that came back on the subscriber connection.
+    probe_seen: watch::Sender<u64>,
+    /// False from an unanswered probe until one is answered again.
+    subscriber_healthy: AtomicBool,
+}
+
+/// Dropped with a [`Subscription`]: tells the release task to check whether the channel still has
+/// local subscribers.
+struct Release {
+    /// The live channel.
+    channel: String,
+    /// The release task's inbox.
+    tx: mpsc::UnboundedSender<String>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // The task is gone only when the broker is: nothing left to unsubscribe then.
+        let _ = self.tx.send(std::mem::take(&mut self.channel));
+    }
+}
+
+/// The Redis broker. Cheap to share behind an `Arc`; dropping it stops its tasks, closes its
+/// connections and ends its subscriptions.
+pub struct RedisBroker {
+    /// Shared with the background tasks.
+    inner: Arc<Inner>,
+    /// Message routing, resubscribing, releasing, presence refreshing and probing; aborted on
+    /// drop.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("config", &self.inner.config)
+            .field("live_channels", &self.inner.live.lock().len())
+            .field("held_sessions", &self.inner.sessions.lock().len())
+            .finish()
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let (client, subscriber) = (self.inner.client.clone(), self.inner.subscriber.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = subscriber.quit().await;
+                let _ = client.quit().await;
+            });
+        }
+    }
+}
+
+/// Maps a client error: connection trouble and a server that cannot serve now are `Unavailable`
+/// (a retry can help), anything else `Internal`.
+fn broker_error(error: &FredError, retry_after: Duration) -> BrokerError {
+    const TRANSIENT_REPLIES: [&str; 8] = [
+        "LOADING",
+        "BUSY",
+        "MASTERDOWN",
+        "READONLY",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+        "OOM",
+    ];
+    let transient = matches!(
+        error.kind(),
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Backpressure
+            | ErrorKind::Routing
+            | ErrorKind::Cluster
+    ) || TRANSIENT_REPLIES
+        .iter()
+        .any(|p| error.details().starts_with(p));
+    if transient {
+        BrokerError::Unavailable {
+            reason: format!("redis: {error}"),
+            retry_after,
+        }
+    } else {
+        BrokerError::Internal(format!("redis: {error}"))
+    }
+}
+
+/// `SUBSCRIBE`s `channels` and returns once Redis has processed it. fred resolves a `SUBSCRIBE`
+/// when it is written, not when Redis confirms it (the confirmations arrive out of band), so a
+/// publish on the command connection could still overtake it; a `PING` on the same connection is
+/// answered only after everything sent before it.
+async fn subscribe_confirmed(
+    subscriber: &fred::clients::Client,
+    channels: Vec<String>,
+) -> Result<(), FredError> {
+    subscriber.subscribe(channels).await?;
+    subscriber.ping::<Value>(None).await.map(|_| ())
+}
+
+fn is_noscript(error: &FredError) -> bool {
+    error.details().starts_with("NOSCRIPT")
+}
+
+/// A reply that does not have the shape the script returns.
+fn malformed(what: &str, value: &Value) -> BrokerError {
+    BrokerError::Internal(format!(
+        "redis: malformed {what} in script reply: {value:?}"
+    ))
+}
+
+/// The `N` parts of a script reply that is an array.
+fn reply_parts<const N: usize>(reply: Value, what: &str) -> Result<[Value; N], BrokerError> {
+    let parts = reply.into_array();
+    let len = parts.len();
+    <[Value; N]>::try_from(parts).map_err(|_| {
+        BrokerError::Internal(format!(
+            "redis: the {what} reply has {len} parts, expected {N}"
+        ))
+    })
+}
+
+fn parse_offset(value: &Value) -> Result<Offset, BrokerError> {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| malformed("offset", value))
+}
+
+fn parse_u64(value: &Value) -> Result<u64, BrokerError> {
+    value
+        .as_u64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .ok_or_else(|| malformed("number", value))
+}
+
+/// A stream entry `[id, [field, value, ...]]` as a stored message.
+fn parse_entry(entry: Value) -> Result<StoredMessage, BrokerError> {
+    let mut parts = entry.into_array().into_iter();
+    let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+        return Err(BrokerError::Internal(
+            "redis: malformed stream entry in script reply".into(),
+        ));
+    };
+    let offset = parse_offset(&id)?;
+    let fields = fields.into_array();
+    let json = fields
+        .chunks(2)
+        .find(|pair| pair.first().and_then(Value::as_str).as_deref() == Some("e"))
+        .and_then(|pair| pair.get(1))
+        .and_then(Value::as_str)
+        .ok_or_else(|| BrokerError::Internal(format!("redis: entry {offset} has no envelope")))?;
+    let envelope: Envelope = serde_json::from_str(&json).map_err(|e| {
+        BrokerError::Internal(format!("redis: entry {offset} has a bad envelope: {e}"))
+    })?;
+    Ok(StoredMessage {
+        offset,
+        envelope: Arc::new(envelope),
+    })
+}
+
+impl Inner {
+    fn keys(&self, key: &ChannelKey) -> ChannelKeys {
+        ChannelKeys::new(&self.config.key_prefix, key)
+    }
+
+    fn error(&self, error: &FredError) -> BrokerError {
+        broker_error(error, self.config.retry_after)
+    }
+
+    /// The script's `ARGV`: the operation, the two windows, then `args`.
+    fn script_args<const N: usize>(&self, op: &str, args: [String; N]) -> Vec<String> {
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128).to_string();
+        let mut argv = Vec::with_capacity(3 + N);
+        argv.push(op.to_owned());
+        argv.push(ms(self.config.retention));
+        argv.push(ms(self.config.presence_ttl));
+        argv.extend(args);
+        argv
+    }
+
+    /// Runs the channel script once per call, in one pipeline, answering in call order. On
+    /// `NOSCRIPT` (the server lost its script cache) the script is loaded again and the calls
+    /// that failed are sent once more.
+    async fn eval_many(
+        &self,
+        calls: Vec<(Vec<String>, Vec<String>)>,
+    ) -> Vec<Result<Value, BrokerError>> {
+        let mut replies = self.pipeline(&calls).await;
+        let retry: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if is_noscript(e)))
+            .map(|(i, _)| i)
+            .collect();
+        if !retry.is_empty() {
+            tracing::info!(
+                calls = retry.len(),
+                "channel script missing on the server; loading it again"
+            );
+            match self.client.script_load::<String, _>(SCRIPT).await {
+                Ok(_) => {
+                    let again: Vec<_> = retry.iter().map(|&i| calls[i].clone()).collect();
+                    for (i, reply) in retry.into_iter().zip(self.pipeline(&again).await) {
+                        replies[i] = reply;
+                    }
+                }
+                Err(e) => {
+                    for i in retry {
+                        replies[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        replies
+            .into_iter()
+            .map(|r| r.map_err(|e| self.error(&e)))
+            .collect()
+    }
+
+    /// One pipeline of `EVALSHA`s; exactly one reply per call.
+    async fn pipeline(
+        &self,
+        calls: &[(Vec<String>, Vec<String>)],
+    ) -> Vec<Result<Value, FredError>> {
+        // fred's pipelines have no Lua interface: EVALSHA as a custom command, routed (in a
+        // cluster) by its first key, argument 2.
+        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+        let pipeline = self.client.pipeline();
+        for (keys, args) in calls {
+            let mut argv = Vec::with_capacity(2 + keys.len() + args.len());
+            argv.push(self.script_sha.clone());
+            argv.push(keys.len().to_string());
+            argv.extend(keys.iter().cloned());
+            argv.extend(args.iter().cloned());
+            let queued: Result<(), FredError> = pipeline.custom(evalsha.clone(), argv).await;
+            if let Err(e) = queued {
+                return vec![Err(e); calls.len()];
+            }
+        }
+        let mut replies = pipeline.try_all::<Value>().await;
+        if replies.len() != calls.len() {
+            // The pipeline as a whole failed (connection, timeout): every call did.
+            let error = match replies.pop() {
+                Some(Err(e)) => e,
+                _ => FredError::new(ErrorKind::Protocol, "pipeline reply count mismatch"),
+            };
+            return vec![Err(error); calls.len()];
+        }
+        replies
+    }
+
+    async fn eval(&self, keys: &ChannelKeys, args: Vec<String>) -> Result<Value, BrokerError> {
+        self.eval_many(vec![(keys.script_keys(), args)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BrokerError::Internal("redis: no script reply".into())))
+    }
+
+    /// A receiver on an already subscribed live channel.
+    fn join_live(&self, channel: &str) -> Option<broadcast::Receiver<Feed>> {
+        let live = self.live.lock();
+        live.get(channel)
+            .filter(|c| c.subscribed)
+            .map(|c| c.tx.subscribe())
+    }
+
+    /// Hands one pub/sub message to its channel's subscribers.
+    fn route(&self, channel: &str, value: &Value) {
+        let decoded = value
+            .as_str()
+            .ok_or_else(|| "not text".to_owned())
+            .and_then(|text| serde_json::from_str::<Live>(&text).map_err(|e| e.to_string()));
+        let mut live = self.live.lock();
+        let Some(state) = live.get_mut(channel) else {
+            return; // Unsubscribed meanwhile.
+        };
+        let event = match decoded {
+            Ok(Live::Message { o, s, e }) => {
+                if state
+                    .last_seq
+                    .is_some_and(|last| last.checked_add(1) != Some(s))
+                {
+                    tracing::debug!(channel, seq = s, last = ?state.last_seq, "sequence jump on a live channel");
+                    let _ = state.tx.send(Feed::Gap);
+                }
+                state.last_seq = Some(s);
+                ChannelEvent::Message(StoredMessage {
+                    offset: o,
+                    envelope: e,
+                })
+            }
+            Ok(Live::Join { u }) => ChannelEvent::Join { user_id: u },
+            Ok(Live::Leave { u }) => ChannelEvent::Leave { user_id: u },
+            Ok(Live::Typing { u }) => ChannelEvent::Typing { user_id: u },
+            Err(error) => {
+                // Maybe a message we should have had: the reader re-reads the log.
+                tracing::warn!(channel, %error, "undecodable live message");
+                state.last_seq = None;
+                let _ = state.tx.send(Feed::Gap);
+                return;
+            }
+        };
+        // No receivers is fine: the release task is about to unsubscribe.
+        let _ = state.tx.send(Feed::Event(event));
+    }
+
+    /// Tells every live channel's subscribers they may have missed something.
+    fn gap_all(&self) {
+        for state in self.live.lock().values_mut() {
+            state.last_seq = None;
+            let _ = state.tx.send(Feed::Gap);
+        }
+    }
+
+    /// After the subscriber connection came back: subscribe every active channel again, then
+    /// tell each it has a gap (after, so the re-read covers everything the new subscription
+    /// does not).
+    async fn resubscribe(&self) {
+        let subscribed = {
+            let _order = self.sub_lock.lock().await;
+            let mut channels: Vec<String> = self.live.lock().keys().cloned().collect();
+            channels.push(self.probe_channel.clone());
+            let count = channels.len();
+            let subscribed = subscribe_confirmed(&self.subscriber, channels).await;
+            match &subscribed {
+                Ok(()) => tracing::info!(channels = count, "subscribed again after a reconnect"),
+                Err(error) => {
+                    tracing::error!(%error, channels = count, "could not subscribe again after a reconnect; reconnecting")
+                }
+            }
+            self.gap_all();
+            subscribed.is_ok()
+        };
+        if !subscribed {
+            tokio::time::sleep(self.config.retry_after).await;
+            let _ = self.subscriber.force_reconnection().await;
+        }
+    }
+
+    /// Unsubscribes `channel` if no local subscription is left.
+    async fn release(&self, channel: String) {
+        let _order = self.sub_lock.lock().await;
+        let unused = {
+            let mut live = self.live.lock();
+            match live.get(&channel) {
+                Some(state) if state.tx.receiver_count() == 0 => {
+                    live.remove(&channel);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if unused {
+            if let Err(error) = self.subscriber.unsubscribe(channel.clone()).await {
+                // Harmless: messages for a channel not in the map are ignored, and it is not
+                // subscribed again after a reconnect.
+                tracing::debug!(channel, %error, "could not unsubscribe");
+            }
+        }
+    }
+
+    /// Refreshes the expiry of every session this broker added.
+    async fn refresh_sessions(&self) {
+        let held: Vec<HeldSession> = self.sessions.lock().iter().cloned().collect();
+        if held.is_empty() {
+            return;
+        }
+        let calls = held
+            .iter()
+            .map(|s| {
+                let args = self.script_args("join", [s.user.clone(), s.session.clone()]);
+                (self.keys(&s.key).script_keys(), args)
+            })
+            .collect();
+        let failed = self
+            .eval_many(calls)
+            .await
+            .into_iter()
+            .filter(Result::is_err)
+            .count();
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                sessions = held.len(),
+                "could not refresh presence; retrying at the next refresh"
+            );
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Connects to Redis (failing fast with `unavailable` when it cannot be reached now), loads
+    /// the channel script and starts the background tasks. Must run inside a tokio runtime.
+    pub async fn connect(config: RedisConfig) -> Result<Self, BrokerError> {
+        config
+            .validate()
+            .map_err(|e| BrokerError::Internal(format!("invalid Redis settings: {e}")))?;
+        let fred_config = FredConfig::from_url(&config.url)
+            .map_err(|e| BrokerError::Internal(format!("REDIS_URL: {}", e.details())))?;
+        if fred_config.server.is_clustered() || fred_config.server.is_sentinel() {
+            return Err(BrokerError::Internal(
+                "REDIS_URL: Redis Cluster and Sentinel are not supported yet".into(),
+            ));
+        }
+        // Commands are not retried by the client: a retried publish could be stored twice.
+        let client = build_client(&config, fred_config.clone(), 1, 32)?;
+        let subscriber = build_client(&config, fred_config, 3, config.pubsub_buffer)?;
+        let retry_after = config.retry_after;
+        let _connection = client
+            .init()
+            .await
+            .map_err(|e| broker_error(&e, retry_after))?;
+        // Before any SUBSCRIBE, so no message can slip past the router.
+        let messages = subscriber.message_rx();
+        let _connection = subscriber
+            .init()
+            .await
+            .map_err(|e| broker_error(&e, retry_after))?;
+        // After the first connection, whose event is not a reconnect.
+        let reconnects = subscriber.reconnect_rx();
+        let script_sha: String = client
+            .script_load(SCRIPT)
+            .await
+            .map_err(|e| broker_error(&e, retry_after))?;
+        let probe_channel = format!("{}:probe:{}", config.key_prefix, subscriber.id());
+        subscribe_confirmed(&subscriber, vec![probe_channel.clone()])
+            .await
+            .map_err(|e| broker_error(&e, retry_after))?;
+
+        let (released, releases) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            config,
+            client,
+            subscriber,
+            script_sha,
+            live: Mutex::new(HashMap::new()),
+            sub_lock: tokio::sync::Mutex::new(()),
+            sessions: Mutex::new(HashSet::new()),
+            released,
+            probe_channel,
+            probe_seen: watch::channel(0).0,
+            subscriber_healthy: AtomicBool::new(true),
+        });
+        let tasks = vec![
+            tokio::spawn(route_messages(inner.clone(), messages)),
+            tokio::spawn(resubscribe_on_reconnect(inner.clone(), reconnects)),
+            tokio::spawn(release_unused(inner.clone(), releases)),
+            tokio::spawn(refresh_presence(inner.clone())),
+            tokio::spawn(probe_subscriber(inner.clone())),
+        ];
+        tracing::info!(url = %redact(&inner.config.url), "connected to Redis");
+        Ok(RedisBroker { inner, tasks })
+    }
+
+    /// The settings this broker runs with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// False from the moment a probe did not come back on the subscriber connection (which is
+    /// then replaced) until one does again: for health reporting.
+    pub fn subscriber_healthy(&self) -> bool {
+        self.inner.subscriber_healthy.load(Ordering::Relaxed)
+    }
+}
+
+fn build_client(
+    config: &RedisConfig,
+    fred_config: FredConfig,
+    attempts: u32,
+    events_buffer: usize,
+) -> Result<fred::clients::Client, BrokerError> {
+    let ms = |d: Duration| d.as_millis().min(u32::MAX as u128) as u32;
+    let mut builder = Builder::from_config(fred_config);
+    builder
+        .with_config(|c| c.fail_fast = true)
+        .with_connection_config(|c| {
+            c.connection_timeout = config.command_timeout;
+            c.internal_command_timeout = config.command_timeout;
+            c.max_command_attempts = attempts;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = config.command_timeout;
+            p.broadcast_channel_capacity = events_buffer;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(
+            0, // never give up
+            ms(config.reconnect_min_delay),
+            ms(config.reconnect_max_delay),
+            2,
+        ));
+    builder
+        .build()
+        .map_err(|e| BrokerError::Internal(format!("redis client: {e}")))
+}
+
+/// Routes pub/sub messages to their channels until the subscriber connection is closed.
+async fn route_messages(
+    inner: Arc<Inner>,
+    mut messages: broadcast::Receiver<fred::types::Message>,
+) {
+    loop {
+        match messages.recv().await {
+            Ok(message) if *message.channel == *inner.probe_channel => {
+                if let Some(n) = message.value.as_u64() {
+                    inner.probe_seen.send_if_modified(|seen| {
+                        let newer = n > *seen;
+                        *seen = (*seen).max(n);
+                        newer
+                    });
+                }
+            }
+            Ok(message) => inner.route(&message.channel, &message.value),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "pub/sub router fell behind; every channel gets a gap"
+                );
+                inner.gap_all();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Subscribes every active channel again after each reconnect of the subscriber connection.
+async fn resubscribe_on_reconnect(
+    inner: Arc<Inner>,
+    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+) {
+    loop {
+        match reconnects.recv().await {
+            Ok(server) => {
+                tracing::warn!(%server, "Redis subscriber connection reconnected");
+                inner.resubscribe().await;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => inner.resubscribe().await,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Unsubscribes channels whose last local subscription was dropped.
+async fn release_unused(inner: Arc<Inner>, mut releases: mpsc::UnboundedReceiver<String>) {
+    while let Some(channel) = releases.recv().await {
+        inner.release(channel).await;
+    }
+}
+
+/// Publishes a numbered probe to this broker's own channel every `probe_interval` and expects it
+/// back on the subscriber connection within `probe_timeout`. A pub/sub connection can go silent
+/// without closing (after a failover, behind a broken middlebox); when a probe is lost, the
+/// connection is replaced, which subscribes every channel again and gives each a gap.
+async fn probe_subscriber(inner: Arc<Inner>) {
+    let mut seen = inner.probe_seen.subscribe();
+    let mut tick = tokio::time::interval(inner.config.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut probe = 0u64;
+    loop {
+        tick.tick().await;
+        probe += 1;
+        let receivers = inner
+            .client
+            .publish::<i64, _, _>(inner.probe_channel.as_str(), probe.to_string())
+            .await;
+        let answered = match receivers {
+            // Redis itself says our subscriber is not subscribed: no need to wait.
+            Ok(0) => false,
+            Ok(_) => {
+                let wait = seen.wait_for(|n| *n >= probe);
+                match tokio::time::timeout(inner.config.probe_timeout, wait).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(_)) => return, // The broker is gone.
+                    Err(_) => false,
+                }
+            }
+            Err(error) => {
+                // The command connection is down: this says nothing about the subscriber's.
+                tracing::debug!(%error, "could not publish the subscriber probe");
+                continue;
+            }
+        };
+        if answered {
+            if !inner.subscriber_healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!("subscriber connection answers probes again");
+            }
+        } else {
+            inner.subscriber_healthy.store(false, Ordering::Relaxed);
+            tracing::warn!(
+                probe,
+                "subscriber probe lost; replacing the subscriber connection"
+            );
+            if let Err(error) = inner.subscriber.force_reconnection().await {
+                tracing::warn!(%error, "could not replace the subscriber connection");
+            }
+        }
+    }
+}
+
+/// Refreshes this broker's sessions every `presence_refresh`.
+async fn refresh_presence(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.config.presence_refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        inner.refresh_sessions().await;
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish_batch(&self, batch: Vec<Arc<Envelope>>) -> Vec<Result<Offset, BrokerError>> {
+        let inner = &self.inner;
+        let mut results: Vec<Option<Result<Offset, BrokerError>>> = Vec::with_capacity(batch.len());
+        let mut calls = Vec::with_capacity(batch.len());
+        for envelope in &batch {
+            match serde_json::to_string(envelope.as_ref()) {
+                Ok(json) => {
+                    let keys = inner.keys(&ChannelKey::of(envelope));
+                    let args = inner.script_args("publish", [json, keys.live.clone()]);
+                    calls.push((keys.script_keys(), args));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(BrokerError::Internal(format!(
+                    "cannot encode the envelope: {e}"
+                ))))),
+            }
+        }
+        let mut replies = inner.eval_many(calls).await.into_iter();
+        results
+            .into_iter()
+            .map(|slot| match slot {
+                Some(done) => done,
+                None => {
+                    let reply = replies.next().unwrap_or_else(|| {
+                        Err(BrokerError::Internal("redis: missing reply".into()))
+                    })?;
+                    let [offset, _seq] = reply_parts(reply, "publish")?;
+                    parse_offset(&offset)
+                }
+            })
+            .collect()
+    }
+
+    async fn publish_ephemeral(
+        &self,
+        key: &ChannelKey,
+        event: ChannelEvent,
+    ) -> Result<(), BrokerError> {
+        let live = match event {
+            ChannelEvent::Join { user_id } => Live::Join { u: user_id },
+            ChannelEvent::Leave { user_id } => Live::Leave { u: user_id },
+            ChannelEvent::Typing { user_id } => Live::Typing { u: user_id },
+            ChannelEvent::Message(_) => {
+                return Err(BrokerError::Internal(
+                    "stored messages are published with publish_batch, not as ephemeral events"
+                        .into(),
+                ))
+            }
+        };
+        let payload = serde_json::to_string(&live)
+            .map_err(|e| BrokerError::Internal(format!("cannot encode the event: {e}")))?;
+        let keys = self.inner.keys(key);
+        let _receivers: i64 = self
+            .inner
+            .client
+            .publish(keys.live, payload)
+            .await
+            .map_err(|e| self.inner.error(&e))?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, key: &ChannelKey) -> Result<Subscription, BrokerError> {
+        let inner = &self.inner;
+        let channel = inner.keys(key).live;
+        let lease = |channel: String| -> crate::broker::Lease {
+            Box::new(Release {
+                channel,
+                tx: inner.released.clone(),
+            })
+        };
+        if let Some(rx) = inner.join_live(&channel) {
+            return Ok(Subscription::with_feed(rx, lease(channel)));
+        }
+        let _order = inner.sub_lock.lock().await;
+        let (rx, needs_subscribe) = {
+            let mut live = inner.live.lock();
+            let state = live.entry(channel.clone()).or_insert_with(|| LiveChannel {
+                tx: broadcast::channel(inner.config.subscriber_buffer).0,
+                subscribed: false,
+                last_seq: None,
+            });
+            (state.tx.subscribe(), !state.subscribed)
+        };
+        if needs_subscribe {
+            if let Err(e) = subscribe_confirmed(&inner.subscriber, vec![channel.clone()]).await {
+                drop(rx);
+                let mut live = inner.live.lock();
+                if live
+                    .get(&channel)
+                    .is_some_and(|s| s.tx.receiver_count() == 0)
+                {
+                    live.remove(&channel);
+                }
+                return Err(inner.error(&e));
+            }
+            if let Some(state) = inner.live.lock().get_mut(&channel) {
+                state.subscribed = true;
+            }
+        }
+        Ok(Subscription::with_feed(rx, lease(channel)))
+    }
+
+    async fn read(
+        &self,
+        key: &ChannelKey,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> Result<ReadResult, BrokerError> {
+        let inner = &self.inner;
+        let limit = limit.min(MAX_READ);
+        let since_arg = since.map(|s| s.to_string()).unwrap_or_default();
+        let args = inner.script_args("read", [since_arg, limit.to_string()]);
+        let reply = inner.eval(&inner.keys(key), args).await?;
+        let [now, origin, last, entries] = reply_parts(reply, "read")?;
+        let now = parse_u64(&now)?;
+        let origin = parse_offset(&origin)?;
+        let last = parse_offset(&last)?;
+        let mut messages = entries
+            .into_array()
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .map(parse_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (recovered, more) = match since {
+            None => {
+                messages.reverse();
+                (true, false)
+            }
+            Some(since) => {
+                let more = messages.len() > limit;
+                messages.truncate(limit);
+                let retention = inner.config.retention.as_millis().min(u64::MAX as u128) as u64;
+                let floor = origin.max(Offset::new(now.saturating_sub(retention), 0));
+                // Not beyond both the clock and the newest position handed out (after a clock
+                // step back, offsets run ahead of the clock).
+                let known = since.ms <= now || since <= last;
+                (since >= floor && known, more)
+            }
+        };
+        Ok(ReadResult {
+            messages,
+            recovered,
+            last,
+            more,
+        })
+    }
+
+    async fn presence_join(
+        &self,
+        key: &ChannelKey,
+        user_id: &str,
+        session: &str,
+    ) -> Result<bool, BrokerError> {
+        let inner = &self.inner;
+        let held = HeldSession {
+            key: key.clone(),
+            user: user_id.to_owned(),
+            session: session.to_owned(),
+        };
+        // Held before the call, so a refresh running meanwhile keeps it too.
+        inner.sessions.lock().insert(held.clone());
+        let args = inner.script_args("join", [user_id.to_owned(), session.to_owned()]);
+        match inner.eval(&inner.keys(key), args).await {
+            Ok(first) => Ok(parse_u64(&first)? == 1),
+            Err(e) => {
+                inner.sessions.lock().remove(&held);
+                Err(e)
+            }
+        }
+    }
+
+    async fn presence_leave(
+        &self,
+        key: &ChannelKey,
+        user_id: &str,
+        session: &str,
+    ) -> Result<bool, BrokerError> {
+        let inner = &self.inner;
+        inner.sessions.lock().remove(&HeldSession {
+            key: key.clone(),
+            user: user_id.to_owned(),
+            session: session.to_owned(),
+        });
+        let args = inner.script_args("leave", [user_id.to_owned(), session.to_owned()]);
+        let last = inner.eval(&inner.keys(key), args).await?;
+        Ok(parse_u64(&last)? == 1)
+    }
+
+    async fn presence(&self, key: &ChannelKey) -> Result<Vec<String>, BrokerError> {
+        let inner = &self.inner;
+        let reply = inner
+            .eval(&inner.keys(key), inner.script_args("presence", []))
+            .await?;
+        let mut users = reply
+            .into_array()
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .map(|v| v.as_string().ok_or_else(|| malformed("user id", &v)))
+            .collect::<Result<Vec<_>, _>>()?;
+        users.sort();
+        Ok(users)
+    }
+
+    async fn mark_read(
+        &self,
+        key: &ChannelKey,
+        user_id: &str,
+        offset: Offset,
+    ) -> Result<(Offset, u64), BrokerError> {
+        let inner = &self.inner;
+        let args = inner.script_args("mark", [user_id.to_owned(), offset.to_string()]);
+        let reply = inner.eval(&inner.keys(key), args).await?;
+        let [marker, unread] = reply_parts(reply, "mark")?;
+        Ok((parse_offset(&marker)?, parse_u64(&unread)?))
+    }
+
+    async fn unread(&self, key: &ChannelKey, user_id: &str) -> Result<u64, BrokerError> {
+        let inner = &self.inner;
+        let args = inner.script_args("unread", [user_id.to_owned()]);
+        parse_u64(&inner.eval(&inner.keys(key), args).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pure parts: key layout, the live wire format, error mapping, config checks. Behaviour
+    //! against a real server is in `tests/redis_broker.rs` and the conformance suite.
+
+    use bellhop_protocol::{Channel, Priority, Role, Sender};
+
+    use super::*;
+
+    #[test]
+    fn a_channels_keys_share_one_hash_tag() {
+        let keys = ChannelKeys::new("bh", &ChannelKey::new("h1", Channel::Room("101".into())));
+        assert_eq!(keys.log, "bh:{h1|room:101}:log");
+        assert_eq!(keys.meta, "bh:{h1|room:101}:meta");
+        assert_eq!(keys.read, "bh:{h1|room:101}:read");
+        assert_eq!(keys.presence, "bh:{h1|room:101}:presence");
+        assert_eq!(keys.users, "bh:{h1|room:101}:users");
+        assert_eq!(keys.live, "bh:{h1|room:101}:live");
+        let broadcast = ChannelKeys::new("x", &ChannelKey::new("h2", Channel::Broadcast));
+        assert_eq!(broadcast.log, "x:{h2|broadcast}:log");
+    }
+
+    #[test]
+    fn the_live_format_round_trips_and_matches_what_the_script_writes() {
+        let envelope = Envelope {
+            message_id: "m1".into(),
+            event: "CHAT_MESSAGE".into(),
+            namespace: "h1".into(),
+            channel: Channel::Room("101".into()),
+            payload: serde_json::json!({"text": "hi"}),
+            timestamp: "2026-01-01T00:00:00.000Z".into(),
+            sender: Sender {
+                id: "u1".into(),
+                role: Role::Staff,
+            },
+            priority: Priority::Normal,
+            correlation_id: None,
+        };
+        // Exactly the concatenation in the script's publish.
+        let json = serde_json::to_string(&envelope).unwrap();
+        let wire = format!(r#"{{"k":"m","o":"1700000000000-3","s":42,"e":{json}}}"#);
+        match serde_json::from_str::<Live>(&wire).unwrap() {
+            Live::Message { o, s, e } => {
+                assert_eq!(o, Offset::new(1_700_000_000_000, 3));
+                assert_eq!(s, 42);
+                assert_eq!(*e, envelope);
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        let typing = serde_json::to_string(&Live::Typing { u: "u2".into() }).unwrap();
+        assert_eq!(typing, r#"{"k":"typing","u":"u2"}"#);
+    }
+
+    #[test]
+    fn connection_trouble_is_unavailable_and_the_rest_internal() {
+        let retry = Duration::from_secs(1);
+        for error in [
+            FredError::new(ErrorKind::IO, "broken pipe"),
+            FredError::new(ErrorKind::Timeout, "timed out"),
+            FredError::new(ErrorKind::Unknown, "LOADING Redis is loading the dataset"),
+            FredError::new(ErrorKind::Unknown, "BUSY Redis is busy running a script"),
+        ] {
+            assert!(
+                matches!(broker_error(&error, retry), BrokerError::Unavailable { retry_after, .. } if retry_after == retry),
+                "{error:?}"
+            );
+        }
+        for error in [
+            FredError::new(ErrorKind::Unknown, "ERR syntax error"),
+            FredError::new(ErrorKind::Auth, "WRONGPASS"),
+        ] {
+            assert!(
+                matches!(broker_error(&error, retry), BrokerError::Internal(_)),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_and_passwords_never_printed() {
+        assert!(RedisConfig::default().validate().is_ok());
+        let with = |f: fn(&mut RedisConfig)| {
+            let mut config = RedisConfig::default();
+            f(&mut config);
+            config.validate()
+        };
+        assert!(with(|c| c.url = "rediss://h:6380".into())
+            .unwrap_err()
+            .contains("REDIS_URL"));
+        assert!(with(|c| c.key_prefix = "b{h}".into()).is_err());
+        assert!(with(|c| c.presence_refresh = c.presence_ttl).is_err());
+        assert!(with(|c| c.retention = Duration::ZERO)
+            .unwrap_err()
+            .contains("MESSAGE_RETENTION_HOURS"));
+
+        let config = RedisConfig {
+            url: "redis://app:s3cret@redis:6379/0".into(),
+            ..RedisConfig::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("redis://***@redis:6379/0"), "{printed}");
+    }
+}

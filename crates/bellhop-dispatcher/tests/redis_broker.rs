@@ -1,0 +1,432 @@
+//! What only the Redis backend has to get right, against a real `redis-server` per test: gaps on
+//! a reconnect or a sequence jump, several nodes sharing one server, unsubscribing when the last
+//! local subscription goes, expiry of dead nodes' presence, the script cache, the key layout the
+//! module docs promise, failures reported as `unavailable`, and the probe that catches a
+//! subscriber connection gone silent.
+//!
+//! Nothing here sleeps to let things settle: each test waits for the event it expects, with a
+//! deadline.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_dispatcher::{
+    Broker, BrokerError, ChannelEvent, ChannelKey, RedisBroker, RedisConfig, StoredMessage,
+    Subscription, SubscriptionEvent,
+};
+use bellhop_protocol::{Channel, Envelope, Offset, Priority, Role, Sender};
+
+mod support;
+
+use support::proxy::Proxy;
+use support::redis_server::RedisServer;
+
+/// How long any expected event may take.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn key() -> ChannelKey {
+    ChannelKey::new("h1", Channel::Room("101".into()))
+}
+
+fn envelope(key: &ChannelKey, id: &str) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        message_id: id.into(),
+        event: "CHAT_MESSAGE".into(),
+        namespace: key.property.clone(),
+        channel: key.channel.clone(),
+        payload: serde_json::json!({ "text": id }),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+        sender: Sender {
+            id: "u1".into(),
+            role: Role::Staff,
+        },
+        priority: Priority::Normal,
+        correlation_id: None,
+    })
+}
+
+async fn broker_on(server: &RedisServer, tweak: impl FnOnce(&mut RedisConfig)) -> RedisBroker {
+    let mut config = RedisConfig {
+        url: server.url(),
+        ..RedisConfig::default()
+    };
+    tweak(&mut config);
+    RedisBroker::connect(config).await.unwrap()
+}
+
+async fn publish(broker: &RedisBroker, key: &ChannelKey, id: &str) -> Offset {
+    let mut results = broker.publish_batch(vec![envelope(key, id)]).await;
+    results.pop().unwrap().unwrap()
+}
+
+async fn next_event(sub: &mut Subscription) -> SubscriptionEvent {
+    tokio::time::timeout(DEADLINE, sub.recv())
+        .await
+        .expect("no live event within the deadline")
+}
+
+async fn next_message(sub: &mut Subscription) -> StoredMessage {
+    match next_event(sub).await {
+        SubscriptionEvent::Event(ChannelEvent::Message(m)) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+/// Polls `check` until it holds, failing after the deadline. For state that changes in the
+/// background with no event to wait on (the server's view of subscriptions and expiries).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_subscriber_connection_yields_a_gap_and_the_channel_carries_on() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let k = key();
+    let mut sub = broker.subscribe(&k).await.unwrap();
+    let m0 = publish(&broker, &k, "m0").await;
+    assert_eq!(next_message(&mut sub).await.offset, m0);
+
+    let killed = server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert_eq!(killed, ["1"], "exactly our subscriber connection");
+    // Published while the subscriber is (probably) still reconnecting: live delivery may miss it.
+    let m1 = publish(&broker, &k, "m1").await;
+
+    // Whatever arrived before it, a gap comes, and only after the channel is subscribed again.
+    let mut live = Vec::new();
+    loop {
+        match next_event(&mut sub).await {
+            SubscriptionEvent::Gap => break,
+            SubscriptionEvent::Event(ChannelEvent::Message(m)) => live.push(m.offset),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The re-read a reader does on a gap finds m1 whether or not it came live.
+    let read = broker.read(&k, Some(m0), 50).await.unwrap();
+    assert!(read.recovered);
+    assert_eq!(
+        read.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [m1]
+    );
+    assert!(
+        live.iter().all(|o| *o == m1),
+        "only m1 could come live: {live:?}"
+    );
+
+    // And the subscription is live again.
+    let m2 = publish(&broker, &k, "m2").await;
+    let next = next_message(&mut sub).await;
+    assert!(next.offset == m2 || (next.offset == m1 && live.is_empty()));
+    if next.offset == m1 {
+        assert_eq!(next_message(&mut sub).await.offset, m2);
+    }
+}
+
+#[tokio::test]
+async fn a_sequence_jump_on_the_live_channel_yields_a_gap_before_the_message() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let k = key();
+    let mut sub = broker.subscribe(&k).await.unwrap();
+    let m0 = publish(&broker, &k, "m0").await; // sequence 1
+    assert_eq!(next_message(&mut sub).await.offset, m0);
+
+    // Messages published straight to the live channel, as another node's script would.
+    let live = "bh:{h1|room:101}:live";
+    let inject = |seq: u64, id: &str| {
+        let offset = Offset::new(m0.ms, m0.seq + seq);
+        let json = serde_json::to_string(envelope(&k, id).as_ref()).unwrap();
+        (
+            offset,
+            format!(r#"{{"k":"m","o":"{offset}","s":{seq},"e":{json}}}"#),
+        )
+    };
+
+    // The next sequence number: no gap.
+    let (o2, payload) = inject(2, "fake2");
+    assert_eq!(server.command(&["PUBLISH", live, &payload]).await, ["1"]);
+    assert_eq!(next_message(&mut sub).await.offset, o2);
+
+    // Sequence 4 after 2: number 3 went missing, so a gap comes first, then the message.
+    let (o4, payload) = inject(4, "fake4");
+    assert_eq!(server.command(&["PUBLISH", live, &payload]).await, ["1"]);
+    assert_eq!(next_event(&mut sub).await, SubscriptionEvent::Gap);
+    let m = next_message(&mut sub).await;
+    assert_eq!((m.offset, m.envelope.message_id.as_str()), (o4, "fake4"));
+}
+
+#[tokio::test]
+async fn nodes_sharing_a_server_see_each_others_messages_presence_and_markers() {
+    let server = RedisServer::start().await;
+    let (a, b) = (
+        broker_on(&server, |_| {}).await,
+        broker_on(&server, |_| {}).await,
+    );
+    let k = key();
+    let mut on_a = a.subscribe(&k).await.unwrap();
+    let o = publish(&b, &k, "from-b").await;
+    let m = next_message(&mut on_a).await;
+    assert_eq!((m.offset, m.envelope.message_id.as_str()), (o, "from-b"));
+    let typing = ChannelEvent::Typing {
+        user_id: "u7".into(),
+    };
+    b.publish_ephemeral(&k, typing.clone()).await.unwrap();
+    assert_eq!(
+        next_event(&mut on_a).await,
+        SubscriptionEvent::Event(typing)
+    );
+
+    assert!(a.presence_join(&k, "mia", "s-on-a").await.unwrap());
+    assert!(!b.presence_join(&k, "mia", "s-on-b").await.unwrap());
+    assert_eq!(b.presence(&k).await.unwrap(), ["mia"]);
+    assert!(!a.presence_leave(&k, "mia", "s-on-a").await.unwrap());
+    assert!(b.presence_leave(&k, "mia", "s-on-b").await.unwrap());
+
+    assert_eq!(a.mark_read(&k, "mia", o).await.unwrap(), (o, 0));
+    publish(&a, &k, "later").await;
+    assert_eq!(b.unread(&k, "mia").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_channel_is_unsubscribed_when_the_last_local_subscription_is_dropped() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let k = key();
+    let live = "bh:{h1|room:101}:live";
+    let numsub = || async { server.command(&["PUBSUB", "NUMSUB", live]).await[1].clone() };
+
+    let first = broker.subscribe(&k).await.unwrap();
+    let mut second = broker.subscribe(&k).await.unwrap();
+    assert_eq!(numsub().await, "1", "one Redis subscription per node");
+    drop(first);
+    let o = publish(&broker, &k, "m0").await;
+    assert_eq!(next_message(&mut second).await.offset, o);
+    assert_eq!(numsub().await, "1");
+
+    drop(second);
+    eventually("unsubscribed after the last drop", || async {
+        numsub().await == "0"
+    })
+    .await;
+    // Subscribing again works.
+    let mut again = broker.subscribe(&k).await.unwrap();
+    assert_eq!(numsub().await, "1");
+    let o = publish(&broker, &k, "m1").await;
+    assert_eq!(next_message(&mut again).await.offset, o);
+}
+
+#[tokio::test]
+async fn dropping_the_broker_closes_its_subscriptions() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let mut sub = broker.subscribe(&key()).await.unwrap();
+    drop(broker);
+    assert_eq!(next_event(&mut sub).await, SubscriptionEvent::Closed);
+}
+
+#[tokio::test]
+async fn sessions_of_a_node_that_stopped_refreshing_expire() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let k = key();
+    // A node that died left "ghost" behind; its entry expired a second ago.
+    let presence = "bh:{h1|room:101}:presence";
+    let users = "bh:{h1|room:101}:users";
+    server
+        .command(&["ZADD", presence, "1000", "ghost\u{1f}s-dead"])
+        .await;
+    server.command(&["HINCRBY", users, "ghost", "1"]).await;
+    assert!(broker.presence_join(&k, "mia", "s1").await.unwrap());
+
+    assert_eq!(broker.presence(&k).await.unwrap(), ["mia"]);
+    assert_eq!(server.command(&["HEXISTS", users, "ghost"]).await, ["0"]);
+    assert!(
+        broker.presence_join(&k, "ghost", "s-new").await.unwrap(),
+        "the ghost's expired session does not count"
+    );
+}
+
+#[tokio::test]
+async fn this_brokers_sessions_are_refreshed_before_they_expire() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |c| {
+        c.presence_refresh = Duration::from_millis(100);
+        c.presence_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let k = key();
+    let presence = "bh:{h1|room:101}:presence";
+    broker.presence_join(&k, "mia", "s1").await.unwrap();
+    let score = || async {
+        server.command(&["ZSCORE", presence, "mia\u{1f}s1"]).await[0]
+            .parse::<u64>()
+            .unwrap()
+    };
+    let joined = score().await;
+    eventually("the session's expiry moves forward", || async {
+        score().await > joined
+    })
+    .await;
+
+    // After a leave, nothing brings it back.
+    broker.presence_leave(&k, "mia", "s1").await.unwrap();
+    assert_eq!(
+        server.command(&["ZSCORE", presence, "mia\u{1f}s1"]).await,
+        ["nil"]
+    );
+}
+
+#[tokio::test]
+async fn a_flushed_script_cache_is_reloaded() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let k = key();
+    let o0 = publish(&broker, &k, "m0").await;
+    assert_eq!(server.command(&["SCRIPT", "FLUSH"]).await, ["OK"]);
+    let batch = vec![envelope(&k, "m1"), envelope(&k, "m2")];
+    let results: Vec<Offset> = broker
+        .publish_batch(batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(o0 < results[0] && results[0] < results[1]);
+    let read = broker.read(&k, Some(o0), 10).await.unwrap();
+    assert_eq!(read.messages.len(), 2);
+}
+
+#[tokio::test]
+async fn the_keys_are_laid_out_as_documented_and_expire_with_the_window() {
+    let server = RedisServer::start().await;
+    let retention = Duration::from_secs(3600);
+    let broker = broker_on(&server, |c| c.retention = retention).await;
+    let k = key();
+    let o = publish(&broker, &k, "m0").await;
+    broker.mark_read(&k, "mia", o).await.unwrap();
+    broker.presence_join(&k, "mia", "s1").await.unwrap();
+
+    let base = "bh:{h1|room:101}";
+    for (suffix, kind) in [
+        ("log", "stream"),
+        ("meta", "hash"),
+        ("read", "hash"),
+        ("presence", "zset"),
+        ("users", "hash"),
+    ] {
+        let name = format!("{base}:{suffix}");
+        assert_eq!(server.command(&["TYPE", &name]).await, [kind], "{name}");
+        let ttl: i64 = server.command(&["PTTL", &name]).await[0].parse().unwrap();
+        assert!(
+            ttl > 0 && ttl as u128 <= retention.as_millis(),
+            "{name} must expire within the window, PTTL {ttl}"
+        );
+    }
+    assert_eq!(
+        server
+            .command(&["HMGET", &format!("{base}:meta"), "seq", "last"])
+            .await,
+        ["1".to_owned(), o.to_string()]
+    );
+    let entry = server
+        .command(&["XRANGE", &format!("{base}:log"), "-", "+"])
+        .await;
+    assert_eq!(
+        entry[..4],
+        [o.to_string(), "s".into(), "1".into(), "e".into()]
+    );
+    let stored: Envelope = serde_json::from_str(&entry[4]).unwrap();
+    assert_eq!(stored, *envelope(&k, "m0"));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_with_a_retry_hint() {
+    let server = RedisServer::start().await;
+    let url = server.url();
+    let broker = broker_on(&server, |c| {
+        c.command_timeout = Duration::from_millis(500);
+        c.retry_after = Duration::from_millis(1500);
+    })
+    .await;
+    let k = key();
+    publish(&broker, &k, "m0").await;
+    drop(server);
+
+    let result = tokio::time::timeout(DEADLINE, broker.publish_batch(vec![envelope(&k, "m1")]))
+        .await
+        .expect("a publish must fail within the command timeout, not hang");
+    match &result[..] {
+        [Err(BrokerError::Unavailable { retry_after, .. })] => {
+            assert_eq!(*retry_after, Duration::from_millis(1500))
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(matches!(
+        broker.read(&k, None, 10).await,
+        Err(BrokerError::Unavailable { .. })
+    ));
+
+    // Connecting to nothing fails fast, too.
+    let config = RedisConfig {
+        url,
+        command_timeout: Duration::from_millis(500),
+        ..RedisConfig::default()
+    };
+    let connect = tokio::time::timeout(DEADLINE, RedisBroker::connect(config))
+        .await
+        .expect("connect must fail fast");
+    assert!(
+        matches!(connect, Err(BrokerError::Unavailable { .. })),
+        "{connect:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_connection_gone_silent_is_caught_by_the_probe_and_replaced() {
+    let server = RedisServer::start().await;
+    let proxy = Proxy::start(server.port()).await;
+    let broker = broker_on(&server, |c| {
+        c.url = proxy.url();
+        c.probe_interval = Duration::from_millis(100);
+        c.probe_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // The command connection is accepted first, then the subscriber's.
+    assert_eq!(proxy.connections(), 2);
+    let k = key();
+    let mut sub = broker.subscribe(&k).await.unwrap();
+    let m0 = publish(&broker, &k, "m0").await;
+    assert_eq!(next_message(&mut sub).await.offset, m0);
+    assert!(broker.subscriber_healthy());
+
+    // The subscriber connection stays open but hears nothing any more.
+    proxy.silence(1);
+    let m1 = publish(&broker, &k, "m1").await;
+    // A lost probe replaces the connection; the channel is subscribed again and gets a gap.
+    assert_eq!(next_event(&mut sub).await, SubscriptionEvent::Gap);
+    assert_eq!(proxy.connections(), 3, "a new subscriber connection");
+    let read = broker.read(&k, Some(m0), 10).await.unwrap();
+    assert_eq!(
+        read.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        [m1],
+        "the re-read after the gap finds what the silent connection swallowed"
+    );
+    let m2 = publish(&broker, &k, "m2").await;
+    assert_eq!(next_message(&mut sub).await.offset, m2);
+    eventually("health recovers once a probe comes back", || async {
+        broker.subscriber_healthy()
+    })
+    .await;
+}
