@@ -466,10 +466,16 @@ elseif op == 'read' then
   end
   return {int(now), origin, position, entries}
 elseif op == 'mark' then
-  -- ARGV[4]: user; ARGV[5]: the offset read up to.
+  -- ARGV[4]: user; ARGV[5]: the offset read up to, clamped to the newest position handed out
+  -- (a marker beyond it would hide every later message).
+  local requested = ARGV[5]
+  local newest = redis.call('HGET', meta, 'last') or (int(now - 1) .. '-0')
+  if id_less(newest, requested) then
+    requested = newest
+  end
   local marker = redis.call('HGET', markers, ARGV[4])
-  if not marker or id_less(marker, ARGV[5]) then
-    marker = ARGV[5]
+  if not marker or id_less(marker, requested) then
+    marker = requested
     redis.call('HSET', markers, ARGV[4], marker)
   end
   extend(markers, retention)

@@ -533,6 +533,16 @@ async fn check_read_markers_count_unread_and_never_move_back(broker: Arc<dyn Bro
     assert_eq!(broker.unread(&key, "u2").await.unwrap(), 7);
 
     assert_eq!(broker.mark_read(&key, "u1", o[4]).await.unwrap(), (o[4], 2));
+
+    // A marker beyond the newest message is saved as the newest, so later messages count.
+    let newest = broker.read(&key, None, 0).await.unwrap().last;
+    let far = Offset::new(newest.ms + 86_400_000, 0);
+    assert_eq!(
+        broker.mark_read(&key, "u3", far).await.unwrap(),
+        (newest, 0)
+    );
+    publish_each(&broker, &key, &ids("p", 1)).await;
+    assert_eq!(broker.unread(&key, "u3").await.unwrap(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,4 +3,4 @@
 #![allow(dead_code)]
 
 pub(crate) mod proxy;
-pub(crate) mod redis_server;
+pub(crate) use bellhop_testkit::redis_server;

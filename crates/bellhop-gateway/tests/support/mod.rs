@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bellhop_dispatcher::{Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig};
+use bellhop_dispatcher::{
+    Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig,
+};
 use bellhop_gateway::auth::{mint, Claims};
 use bellhop_gateway::{Gateway, GatewayConfig};
 use bellhop_protocol::{Codec, Role, MSGPACK_SUBPROTOCOL};
+use bellhop_testkit::RedisServer;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +31,10 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// The broker backends every protocol test runs against.
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
+    /// The embedded broker.
     Memory,
+    /// A real `redis-server` started for the test on a free port.
+    Redis,
 }
 
 pub struct TestNode {
@@ -36,6 +42,34 @@ pub struct TestNode {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub broker: Arc<dyn Broker>,
+    /// The Redis server behind the node, kept alive as long as the node.
+    pub redis: Option<Arc<RedisServer>>,
+}
+
+/// A Redis broker on `server`, as a node would connect to it.
+pub async fn redis_broker(server: &RedisServer) -> Arc<dyn Broker> {
+    let config = RedisConfig {
+        url: server.url(),
+        ..RedisConfig::default()
+    };
+    Arc::new(
+        RedisBroker::connect(config)
+            .await
+            .expect("redis broker connects"),
+    )
+}
+
+/// `n` nodes sharing one Redis server, as behind a load balancer.
+pub async fn redis_cluster(n: usize) -> (Arc<RedisServer>, Vec<TestNode>) {
+    let server = Arc::new(RedisServer::start().await);
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let broker = redis_broker(&server).await;
+        let mut node = TestNode::start_on(broker, |c| c.node_id = format!("node-{i}")).await;
+        node.redis = Some(server.clone());
+        nodes.push(node);
+    }
+    (server, nodes)
 }
 
 pub fn config() -> GatewayConfig {
@@ -52,10 +86,17 @@ impl TestNode {
     }
 
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut GatewayConfig)) -> TestNode {
-        let broker: Arc<dyn Broker> = match backend {
-            Backend::Memory => Arc::new(MemoryBroker::new(MemoryConfig::default())),
-        };
-        Self::start_on(broker, tweak).await
+        match backend {
+            Backend::Memory => {
+                Self::start_on(Arc::new(MemoryBroker::new(MemoryConfig::default())), tweak).await
+            }
+            Backend::Redis => {
+                let server = Arc::new(RedisServer::start().await);
+                let mut node = Self::start_on(redis_broker(&server).await, tweak).await;
+                node.redis = Some(server);
+                node
+            }
+        }
     }
 
     pub async fn start_on(
@@ -71,6 +112,7 @@ impl TestNode {
             admin: gateway.admin_addr().expect("admin enabled"),
             gateway: Some(gateway),
             broker,
+            redis: None,
         }
     }
 

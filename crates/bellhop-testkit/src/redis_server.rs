@@ -17,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A running `redis-server`, killed on drop.
 #[derive(Debug)]
-pub(crate) struct RedisServer {
+pub struct RedisServer {
     /// The process (`kill_on_drop`).
     _child: Child,
     /// Its loopback port.
@@ -34,7 +34,7 @@ enum StartError {
 
 impl RedisServer {
     /// Starts a server, or fails the test saying why.
-    pub(crate) async fn start() -> RedisServer {
+    pub async fn start() -> RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
             match Self::try_start(free_port()).await {
@@ -116,19 +116,19 @@ impl RedisServer {
     }
 
     /// Its loopback port.
-    pub(crate) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.port
     }
 
     /// `redis://127.0.0.1:<port>`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Sends one command on a fresh connection and returns its reply flattened: every scalar in
     /// order, as text (`OK`, `1`, a bulk string, `nil`; an error as `-ERR ...`). Enough for tests
     /// that poke at the server behind the broker's back.
-    pub(crate) async fn command(&self, args: &[&str]) -> Vec<String> {
+    pub async fn command(&self, args: &[&str]) -> Vec<String> {
         let mut request = format!("*{}\r\n", args.len()).into_bytes();
         for arg in args {
             request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
