@@ -101,7 +101,8 @@ impl Gateway {
                 move |req, _| server::admin_handler(n.clone(), req),
             )));
         }
-        tracing::info!(%local_addr, ?admin_addr, node = %node.config.node_id, "gateway listening");
+        let admin = admin_addr.map_or_else(|| "disabled".to_string(), |a| a.to_string());
+        tracing::info!(%local_addr, admin_addr = %admin, node = %node.config.node_id, "gateway listening");
         Ok(Gateway {
             node,
             local_addr,

@@ -11,13 +11,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bellhop_dispatcher::{Dispatcher, DispatcherConfig, MemoryBroker};
+use bellhop_dispatcher::{Broker, Dispatcher, DispatcherConfig, MemoryBroker, RedisBroker};
 use bellhop_gateway::auth::{mint, Claims};
 use bellhop_gateway::Gateway;
 use bellhop_protocol::Role;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use settings::{Environment, FileSettings, LogFormat, Overrides, ProcessEnv};
+use settings::{BrokerSettings, Environment, FileSettings, LogFormat, Overrides, ProcessEnv};
+
+/// A Redis URL without its password, for logs and errors.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -193,6 +203,7 @@ async fn main() -> Result<()> {
 }
 
 async fn serve(settings: settings::ServeSettings) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     if settings.dev_secret {
         tracing::warn!(
             "JWT_SECRET is unset or the development secret: using the PUBLIC development secret. Anyone can mint tokens for this node. \
@@ -205,8 +216,19 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
             "RATE_LIMIT_PER_IP is accepted but not enforced in this release"
         );
     }
-    let broker = Arc::new(MemoryBroker::new(settings.memory.clone()));
-    let _sweeper = broker.spawn_sweeper(Duration::from_secs(60));
+    let (broker, backend): (Arc<dyn Broker>, &str) = match &settings.broker {
+        BrokerSettings::Embedded(config) => {
+            let memory = Arc::new(MemoryBroker::new(config.clone()));
+            memory.spawn_sweeper(Duration::from_secs(60));
+            (memory, "embedded")
+        }
+        BrokerSettings::Redis(config) => {
+            let redis = RedisBroker::connect(config.clone())
+                .await
+                .with_context(|| format!("cannot use Redis at {}", redacted(&config.url)))?;
+            (Arc::new(redis), "redis")
+        }
+    };
     let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
     let gateway = Gateway::bind(settings.gateway.clone(), dispatcher)
         .await
@@ -219,8 +241,8 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
     };
     tracing::info!(
         environment = ?settings.environment,
-        broker = "embedded",
-        retention_hours = settings.memory.retention.as_secs() / 3600,
+        broker = backend,
+        retention_hours = settings.broker.retention().as_secs() / 3600,
         "bellhop node ready"
     );
     tracing::info!(
@@ -232,24 +254,22 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
     if settings.environment == Environment::Production && settings.dev_secret {
         anyhow::bail!("refusing the development secret in production");
     }
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutdown requested: draining");
     gateway.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. Installs the handlers when called, so call it before the
+/// node starts serving: a SIGTERM that arrives early must still drain, not kill the process.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }

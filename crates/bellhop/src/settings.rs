@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bellhop_dispatcher::MemoryConfig;
+use bellhop_dispatcher::{MemoryConfig, RedisConfig};
 use bellhop_gateway::GatewayConfig;
 use serde::Deserialize;
 
@@ -51,6 +51,10 @@ pub(crate) struct FileSettings {
     ws_path: Option<String>,
     ssl_enabled: Option<bool>,
     redis_url: Option<String>,
+    redis_host: Option<String>,
+    redis_port: Option<u16>,
+    redis_password: Option<String>,
+    redis_tls_enabled: Option<bool>,
     redis_cluster: Option<bool>,
     max_connections: Option<usize>,
     rate_limit_per_ip: Option<u32>,
@@ -77,6 +81,59 @@ pub(crate) struct Overrides {
     pub(crate) bind_addr: Option<IpAddr>,
 }
 
+/// The broker a node uses: the embedded one unless Redis is configured.
+#[derive(Debug)]
+pub(crate) enum BrokerSettings {
+    /// One node, state in its own memory.
+    Embedded(MemoryConfig),
+    /// One of many nodes sharing a Redis server.
+    Redis(RedisConfig),
+}
+
+impl BrokerSettings {
+    /// How long messages are kept.
+    pub(crate) fn retention(&self) -> Duration {
+        match self {
+            BrokerSettings::Embedded(c) => c.retention,
+            BrokerSettings::Redis(c) => c.retention,
+        }
+    }
+}
+
+/// The Redis URL from `REDIS_URL`, or built from `REDIS_HOST`, `REDIS_PORT` and
+/// `REDIS_PASSWORD`; `None` for the embedded broker.
+fn redis_url(s: &Sources<'_>) -> Result<Option<String>> {
+    let url = s.string("REDIS_URL", &s.file.redis_url);
+    let host = s.string("REDIS_HOST", &s.file.redis_host);
+    let password = s.string("REDIS_PASSWORD", &s.file.redis_password);
+    match (url, host) {
+        (Some(_), _) if password.is_some() => {
+            bail!("REDIS_PASSWORD is set together with REDIS_URL: put the password in the URL (redis://:<password>@host:port)")
+        }
+        (Some(url), _) => Ok(Some(url)),
+        (None, Some(host)) => {
+            let port = s.parse("REDIS_PORT", s.file.redis_port)?.unwrap_or(6379u16);
+            let auth = password
+                .map(|p| format!(":{}@", url_encode(&p)))
+                .unwrap_or_default();
+            Ok(Some(format!("redis://{auth}{host}:{port}")))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Development or production: production refuses the development secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Environment {
@@ -101,8 +158,8 @@ pub(crate) enum LogFormat {
 pub(crate) struct ServeSettings {
     /// The gateway's configuration.
     pub(crate) gateway: GatewayConfig,
-    /// The embedded broker's configuration.
-    pub(crate) memory: MemoryConfig,
+    /// Which broker, and its configuration.
+    pub(crate) broker: BrokerSettings,
     /// Development or production.
     pub(crate) environment: Environment,
     /// True when the development secret is in use (the binary warns loudly).
@@ -213,19 +270,17 @@ pub(crate) fn serve_settings(
     if s.flag("SSL_ENABLED", file.ssl_enabled)?.unwrap_or(false) {
         bail!("SSL_ENABLED=true: TLS termination is not in this release yet; terminate TLS at the load balancer and leave SSL_ENABLED unset");
     }
-    let redis = ["REDIS_URL", "REDIS_HOST"]
-        .into_iter()
-        .find(|k| env.get(k).is_some());
-    if redis.is_some()
-        || file.redis_url.is_some()
-        || s.flag("REDIS_CLUSTER", file.redis_cluster)?
-            .unwrap_or(false)
+    if s.flag("REDIS_CLUSTER", file.redis_cluster)?
+        .unwrap_or(false)
     {
-        bail!(
-            "{} is set, but this release has only the embedded broker; unset it to run a single node",
-            redis.unwrap_or("redis_url/REDIS_CLUSTER")
-        );
+        bail!("REDIS_CLUSTER=true: Redis Cluster is not in this release yet; point REDIS_URL at one Redis server");
     }
+    if s.flag("REDIS_TLS_ENABLED", file.redis_tls_enabled)?
+        .unwrap_or(false)
+    {
+        bail!("REDIS_TLS_ENABLED=true: TLS to Redis is not in this release yet");
+    }
+    let redis_url = redis_url(&s)?;
     let (secret, environment, dev_secret) = resolve_secret(env, file)?;
     let mut gateway = GatewayConfig::new(secret);
     let bind: IpAddr = match (flags.bind_addr, env.get("BIND_ADDR"), &file.bind_addr) {
@@ -284,13 +339,28 @@ pub(crate) fn serve_settings(
         gateway.auth.auth_timeout = Duration::from_secs(secs);
     }
     gateway.validate().map_err(anyhow::Error::msg)?;
-    let mut memory = MemoryConfig::default();
+    let mut retention = Duration::from_secs(24 * 3600);
     if let Some(hours) = s.parse::<u64>("MESSAGE_RETENTION_HOURS", file.message_retention_hours)? {
         if hours == 0 || hours > 24 * 365 {
             bail!("MESSAGE_RETENTION_HOURS must be between 1 and 8760");
         }
-        memory.retention = Duration::from_secs(hours * 3600);
+        retention = Duration::from_secs(hours * 3600);
     }
+    let broker = match redis_url {
+        None => BrokerSettings::Embedded(MemoryConfig {
+            retention,
+            ..MemoryConfig::default()
+        }),
+        Some(url) => {
+            let config = RedisConfig {
+                url,
+                retention,
+                ..RedisConfig::default()
+            };
+            config.validate().map_err(anyhow::Error::msg)?;
+            BrokerSettings::Redis(config)
+        }
+    };
     let log_format = match s.string("LOG_FORMAT", &file.log_format).as_deref() {
         None if environment == Environment::Production => LogFormat::Json,
         None | Some("text") => LogFormat::Text,
@@ -300,7 +370,7 @@ pub(crate) fn serve_settings(
     Ok(ServeSettings {
         rate_limit_per_ip,
         gateway,
-        memory,
+        broker,
         environment,
         dev_secret,
         log_format,
@@ -329,7 +399,7 @@ mod tests {
         assert_eq!(s.gateway.ws_path, "/ws");
         assert_eq!(s.gateway.admin_listen.unwrap().port(), 9090);
         assert_eq!(s.gateway.max_connections, 10_000);
-        assert_eq!(s.memory.retention, Duration::from_secs(24 * 3600));
+        assert_eq!(s.broker.retention(), Duration::from_secs(24 * 3600));
         assert!(s.dev_secret);
         assert_eq!(s.environment, Environment::Development);
     }
@@ -355,7 +425,7 @@ mod tests {
         assert_eq!(s.gateway.ws_path, "/socket");
         assert_eq!(s.gateway.admin_listen.unwrap().port(), 9100);
         assert_eq!(s.gateway.max_connections, 5);
-        assert_eq!(s.memory.retention, Duration::from_secs(7200));
+        assert_eq!(s.broker.retention(), Duration::from_secs(7200));
         assert_eq!(s.gateway.node_id, "node-a");
         assert_eq!(s.gateway.auth.secret, b"s3cret");
         assert!(!s.dev_secret);
@@ -433,9 +503,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TLS"));
-        assert!(settings(&[("REDIS_URL", "redis://127.0.0.1:6379")])
+        assert!(settings(&[("REDIS_CLUSTER", "true")])
+            .unwrap_err()
+            .to_string()
+            .contains("REDIS_CLUSTER"));
+        assert!(settings(&[("REDIS_TLS_ENABLED", "true")])
+            .unwrap_err()
+            .to_string()
+            .contains("REDIS_TLS_ENABLED"));
+    }
+
+    #[test]
+    fn redis_is_configured_by_url_or_by_host_port_and_password() {
+        let redis = |pairs: &[(&str, &str)]| match settings(pairs).unwrap().broker {
+            BrokerSettings::Redis(c) => c,
+            other => panic!("expected redis, got {other:?}"),
+        };
+        let c = redis(&[
+            ("REDIS_URL", "redis://10.0.0.5:6380/0"),
+            ("MESSAGE_RETENTION_HOURS", "2"),
+        ]);
+        assert_eq!(c.url, "redis://10.0.0.5:6380/0");
+        assert_eq!(c.retention, Duration::from_secs(7200));
+        let c = redis(&[("REDIS_HOST", "redis"), ("REDIS_PASSWORD", "p@ss word")]);
+        assert_eq!(c.url, "redis://:p%40ss%20word@redis:6379");
+        assert_eq!(
+            redis(&[("REDIS_HOST", "r"), ("REDIS_PORT", "7000")]).url,
+            "redis://r:7000"
+        );
+        assert!(matches!(
+            settings(&[]).unwrap().broker,
+            BrokerSettings::Embedded(_)
+        ));
+        let both = settings(&[("REDIS_URL", "redis://r"), ("REDIS_PASSWORD", "x")]).unwrap_err();
+        assert!(both.to_string().contains("REDIS_PASSWORD"));
+        assert!(settings(&[("REDIS_URL", "rediss://r")])
             .unwrap_err()
             .to_string()
             .contains("REDIS_URL"));
+        assert!(settings(&[("REDIS_HOST", "r"), ("REDIS_PORT", "x")])
+            .unwrap_err()
+            .to_string()
+            .contains("REDIS_PORT"));
     }
 }
