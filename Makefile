@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/bellhop
 
-.PHONY: run test lint unit deps test-deps build clean help
+.PHONY: run test lint unit deps test-deps build cluster cluster-down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,14 @@ run: build ## run one node on the embedded broker (ws://127.0.0.1:3001/ws, admin
 	@echo "  $(BIN) connect --token \$$T --subscribe dept:housekeeping --follow"
 	@echo
 	$(BIN) serve
+
+cluster: build ## a local cluster: Redis, three nodes, nginx in front when installed (see deploy/local-cluster.sh)
+	@command -v redis-server >/dev/null 2>&1 || $(MAKE) test-deps
+	@command -v nginx >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq nginx-light >/dev/null 2>&1; } || echo "nginx not available: the nodes run without a load balancer"
+	deploy/local-cluster.sh up
+
+cluster-down: ## stop exactly what `make cluster` started
+	deploy/local-cluster.sh down
 
 lint: deps ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
