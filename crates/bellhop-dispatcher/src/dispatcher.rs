@@ -3,6 +3,17 @@
 //! Publishes wait in a bounded [`PriorityQueue`]; one worker takes up to `max_batch` of them at a
 //! time, most urgent first, and hands them to the broker in one call (one pipeline for Redis).
 //! Each publisher is answered only after the broker confirmed the write, with the stored offset.
+//!
+//! A circuit breaker ([`Breaker`]) guards the broker's write path. Every `publish_batch` call asks
+//! it for a permit and is bounded by its call timeout; a timeout, or a batch in which any message
+//! failed with [`BrokerError::Unavailable`], counts as one failed call. [`BrokerError::Internal`]
+//! counts as a success: the backend answered, and a retry or a pause would not help, so one
+//! poison message must not stop every publisher. While the breaker is open, `publish` fails at
+//! once with [`PublishError::CircuitOpen`] (and so does every publish still queued when it opened),
+//! carrying the time until it lets a trial call through. Reads, subscriptions, presence and read
+//! markers go to the broker directly (through [`Dispatcher::broker`]) and are not guarded: they
+//! are bounded by the backend's own command timeout, and the hub's gap recovery must keep trying
+//! so it heals as soon as the backend does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,9 +22,14 @@ use std::time::Duration;
 use bellhop_protocol::{Envelope, Offset, Priority};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, Outcome};
 use crate::broker::{Broker, BrokerError};
 use crate::queue::PriorityQueue;
+
+/// What `retryAfterMs` says after a broker call timed out while the breaker stays closed.
+const TIMEOUT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Settings of the dispatcher's queue.
 #[derive(Clone, Debug)]
@@ -26,6 +42,9 @@ pub struct DispatcherConfig {
     pub starvation_limit: u32,
     /// What `retryAfterMs` says when the queue is full (100 ms).
     pub overload_retry_after: Duration,
+    /// The circuit breaker around the broker's write path (call timeout 5 s, opens at 50 %
+    /// failures over at least 10 of the last 20 calls, half-open after 30 s).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for DispatcherConfig {
@@ -35,7 +54,22 @@ impl Default for DispatcherConfig {
             max_pending: 10_000,
             starvation_limit: 16,
             overload_retry_after: Duration::from_millis(100),
+            breaker: BreakerConfig::default(),
         }
+    }
+}
+
+impl DispatcherConfig {
+    /// Rejects settings that cannot work, naming the setting. [`Dispatcher::new`] does not call
+    /// it (it clamps instead); whoever builds the config from outside input should.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch == 0 {
+            return Err("dispatcher max_batch must be at least 1".into());
+        }
+        if self.max_pending == 0 {
+            return Err("dispatcher max_pending must be at least 1".into());
+        }
+        self.breaker.validate()
     }
 }
 
@@ -48,6 +82,12 @@ pub enum PublishError {
         /// Publishes waiting when this one was refused.
         pending: usize,
         /// When to retry.
+        retry_after: Duration,
+    },
+    /// The circuit breaker around the broker is open: the write was not tried.
+    #[error("broker circuit open; retry in {retry_after:?}")]
+    CircuitOpen {
+        /// Time until the breaker lets a trial call through.
         retry_after: Duration,
     },
     /// The broker refused or failed the write.
@@ -64,7 +104,7 @@ struct Pending {
     /// The message to store.
     envelope: Arc<Envelope>,
     /// Where the stored offset (or the failure) goes.
-    reply: oneshot::Sender<Result<Offset, BrokerError>>,
+    reply: oneshot::Sender<Result<Offset, PublishError>>,
 }
 
 /// State shared by the handle and the worker.
@@ -76,6 +116,8 @@ struct Shared {
     wake: Notify,
     /// Set when the last handle is dropped.
     closed: AtomicBool,
+    /// Guards the broker's write path. Locked only briefly, never across a broker call.
+    breaker: Mutex<Breaker>,
 }
 
 /// The delivery engine's front door. Cheap to share behind an `Arc`.
@@ -91,17 +133,21 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Starts a dispatcher (and its worker task) in front of `broker`. Must run inside a tokio
-    /// runtime.
+    /// runtime. Out-of-range settings are clamped (see [`DispatcherConfig::validate`]).
     pub fn new(broker: Arc<dyn Broker>, config: DispatcherConfig) -> Self {
+        let breaker = Breaker::new(config.breaker.clone());
+        let call_timeout = breaker.config().call_timeout;
         let shared = Arc::new(Shared {
             queue: Mutex::new(PriorityQueue::new(config.starvation_limit)),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            breaker: Mutex::new(breaker),
         });
         tokio::spawn(worker(
             broker.clone(),
             shared.clone(),
             config.max_batch.max(1),
+            call_timeout,
         ));
         Dispatcher {
             broker,
@@ -120,8 +166,21 @@ impl Dispatcher {
         self.shared.queue.lock().len()
     }
 
-    /// Queues a message by its priority and waits until the broker stored it.
+    /// The state of the circuit breaker around the broker's write path, now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.shared.breaker.lock().state(Instant::now())
+    }
+
+    /// Queues a message by its priority and waits until the broker stored it. Fails at once while
+    /// the circuit breaker is open or the queue is full.
     pub async fn publish(&self, envelope: Arc<Envelope>) -> Result<Offset, PublishError> {
+        self.shared
+            .breaker
+            .lock()
+            .check(Instant::now())
+            .map_err(|open| PublishError::CircuitOpen {
+                retry_after: open.retry_after,
+            })?;
         let (reply, rx) = oneshot::channel();
         {
             let mut queue = self.shared.queue.lock();
@@ -135,10 +194,7 @@ impl Dispatcher {
             queue.push(priority, Pending { envelope, reply });
         }
         self.shared.wake.notify_one();
-        match rx.await {
-            Ok(result) => result.map_err(PublishError::Broker),
-            Err(_) => Err(PublishError::ShuttingDown),
-        }
+        rx.await.unwrap_or(Err(PublishError::ShuttingDown))
     }
 }
 
@@ -149,8 +205,13 @@ impl Drop for Dispatcher {
     }
 }
 
-/// Takes batches off the queue, most urgent first, and stores them.
-async fn worker(broker: Arc<dyn Broker>, shared: Arc<Shared>, max_batch: usize) {
+/// Takes batches off the queue, most urgent first, and stores them through the breaker.
+async fn worker(
+    broker: Arc<dyn Broker>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    call_timeout: Duration,
+) {
     loop {
         let batch: Vec<Pending> = {
             let mut queue = shared.queue.lock();
@@ -167,16 +228,68 @@ async fn worker(broker: Arc<dyn Broker>, shared: Arc<Shared>, max_batch: usize) 
         }
         let (envelopes, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
-        let results = broker.publish_batch(envelopes).await;
+        let acquired = shared.breaker.lock().try_acquire(Instant::now());
+        let permit = match acquired {
+            Ok(permit) => permit,
+            Err(open) => {
+                // Publishes queued before the breaker opened fail as fast as new ones.
+                for reply in replies {
+                    let _ = reply.send(Err(PublishError::CircuitOpen {
+                        retry_after: open.retry_after,
+                    }));
+                }
+                continue;
+            }
+        };
+        let n = envelopes.len();
+        let call = tokio::time::timeout(call_timeout, broker.publish_batch(envelopes)).await;
+        let timed_out = call.is_err();
+        let mut results = call.unwrap_or_default();
+        let failed = timed_out
+            || results
+                .iter()
+                .any(|r| matches!(r, Err(BrokerError::Unavailable { .. })));
+        let outcome = if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let now = Instant::now();
+        let open_for = {
+            let mut breaker = shared.breaker.lock();
+            breaker.record(permit, outcome, now);
+            breaker.check(now).err().map(|open| open.retry_after)
+        };
+        if timed_out {
+            // The call was abandoned; Redis may still have stored some of it (see the Redis
+            // backend's notes on `unavailable` after a lost reply).
+            results = vec![
+                Err(BrokerError::Unavailable {
+                    reason: format!("broker call timed out after {call_timeout:?}"),
+                    retry_after: TIMEOUT_RETRY_AFTER,
+                });
+                n
+            ];
+        }
         let mut results = results.into_iter();
         for reply in replies {
-            let result = results.next().unwrap_or_else(|| {
-                Err(BrokerError::Internal(
+            let result = match results.next() {
+                Some(Ok(offset)) => Ok(offset),
+                Some(Err(BrokerError::Unavailable {
+                    reason,
+                    retry_after,
+                })) => Err(BrokerError::Unavailable {
+                    reason,
+                    // When this call opened the breaker, retrying sooner is refused anyway.
+                    retry_after: open_for.map_or(retry_after, |o| o.max(retry_after)),
+                }),
+                Some(Err(e)) => Err(e),
+                None => Err(BrokerError::Internal(
                     "broker returned too few results".into(),
-                ))
-            });
+                )),
+            };
             // A publisher that gave up waiting is not an error.
-            let _ = reply.send(result);
+            let _ = reply.send(result.map_err(PublishError::Broker));
         }
     }
 }
@@ -207,13 +320,43 @@ mod tests {
         })
     }
 
+    /// How [`GatedBroker::publish_batch`] fails, when told to.
+    #[derive(Clone, Debug)]
+    enum Fault {
+        /// Every message fails with this error.
+        Error(BrokerError),
+        /// The call never returns.
+        Hang,
+    }
+
     /// A broker that stores into a memory broker, but only as fast as the test lets it: each
     /// `publish_batch` waits for one permit. Lets a test fill the queue while the worker is busy.
+    /// With a fault set, it fails (after the permit) instead of storing.
     #[derive(Debug)]
     struct GatedBroker {
         inner: MemoryBroker,
         gate: Semaphore,
         batches: Mutex<Vec<Vec<String>>>,
+        fault: Mutex<Option<Fault>>,
+    }
+
+    impl GatedBroker {
+        fn new(permits: usize) -> Arc<GatedBroker> {
+            Arc::new(GatedBroker {
+                inner: MemoryBroker::new(MemoryConfig::default()),
+                gate: Semaphore::new(permits),
+                batches: Mutex::new(Vec::new()),
+                fault: Mutex::new(None),
+            })
+        }
+
+        fn fail_with(&self, fault: Option<Fault>) {
+            *self.fault.lock() = fault;
+        }
+
+        fn calls(&self) -> usize {
+            self.batches.lock().len()
+        }
     }
 
     #[async_trait]
@@ -226,7 +369,12 @@ mod tests {
                 .lock()
                 .push(batch.iter().map(|e| e.message_id.clone()).collect());
             self.gate.acquire().await.expect("gate open").forget();
-            self.inner.publish_batch(batch).await
+            let fault = self.fault.lock().clone();
+            match fault {
+                None => self.inner.publish_batch(batch).await,
+                Some(Fault::Error(e)) => batch.iter().map(|_| Err(e.clone())).collect(),
+                Some(Fault::Hang) => std::future::pending().await,
+            }
         }
         async fn publish_ephemeral(
             &self,
@@ -286,11 +434,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_urgent_publish_overtakes_a_backlog_of_normal_ones() {
-        let broker = Arc::new(GatedBroker {
-            inner: MemoryBroker::new(MemoryConfig::default()),
-            gate: Semaphore::new(0),
-            batches: Mutex::new(Vec::new()),
-        });
+        let broker = GatedBroker::new(0);
         let config = DispatcherConfig {
             max_batch: 4,
             ..Default::default()
@@ -346,11 +490,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_fails_fast_with_a_retry_hint() {
-        let broker = Arc::new(GatedBroker {
-            inner: MemoryBroker::new(MemoryConfig::default()),
-            gate: Semaphore::new(0),
-            batches: Mutex::new(Vec::new()),
-        });
+        let broker = GatedBroker::new(0);
         let config = DispatcherConfig {
             max_batch: 1,
             max_pending: 2,
@@ -400,5 +540,207 @@ mod tests {
         let stored: Vec<_> = read.messages.iter().map(|m| m.offset).collect();
         assert_eq!(stored, offsets);
         assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn unavailable() -> Fault {
+        Fault::Error(BrokerError::Unavailable {
+            reason: "redis: connection refused".into(),
+            retry_after: SECOND,
+        })
+    }
+
+    /// The retry hint of a failed publish, if it is `unavailable` of either kind.
+    fn retry_after(result: &Result<Offset, PublishError>) -> Option<Duration> {
+        match result {
+            Err(PublishError::CircuitOpen { retry_after })
+            | Err(PublishError::Broker(BrokerError::Unavailable { retry_after, .. })) => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_broker_opens_the_breaker_then_publishes_fail_fast_until_it_recovers() {
+        let broker = GatedBroker::new(usize::MAX >> 4);
+        let dispatcher = Dispatcher::new(broker.clone(), DispatcherConfig::default());
+        assert_eq!(dispatcher.breaker_state(), BreakerState::Closed);
+        broker.fail_with(Some(unavailable()));
+        for i in 0..9 {
+            let r = dispatcher
+                .publish(envelope(&format!("m{i}"), Priority::Normal))
+                .await;
+            assert_eq!(
+                retry_after(&r),
+                Some(SECOND),
+                "the broker's own hint: {r:?}"
+            );
+            assert_eq!(
+                dispatcher.breaker_state(),
+                BreakerState::Closed,
+                "after {i}"
+            );
+        }
+        // The tenth failed call opens it; its publisher is told to come back when it half-opens.
+        let r = dispatcher.publish(envelope("m9", Priority::Normal)).await;
+        assert!(matches!(r, Err(PublishError::Broker(_))), "{r:?}");
+        assert_eq!(retry_after(&r), Some(30 * SECOND));
+        assert_eq!(dispatcher.breaker_state(), BreakerState::Open);
+
+        // Open: refused without touching the broker, with the time left until half-open.
+        let started = Instant::now();
+        let r = dispatcher.publish(envelope("fast", Priority::Urgent)).await;
+        assert_eq!(
+            r,
+            Err(PublishError::CircuitOpen {
+                retry_after: 30 * SECOND
+            })
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO, "fails fast");
+        tokio::time::advance(12 * SECOND).await;
+        let r = dispatcher
+            .publish(envelope("later", Priority::Normal))
+            .await;
+        assert_eq!(
+            r,
+            Err(PublishError::CircuitOpen {
+                retry_after: 18 * SECOND
+            })
+        );
+        assert_eq!(broker.calls(), 10, "no call reached the broker while open");
+
+        // Redis is back; after the open period the next publish is the trial and closes it.
+        broker.fail_with(None);
+        tokio::time::advance(18 * SECOND).await;
+        assert_eq!(dispatcher.breaker_state(), BreakerState::HalfOpen);
+        let r = dispatcher
+            .publish(envelope("trial", Priority::Normal))
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(dispatcher.breaker_state(), BreakerState::Closed);
+        assert!(dispatcher
+            .publish(envelope("after", Priority::Low))
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_broker_times_out_opens_the_breaker_and_a_failed_trial_reopens_it() {
+        let broker = GatedBroker::new(usize::MAX >> 4);
+        let dispatcher = Dispatcher::new(broker.clone(), DispatcherConfig::default());
+        broker.fail_with(Some(Fault::Hang));
+        for i in 0..10 {
+            let started = Instant::now();
+            let r = dispatcher
+                .publish(envelope(&format!("m{i}"), Priority::Normal))
+                .await;
+            assert_eq!(started.elapsed(), 5 * SECOND, "bounded by the call timeout");
+            let Err(PublishError::Broker(BrokerError::Unavailable { reason, .. })) = &r else {
+                panic!("{r:?}");
+            };
+            assert!(reason.contains("timed out"), "{reason}");
+            let hint = if i < 9 { SECOND } else { 30 * SECOND };
+            assert_eq!(retry_after(&r), Some(hint), "after {i}");
+        }
+        assert_eq!(dispatcher.breaker_state(), BreakerState::Open);
+
+        // Still hanging after the open period: the trial times out and the breaker reopens.
+        tokio::time::advance(30 * SECOND).await;
+        assert_eq!(dispatcher.breaker_state(), BreakerState::HalfOpen);
+        let r = dispatcher
+            .publish(envelope("trial", Priority::Normal))
+            .await;
+        assert_eq!(retry_after(&r), Some(30 * SECOND), "{r:?}");
+        assert_eq!(dispatcher.breaker_state(), BreakerState::Open);
+        assert_eq!(
+            dispatcher
+                .publish(envelope("refused", Priority::Normal))
+                .await,
+            Err(PublishError::CircuitOpen {
+                retry_after: 30 * SECOND
+            })
+        );
+        assert_eq!(broker.calls(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publishes_queued_when_the_breaker_opens_fail_fast_too() {
+        let broker = GatedBroker::new(0);
+        let config = DispatcherConfig {
+            max_batch: 1,
+            breaker: BreakerConfig {
+                minimum_calls: 1,
+                window: 1,
+                ..BreakerConfig::default()
+            },
+            ..DispatcherConfig::default()
+        };
+        let dispatcher = Arc::new(Dispatcher::new(broker.clone(), config));
+        broker.fail_with(Some(unavailable()));
+        let d = dispatcher.clone();
+        let first = tokio::spawn(async move { d.publish(envelope("a", Priority::Normal)).await });
+        wait_for_batches(&broker, 1).await;
+        let mut queued = Vec::new();
+        for i in 0..5 {
+            let d = dispatcher.clone();
+            queued.push(tokio::spawn(async move {
+                d.publish(envelope(&format!("q{i}"), Priority::Normal))
+                    .await
+            }));
+        }
+        while dispatcher.pending() < 5 {
+            tokio::task::yield_now().await;
+        }
+        broker.gate.add_permits(100);
+        assert_eq!(retry_after(&first.await.unwrap()), Some(30 * SECOND));
+        for q in queued {
+            assert_eq!(
+                q.await.unwrap(),
+                Err(PublishError::CircuitOpen {
+                    retry_after: 30 * SECOND
+                })
+            );
+        }
+        assert_eq!(broker.calls(), 1, "the backlog never reached the broker");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn internal_errors_do_not_open_the_breaker() {
+        let broker = GatedBroker::new(usize::MAX >> 4);
+        let dispatcher = Dispatcher::new(broker.clone(), DispatcherConfig::default());
+        broker.fail_with(Some(Fault::Error(BrokerError::Internal(
+            "bad reply".into(),
+        ))));
+        for i in 0..30 {
+            let r = dispatcher
+                .publish(envelope(&format!("m{i}"), Priority::Normal))
+                .await;
+            assert!(
+                matches!(r, Err(PublishError::Broker(BrokerError::Internal(_)))),
+                "{r:?}"
+            );
+        }
+        assert_eq!(dispatcher.breaker_state(), BreakerState::Closed);
+        assert_eq!(broker.calls(), 30);
+    }
+
+    #[test]
+    fn config_validation_covers_the_breaker() {
+        assert_eq!(DispatcherConfig::default().validate(), Ok(()));
+        let bad = DispatcherConfig {
+            breaker: BreakerConfig {
+                failure_rate: 2.0,
+                ..BreakerConfig::default()
+            },
+            ..DispatcherConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("failure_rate"));
+        let bad = DispatcherConfig {
+            max_batch: 0,
+            ..DispatcherConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("max_batch"));
     }
 }

@@ -4,17 +4,20 @@
 //!
 //! Backends implement [`Broker`]: [`MemoryBroker`] is the embedded single-node broker (a product
 //! feature, not a test double); [`RedisBroker`] keeps the same semantics in a Redis server shared by
-//! every node.
+//! every node. A circuit breaker ([`breaker`]) in the [`Dispatcher`] guards the write path, so a
+//! broken Redis makes publishes fail fast instead of piling up behind call timeouts.
 //!
 //! Architecture invariant: this crate knows nothing of WebSockets, HTTP or sessions. It speaks in
 //! channel keys, envelopes and offsets.
 
+pub mod breaker;
 mod broker;
 mod dispatcher;
 mod memory;
 pub mod queue;
 mod redis;
 
+pub use breaker::{BreakerConfig, BreakerState};
 pub use broker::{
     Broker, BrokerError, ChannelEvent, ChannelKey, ReadResult, StoredMessage, Subscription,
     SubscriptionEvent,

@@ -33,6 +33,11 @@ pub struct Metrics {
     pub queue_drops: IntCounterVec,
     /// Connections closed because they could not keep up.
     pub slow_consumers: IntCounter,
+    /// The circuit breaker around the broker's write path: 0 closed, 1 half-open, 2 open. Read
+    /// from the dispatcher when `/metrics` is scraped (it is one lock and a comparison).
+    pub breaker_state: IntGauge,
+    /// Publishes refused because the circuit breaker was open.
+    pub breaker_rejections: IntCounter,
 }
 
 impl Metrics {
@@ -77,6 +82,23 @@ impl Metrics {
         registry
             .register(Box::new(slow_consumers.clone()))
             .expect("unique metric");
+        let breaker = |opts: Opts| opts.const_label("target", "redis");
+        let breaker_state = IntGauge::with_opts(breaker(Opts::new(
+            "bellhop_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+        )))
+        .expect("valid metric name");
+        registry
+            .register(Box::new(breaker_state.clone()))
+            .expect("unique metric");
+        let breaker_rejections = IntCounter::with_opts(breaker(Opts::new(
+            "bellhop_breaker_rejections_total",
+            "Publishes refused because the circuit breaker was open.",
+        )))
+        .expect("valid metric name");
+        registry
+            .register(Box::new(breaker_rejections.clone()))
+            .expect("unique metric");
         Metrics {
             connections: gauge("bellhop_connections", "Open WebSocket connections."),
             connections_rejected: counter_vec(
@@ -114,6 +136,8 @@ impl Metrics {
                 &["reason"],
             ),
             slow_consumers,
+            breaker_state,
+            breaker_rejections,
             registry,
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bellhop_dispatcher::{BrokerError, ChannelKey, Dispatcher, PublishError};
+use bellhop_dispatcher::{BreakerState, BrokerError, ChannelKey, Dispatcher, PublishError};
 use bellhop_protocol::validate::{self, ValidationError};
 use bellhop_protocol::{Channel, Envelope, ErrorCode, HistoryEntry, Offset, PublishFrame, Sender};
 use parking_lot::Mutex;
@@ -78,6 +78,12 @@ impl From<PublishError> for RequestError {
                 message: "node overloaded".into(),
                 retry_after_ms: Some(retry_after.as_millis() as u64),
             },
+            PublishError::CircuitOpen { retry_after } => RequestError {
+                code: ErrorCode::Unavailable,
+                message: "broker unavailable (circuit open)".into(),
+                // Rounded up: retrying a moment early would only be refused again.
+                retry_after_ms: Some(retry_after.as_nanos().div_ceil(1_000_000) as u64),
+            },
             PublishError::Broker(e) => e.into(),
             PublishError::ShuttingDown => RequestError {
                 code: ErrorCode::Unavailable,
@@ -129,6 +135,13 @@ impl Node {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// The state of the circuit breaker around the broker, and the gauge brought up to date.
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        let state = self.dispatcher.breaker_state();
+        self.metrics.breaker_state.set(state.as_gauge());
+        state
+    }
+
     pub(crate) fn key(p: &Principal, channel: &Channel) -> ChannelKey {
         ChannelKey::new(p.property.clone(), channel.clone())
     }
@@ -166,7 +179,15 @@ impl Node {
         };
         let message_id = envelope.message_id.clone();
         let started = tokio::time::Instant::now();
-        let offset = self.dispatcher.publish(Arc::new(envelope)).await?;
+        let offset = match self.dispatcher.publish(Arc::new(envelope)).await {
+            Ok(offset) => offset,
+            Err(e) => {
+                if matches!(e, PublishError::CircuitOpen { .. }) {
+                    self.metrics.breaker_rejections.inc();
+                }
+                return Err(e.into());
+            }
+        };
         self.metrics
             .publish_seconds
             .with_label_values(&[priority.as_str()])
@@ -230,6 +251,23 @@ pub(crate) fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use bellhop_dispatcher::PublishError;
+    use bellhop_protocol::ErrorCode;
+
+    use super::RequestError;
+
+    #[test]
+    fn an_open_breaker_is_unavailable_with_its_retry_hint_rounded_up() {
+        let e = RequestError::from(PublishError::CircuitOpen {
+            retry_after: Duration::from_micros(29_999_001),
+        });
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert_eq!(e.retry_after_ms, Some(30_000));
+        assert!(e.message.contains("circuit open"), "{}", e.message);
+    }
+
     #[test]
     fn timestamps_are_rfc3339_with_milliseconds() {
         let t = super::now_rfc3339();

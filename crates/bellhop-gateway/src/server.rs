@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bellhop_dispatcher::BreakerState;
 use bellhop_protocol::{Codec, ErrorCode, MSGPACK_SUBPROTOCOL};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -288,28 +289,42 @@ pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Re
         r
     };
     match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            node.metrics.render(),
-            "text/plain; version=0.0.4",
-        ),
+        "/metrics" => {
+            node.breaker_state();
+            text(
+                StatusCode::OK,
+                node.metrics.render(),
+                "text/plain; version=0.0.4",
+            )
+        }
         "/healthz" => json(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "node": node.config.node_id}),
         ),
         "/readyz" => {
+            // An open breaker leaves the node ready (the body says `degraded`): every node shares
+            // the same Redis, so turning them all unready at once would only take the whole fleet
+            // out of the load balancer, and no other node could do better. Staying in, a node
+            // keeps its connections and answers at once with `unavailable` and a retry hint.
             let ready = node.is_ready();
+            let breaker = node.breaker_state();
             let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
+            let state = match (ready, breaker) {
+                (false, _) => "draining",
+                (true, BreakerState::Closed) => "serving",
+                (true, _) => "degraded",
+            };
             let body = serde_json::json!({
                 "ready": ready,
                 "node": node.config.node_id,
-                "state": if ready { "serving" } else { "draining" },
+                "state": state,
                 "connections": node.metrics.connections.get(),
                 "channels": node.hub.channel_count(),
+                "broker": {"breaker": breaker.as_str()},
             });
             json(status, &body)
         }

@@ -404,6 +404,97 @@ async fn a_broker_failure_reaches_the_publisher_as_unavailable_or_internal() {
 }
 
 #[tokio::test]
+async fn an_open_breaker_fails_publishes_fast_and_readyz_reports_it_degraded() {
+    use bellhop_dispatcher::BrokerError;
+    let broker = FaultyBroker::new();
+    let node = TestNode::start_on(broker.clone(), |_| {}).await;
+    let readyz = || async {
+        let (status, _, text) = http(node.admin, "GET", "/readyz", &[], b"").await;
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        )
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&body["state"], &body["broker"]),
+        (&json!("serving"), &json!({"breaker": "closed"})),
+        "{body}"
+    );
+    assert_eq!(
+        node.metric("bellhop_breaker_state{target=\"redis\"}").await,
+        0.0
+    );
+
+    let mut c = node.connect(&manager("m1")).await;
+    *broker.publish_error.lock() = Some(BrokerError::Unavailable {
+        reason: "broker down".into(),
+        retry_after: Duration::from_millis(250),
+    });
+    let frame = json!({"type": "publish", "channel": "room:1", "event": "CHAT_MESSAGE"});
+    for _ in 0..9 {
+        let e = c.request(frame.clone()).await;
+        assert_eq!(
+            e["retryAfterMs"], 250,
+            "the broker's own hint while closed: {e}"
+        );
+    }
+    // The tenth failure in ten calls opens the breaker: come back when it half-opens.
+    let e = c.request(frame.clone()).await;
+    assert_eq!(
+        (e["code"].as_str(), &e["retryAfterMs"]),
+        (Some("unavailable"), &json!(30_000)),
+        "{e}"
+    );
+    // Open: refused without reaching the broker, even once it has recovered.
+    *broker.publish_error.lock() = None;
+    let e = c.request(frame.clone()).await;
+    assert_eq!(e["code"], "unavailable", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("circuit open"),
+        "{e}"
+    );
+    let retry = e["retryAfterMs"].as_u64().unwrap();
+    assert!((20_000..=30_000).contains(&retry), "{e}");
+    let body = json!({"channel": "room:1", "event": "CHAT_MESSAGE"}).to_string();
+    let auth = format!("Bearer {}", service("pms"));
+    let (status, headers, text) = http(
+        node.addr,
+        "POST",
+        "/api/v1/publish",
+        &[("authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 503, "{text}");
+    let retry_after = headers
+        .iter()
+        .find(|(k, _)| k == "retry-after")
+        .and_then(|(_, v)| v.parse::<u64>().ok());
+    assert!(matches!(retry_after, Some(20..=30)), "{headers:?}");
+
+    // Still ready (every node shares the broker), but the body says degraded.
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["ready"], &body["state"], &body["broker"]),
+        (
+            &json!(true),
+            &json!("degraded"),
+            &json!({"breaker": "open"})
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        node.metric("bellhop_breaker_state{target=\"redis\"}").await,
+        2.0
+    );
+    assert_eq!(node.metric("bellhop_breaker_rejections_total").await, 2.0);
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+#[tokio::test]
 async fn subscriptions_per_connection_are_capped() {
     let node =
         TestNode::start_with(Backend::Memory, |c| c.max_subscriptions_per_connection = 2).await;
