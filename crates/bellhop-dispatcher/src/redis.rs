@@ -104,6 +104,11 @@
 //!   even when the newest message trimmed happens to be older still (the embedded broker knows
 //!   exactly what it trimmed and says true there): conservative, never the other way round.
 //!   Redis keeps no per-channel message count cap; retention alone bounds a log.
+//! - A publish carries a deadline (the node's clock plus the command timeout); the script refuses
+//!   to store it after that, so a call that a client library queued across a reconnect, and that
+//!   the publisher was already told failed, is not stored late. Node and Redis clocks must agree
+//!   to well within the command timeout (NTP); a node whose clock lags Redis by more than that has
+//!   every publish refused, with a warning naming both clocks.
 //! - A publish that fails with `unavailable` after Redis received it (the connection dropped
 //!   before the reply) may have been stored: retrying can store it twice. Commands are never
 //!   retried by the client for this reason; idempotent publishes are a later step.
@@ -397,7 +402,13 @@ local function expire_sessions()
 end
 
 if op == 'publish' then
-  -- ARGV[4]: the envelope (JSON); ARGV[5]: the live pub/sub channel.
+  -- ARGV[4]: the envelope (JSON); ARGV[5]: the live pub/sub channel; ARGV[6]: the publisher's
+  -- deadline (ms). A call that reaches the server after it (queued in a client across a
+  -- reconnect) has already been answered `unavailable`: storing it now would make the
+  -- publisher's retry a duplicate.
+  if now > tonumber(ARGV[6]) then
+    return {'expired', int(now)}
+  end
   local last = redis.call('HGET', meta, 'last')
   if not last then
     local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
@@ -599,6 +610,9 @@ struct LiveChannel {
     subscribed: bool,
     /// The sequence number of the last message routed, to detect jumps; `None` after a gap.
     last_seq: Option<u64>,
+    /// The subscription was renewed (a reconnect): the next event must be preceded by a gap,
+    /// since messages published while it was down are only in the log.
+    needs_gap: bool,
 }
 
 /// A session this broker added to a channel's presence, and keeps refreshing.
@@ -915,11 +929,12 @@ impl Inner {
         };
         let event = match decoded {
             Ok(Live::Message { o, s, e }) => {
-                if state
+                let jump = state
                     .last_seq
-                    .is_some_and(|last| last.checked_add(1) != Some(s))
-                {
-                    tracing::debug!(channel, seq = s, last = ?state.last_seq, "sequence jump on a live channel");
+                    .is_some_and(|last| last.checked_add(1) != Some(s));
+                if jump || state.needs_gap {
+                    tracing::debug!(channel, seq = s, last = ?state.last_seq, renewed = state.needs_gap, "gap before a live message");
+                    state.needs_gap = false;
                     let _ = state.tx.send(Feed::Gap);
                 }
                 state.last_seq = Some(s);
@@ -947,6 +962,7 @@ impl Inner {
     fn gap_all(&self) {
         for state in self.live.lock().values_mut() {
             state.last_seq = None;
+            state.needs_gap = false;
             let _ = state.tx.send(Feed::Gap);
         }
     }
@@ -957,7 +973,15 @@ impl Inner {
     async fn resubscribe(&self) {
         let subscribed = {
             let _order = self.sub_lock.lock().await;
-            let mut channels: Vec<String> = self.live.lock().keys().cloned().collect();
+            let mut channels: Vec<String> = {
+                let mut live = self.live.lock();
+                // A message routed before `gap_all` below must not pass for contiguous: the
+                // ones published while the connection was down are only in the log.
+                for state in live.values_mut() {
+                    state.needs_gap = true;
+                }
+                live.keys().cloned().collect()
+            };
             channels.push(self.probe_channel.clone());
             let count = channels.len();
             let subscribed = subscribe_confirmed(&self.subscriber, channels).await;
@@ -1254,11 +1278,21 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         let mut results: Vec<Option<Result<Offset, BrokerError>>> = Vec::with_capacity(batch.len());
         let mut calls = Vec::with_capacity(batch.len());
+        // Past this (node clock, ms) the script refuses to store: the publisher has been told
+        // `unavailable` by then. Node and Redis clocks must agree to well within the timeout.
+        let deadline = (crate::now_ms()
+            + inner
+                .config
+                .command_timeout
+                .as_millis()
+                .min(u64::MAX as u128) as u64)
+            .to_string();
         for envelope in &batch {
             match serde_json::to_string(envelope.as_ref()) {
                 Ok(json) => {
                     let keys = inner.keys(&ChannelKey::of(envelope));
-                    let args = inner.script_args("publish", [json, keys.live.clone()]);
+                    let args =
+                        inner.script_args("publish", [json, keys.live.clone(), deadline.clone()]);
                     calls.push((keys.script_keys(), args));
                     results.push(None);
                 }
@@ -1276,7 +1310,20 @@ impl Broker for RedisBroker {
                     let reply = replies.next().unwrap_or_else(|| {
                         Err(BrokerError::Internal("redis: missing reply".into()))
                     })?;
-                    let [offset, _seq] = reply_parts(reply, "publish")?;
+                    let [offset, seq] = reply_parts(reply, "publish")?;
+                    if offset.as_str().as_deref() == Some("expired") {
+                        let redis_ms = parse_u64(&seq)?;
+                        tracing::warn!(
+                            redis_ms,
+                            node_ms = crate::now_ms(),
+                            "publish reached Redis after its deadline and was not stored \
+                             (a queued command after a reconnect, or node and Redis clocks apart)"
+                        );
+                        return Err(BrokerError::Unavailable {
+                            reason: "publish reached the broker after its deadline".into(),
+                            retry_after: inner.config.retry_after,
+                        });
+                    }
                     parse_offset(&offset)
                 }
             })
@@ -1330,6 +1377,7 @@ impl Broker for RedisBroker {
                 tx: broadcast::channel(inner.config.subscriber_buffer).0,
                 subscribed: false,
                 last_seq: None,
+                needs_gap: false,
             });
             (state.tx.subscribe(), !state.subscribed)
         };

@@ -1,8 +1,13 @@
 //! Test support shared by Bellhop's crates: real servers, not doubles, started on free loopback
-//! ports and stopped when dropped. Used only as a dev-dependency.
+//! ports and stopped when dropped, and the clients and books of fault-injection tests. Used only
+//! as a dev-dependency.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod ledger;
 pub mod redis_server;
+pub mod traffic;
 
-pub use redis_server::RedisServer;
+pub use ledger::{Figures, Offset, Progress, PublishLog, Received};
+pub use redis_server::{RedisOptions, RedisServer};
+pub use traffic::{Follower, HttpPublisher, Targets, WsPublisher};
