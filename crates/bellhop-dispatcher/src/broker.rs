@@ -244,6 +244,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// The count of retained messages after the user's read marker (all retained messages when
     /// the user has none).
     async fn unread(&self, key: &ChannelKey, user_id: &str) -> Result<u64, BrokerError>;
+
+    /// Whether live delivery is working now: false while a backend's subscriber connection is
+    /// down or silent (it reconnects by itself; subscribers get a gap and re-read afterwards).
+    /// For readiness bodies and metrics, never for decisions on the message path.
+    fn live_healthy(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -1239,7 +1239,9 @@ async fn probe_subscriber(inner: Arc<Inner>) {
                 }
             }
             Err(error) => {
-                // The command connection is down: this says nothing about the subscriber's.
+                // Redis is unreachable from this node: live delivery is down with it (the
+                // subscriber connection reconnects by itself, and a gap follows).
+                inner.subscriber_healthy.store(false, Ordering::Relaxed);
                 tracing::debug!(%error, "could not publish the subscriber probe");
                 continue;
             }
@@ -1512,6 +1514,10 @@ impl Broker for RedisBroker {
         let reply = inner.eval(&inner.keys(key), args).await?;
         let [marker, unread] = reply_parts(reply, "mark")?;
         Ok((parse_offset(&marker)?, parse_u64(&unread)?))
+    }
+
+    fn live_healthy(&self) -> bool {
+        self.subscriber_healthy()
     }
 
     async fn unread(&self, key: &ChannelKey, user_id: &str) -> Result<u64, BrokerError> {

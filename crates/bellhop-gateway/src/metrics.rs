@@ -36,6 +36,9 @@ pub struct Metrics {
     /// The circuit breaker around the broker's write path: 0 closed, 1 half-open, 2 open. Read
     /// from the dispatcher when `/metrics` is scraped (it is one lock and a comparison).
     pub breaker_state: IntGauge,
+    /// 1 while the broker's live delivery works, 0 while its subscriber connection is down or
+    /// silent (Redis); updated on each scrape.
+    pub broker_live: IntGauge,
     /// Publishes refused because the circuit breaker was open.
     pub breaker_rejections: IntCounter,
 }
@@ -91,6 +94,14 @@ impl Metrics {
         registry
             .register(Box::new(breaker_state.clone()))
             .expect("unique metric");
+        let broker_live = IntGauge::with_opts(breaker(Opts::new(
+            "bellhop_broker_live_healthy",
+            "1 while live delivery from the broker works, 0 while its subscriber connection is down.",
+        )))
+        .expect("valid metric name");
+        registry
+            .register(Box::new(broker_live.clone()))
+            .expect("unique metric");
         let breaker_rejections = IntCounter::with_opts(breaker(Opts::new(
             "bellhop_breaker_rejections_total",
             "Publishes refused because the circuit breaker was open.",
@@ -137,6 +148,7 @@ impl Metrics {
             ),
             slow_consumers,
             breaker_state,
+            broker_live,
             breaker_rejections,
             registry,
         }

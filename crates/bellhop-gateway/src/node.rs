@@ -142,6 +142,13 @@ impl Node {
         state
     }
 
+    /// Whether the broker's live delivery works, and the gauge brought up to date.
+    pub(crate) fn broker_live(&self) -> bool {
+        let healthy = self.dispatcher.broker().live_healthy();
+        self.metrics.broker_live.set(i64::from(healthy));
+        healthy
+    }
+
     pub(crate) fn key(p: &Principal, channel: &Channel) -> ChannelKey {
         ChannelKey::new(p.property.clone(), channel.clone())
     }

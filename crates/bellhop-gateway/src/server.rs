@@ -291,6 +291,7 @@ pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Re
     match req.uri().path() {
         "/metrics" => {
             node.breaker_state();
+            node.broker_live();
             text(
                 StatusCode::OK,
                 node.metrics.render(),
@@ -313,10 +314,11 @@ pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Re
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            let state = match (ready, breaker) {
-                (false, _) => "draining",
-                (true, BreakerState::Closed) => "serving",
-                (true, _) => "degraded",
+            let live = node.broker_live();
+            let state = match (ready, breaker, live) {
+                (false, _, _) => "draining",
+                (true, BreakerState::Closed, true) => "serving",
+                (true, _, _) => "degraded",
             };
             let body = serde_json::json!({
                 "ready": ready,
@@ -324,7 +326,7 @@ pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Re
                 "state": state,
                 "connections": node.metrics.connections.get(),
                 "channels": node.hub.channel_count(),
-                "broker": {"breaker": breaker.as_str()},
+                "broker": {"breaker": breaker.as_str(), "live": if live { "healthy" } else { "reconnecting" }},
             });
             json(status, &body)
         }

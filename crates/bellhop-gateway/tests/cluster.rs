@@ -17,6 +17,14 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_the_others() {
         c.subscribe("dept:housekeeping").await;
         watchers.push(c);
     }
+    let (status, _, body) = http(nodes[0].admin, "GET", "/readyz", &[], b"").await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body["broker"],
+        json!({"breaker": "closed", "live": "healthy"}),
+        "{body}"
+    );
     let mut guest_client = nodes[0].connect(&guest("g1", &["101"])).await;
     let ack = guest_client
         .publish(

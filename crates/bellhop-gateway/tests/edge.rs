@@ -419,7 +419,10 @@ async fn an_open_breaker_fails_publishes_fast_and_readyz_reports_it_degraded() {
     assert_eq!(status, 200);
     assert_eq!(
         (&body["state"], &body["broker"]),
-        (&json!("serving"), &json!({"breaker": "closed"})),
+        (
+            &json!("serving"),
+            &json!({"breaker": "closed", "live": "healthy"})
+        ),
         "{body}"
     );
     assert_eq!(
@@ -482,7 +485,7 @@ async fn an_open_breaker_fails_publishes_fast_and_readyz_reports_it_degraded() {
         (
             &json!(true),
             &json!("degraded"),
-            &json!({"breaker": "open"})
+            &json!({"breaker": "open", "live": "healthy"})
         ),
         "{body}"
     );
