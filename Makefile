@@ -12,12 +12,12 @@ deps: ## check for (and install, where missing) what building and testing need
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-test-deps: deps ## also what the test suites need: redis-server (tests start their own on free ports)
-	@command -v redis-server >/dev/null 2>&1 || { \
+test-deps: deps ## also what the test suites need: redis-server and redis-cli (tests start their own servers and a Redis Cluster on free ports)
+	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { \
 	  echo "redis-server is missing: installing it (the Redis backend's tests start their own)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
-	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
+	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { echo "redis-server or redis-cli could not be installed"; exit 1; }
 
 build: deps ## build the release binary
 	$(CARGO) build --release -p bellhop

@@ -72,6 +72,17 @@
 //!   connection within `probe_timeout`, the connection is replaced (which is a reconnect, above)
 //!   and [`RedisBroker::subscriber_healthy`] reads false until a probe comes back.
 //!
+//! # Redis Cluster
+//!
+//! With [`RedisConfig::cluster`] the client discovers the cluster from the URL's node and routes
+//! each call by slot. Nothing else changes in the data: every key of a channel and its live
+//! channel carry the channel's hash tag, so one script call touches one slot and its `SPUBLISH`
+//! (instead of `PUBLISH`) goes to that shard only. Subscriptions are `SSUBSCRIBE`s, one call per
+//! slot (Redis refuses channels of several slots in one), each confirmed by a `PING` routed to
+//! the same slot; the subscriber client holds a connection per master, and a reconnect of any of
+//! them re-subscribes every channel and gives each a gap, as above. The script is loaded on every
+//! primary; `NOSCRIPT` (a promoted replica, a new master) loads it everywhere again.
+//!
 //! # Reads and recovery
 //!
 //! A read is one script call: `XRANGE` strictly after `since` (`COUNT limit + 1`, for `more`), or
@@ -97,9 +108,12 @@
 //!
 //! # Limits of this slice
 //!
-//! - Redis 6.2 or newer (`MINID`, exclusive ranges); one server, no TLS (`rediss://`), no Cluster
-//!   or Sentinel URLs (refused by [`RedisConfig::validate`]). Cluster mode needs `SSUBSCRIBE`/
-//!   `SPUBLISH`, per-shard subscriber connections and `SCRIPT LOAD` on every primary.
+//! - Redis 6.2 or newer (`MINID`, exclusive ranges), 7.0 or newer in cluster mode (sharded
+//!   pub/sub); no Sentinel (refused by [`RedisConfig::validate`]). TLS (`rediss://`) verifies
+//!   the server against the system's roots or `REDIS_TLS_CA_PATH`; client certificates (Redis's
+//!   `tls-auth-clients yes`) are not supported.
+//! - In cluster mode the subscriber probe checks only the master its probe channel hashes to; a
+//!   connection to another master that goes silent without closing is not detected by it.
 //! - The floor is time-based, so a `since` older than `now - retention` is `recovered: false`
 //!   even when the newest message trimmed happens to be older still (the embedded broker knows
 //!   exactly what it trimmed and says true there): conservative, never the other way round.
@@ -128,7 +142,9 @@ use fred::prelude::{
     Builder, ClientLike, Config as FredConfig, Error as FredError, ErrorKind, EventInterface,
     LuaInterface, PubsubInterface, ReconnectPolicy, Value,
 };
+use fred::types::config::{Options, TlsConnector};
 use fred::types::{ClusterHash, CustomCommand};
+use fred::util::redis_keyslot;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -144,8 +160,18 @@ const MAX_READ: usize = 10_000;
 /// Settings of the Redis backend.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// Where Redis is: `redis://[[user]:password@]host[:port][/db]` (`REDIS_URL`).
+    /// Where Redis is: `redis://[[user]:password@]host[:port][/db]` (`REDIS_URL`), or
+    /// `rediss://...` for TLS; in cluster mode, any one node of the cluster (the others are
+    /// discovered).
     pub url: String,
+    /// With `rediss://`: a PEM file of the certificate authorities that sign the server's
+    /// certificate (`REDIS_TLS_CA_PATH`), instead of the system's roots. The certificate must
+    /// name the host in the URL (and, in a cluster, each node as it announces itself).
+    pub tls_ca_path: Option<std::path::PathBuf>,
+    /// The URL is a node of a Redis Cluster (`REDIS_CLUSTER`): keys are spread over its slots,
+    /// live events travel by sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) and the channel script is
+    /// loaded on every primary.
+    pub cluster: bool,
     /// Prefix of every key and pub/sub channel (`bh`), so several deployments can share a
     /// server. Must not contain `{`, `}` or whitespace.
     pub key_prefix: String,
@@ -184,6 +210,8 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            tls_ca_path: None,
             key_prefix: "bh".into(),
             retention: Duration::from_secs(24 * 3600),
             presence_ttl: Duration::from_secs(90),
@@ -205,6 +233,8 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &redact(&self.url))
+            .field("cluster", &self.cluster)
+            .field("tls_ca_path", &self.tls_ca_path)
             .field("key_prefix", &self.key_prefix)
             .field("retention", &self.retention)
             .field("presence_ttl", &self.presence_ttl)
@@ -232,13 +262,21 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisConfig {
+    /// Whether Redis is reached over TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+
     /// Rejects settings that cannot work, naming the setting.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.url.starts_with("redis://") {
+        if !self.url.starts_with("redis://") && !self.url.starts_with("rediss://") {
             return Err(format!(
-                "REDIS_URL must be a redis:// URL (TLS, Cluster and Sentinel are not supported yet): {:?}",
+                "REDIS_URL must be a redis:// or rediss:// (TLS) URL; Sentinel is not supported, and for a Redis Cluster give one node's URL and set REDIS_CLUSTER=true: {:?}",
                 redact(&self.url)
             ));
+        }
+        if self.tls_ca_path.is_some() && !self.uses_tls() {
+            return Err("REDIS_TLS_CA_PATH is set but Redis is not reached over TLS: use a rediss:// URL or REDIS_TLS_ENABLED=true".into());
         }
         if self.key_prefix.is_empty()
             || self
@@ -403,9 +441,14 @@ end
 
 if op == 'publish' then
   -- ARGV[4]: the envelope (JSON); ARGV[5]: the live pub/sub channel; ARGV[6]: the publisher's
-  -- deadline (ms). A call that reaches the server after it (queued in a client across a
-  -- reconnect) has already been answered `unavailable`: storing it now would make the
-  -- publisher's retry a duplicate.
+  -- deadline (ms); ARGV[7]: 'PUBLISH', or 'SPUBLISH' in a cluster (the live channel carries
+  -- the keys' hash tag, so it is on this shard). A call that reaches the server after its
+  -- deadline (queued in a client across a reconnect) has already been answered `unavailable`:
+  -- storing it now would make the publisher's retry a duplicate.
+  local announce = ARGV[7]
+  if announce ~= 'PUBLISH' and announce ~= 'SPUBLISH' then
+    return redis.error_reply('bellhop channel script: bad publish command ' .. tostring(announce))
+  end
   if now > tonumber(ARGV[6]) then
     return {'expired', int(now)}
   end
@@ -433,7 +476,7 @@ if op == 'publish' then
   extend(log, keep)
   extend(meta, keep)
   extend(markers, keep)
-  redis.call('PUBLISH', ARGV[5],
+  redis.call(announce, ARGV[5],
     '{"k":"m","o":"' .. id .. '","s":' .. int(seq) .. ',"e":' .. ARGV[4] .. '}')
   return {id, int(seq)}
 elseif op == 'read' then
@@ -744,10 +787,52 @@ fn broker_error(error: &FredError, retry_after: Duration) -> BrokerError {
 /// answered only after everything sent before it.
 async fn subscribe_confirmed(
     subscriber: &fred::clients::Client,
+    cluster: bool,
     channels: Vec<String>,
 ) -> Result<(), FredError> {
-    subscriber.subscribe(channels).await?;
-    subscriber.ping::<Value>(None).await.map(|_| ())
+    if !cluster {
+        subscriber.subscribe(channels).await?;
+        return subscriber.ping::<Value>(None).await.map(|_| ());
+    }
+    // Sharded pub/sub: one `SSUBSCRIBE` per slot (Redis refuses channels of several slots in one
+    // call), each confirmed by a `PING` routed to the same slot, so to the same connection. The
+    // slots are subscribed concurrently.
+    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+    for channel in channels {
+        by_slot
+            .entry(redis_keyslot(channel.as_bytes()))
+            .or_default()
+            .push(channel);
+    }
+    let confirmations = by_slot.into_iter().map(|(slot, channels)| async move {
+        subscriber.ssubscribe(channels).await?;
+        let same_shard = Options {
+            cluster_hash: Some(ClusterHash::Custom(slot)),
+            ..Options::default()
+        };
+        subscriber
+            .with_options(&same_shard)
+            .ping::<Value>(None)
+            .await
+            .map(|_| ())
+    });
+    futures_util::future::join_all(confirmations)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// `UNSUBSCRIBE`s (`SUNSUBSCRIBE`s in a cluster) one live channel.
+async fn unsubscribe_live(
+    subscriber: &fred::clients::Client,
+    cluster: bool,
+    channel: String,
+) -> Result<(), FredError> {
+    if cluster {
+        subscriber.sunsubscribe(channel).await
+    } else {
+        subscriber.unsubscribe(channel).await
+    }
 }
 
 fn is_noscript(error: &FredError) -> bool {
@@ -816,6 +901,26 @@ impl Inner {
         ChannelKeys::new(&self.config.key_prefix, key)
     }
 
+    /// The command that announces a stored message on its live channel, as the script runs it.
+    fn announce(&self) -> String {
+        if self.config.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+        .to_owned()
+    }
+
+    /// `PUBLISH`es (`SPUBLISH`es in a cluster) `payload` on a live channel; the number of
+    /// subscribers that got it (in a cluster, those connected to the node that took it).
+    async fn publish_live(&self, channel: String, payload: String) -> Result<i64, FredError> {
+        if self.config.cluster {
+            self.client.spublish(channel, payload).await
+        } else {
+            self.client.publish(channel, payload).await
+        }
+    }
+
     fn error(&self, error: &FredError) -> BrokerError {
         broker_error(error, self.config.retry_after)
     }
@@ -850,7 +955,7 @@ impl Inner {
                 calls = retry.len(),
                 "channel script missing on the server; loading it again"
             );
-            match self.client.script_load::<String, _>(SCRIPT).await {
+            match self.client.script_load_cluster::<String, _>(SCRIPT).await {
                 Ok(_) => {
                     let again: Vec<_> = retry.iter().map(|&i| calls[i].clone()).collect();
                     for (i, reply) in retry.into_iter().zip(self.pipeline(&again).await) {
@@ -876,16 +981,19 @@ impl Inner {
         calls: &[(Vec<String>, Vec<String>)],
     ) -> Vec<Result<Value, FredError>> {
         // fred's pipelines have no Lua interface: EVALSHA as a custom command, routed (in a
-        // cluster) by its first key, argument 2.
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+        // cluster) to the slot of its first key. fred honours only an explicit slot on a custom
+        // command (otherwise it hashes the first argument, the SHA), so the slot is computed
+        // here.
         let pipeline = self.client.pipeline();
         for (keys, args) in calls {
+            let slot = keys.first().map_or(0, |key| redis_keyslot(key.as_bytes()));
+            let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
             let mut argv = Vec::with_capacity(2 + keys.len() + args.len());
             argv.push(self.script_sha.clone());
             argv.push(keys.len().to_string());
             argv.extend(keys.iter().cloned());
             argv.extend(args.iter().cloned());
-            let queued: Result<(), FredError> = pipeline.custom(evalsha.clone(), argv).await;
+            let queued: Result<(), FredError> = pipeline.custom(evalsha, argv).await;
             if let Err(e) = queued {
                 return vec![Err(e); calls.len()];
             }
@@ -984,7 +1092,8 @@ impl Inner {
             };
             channels.push(self.probe_channel.clone());
             let count = channels.len();
-            let subscribed = subscribe_confirmed(&self.subscriber, channels).await;
+            let subscribed =
+                subscribe_confirmed(&self.subscriber, self.config.cluster, channels).await;
             match &subscribed {
                 Ok(()) => tracing::info!(channels = count, "subscribed again after a reconnect"),
                 Err(error) => {
@@ -1014,7 +1123,9 @@ impl Inner {
             }
         };
         if unused {
-            if let Err(error) = self.subscriber.unsubscribe(channel.clone()).await {
+            if let Err(error) =
+                unsubscribe_live(&self.subscriber, self.config.cluster, channel.clone()).await
+            {
                 // Harmless: messages for a channel not in the map are ignored, and it is not
                 // subscribed again after a reconnect.
                 tracing::debug!(channel, %error, "could not unsubscribe");
@@ -1058,13 +1169,7 @@ impl RedisBroker {
         config
             .validate()
             .map_err(|e| BrokerError::Internal(format!("invalid Redis settings: {e}")))?;
-        let fred_config = FredConfig::from_url(&config.url)
-            .map_err(|e| BrokerError::Internal(format!("REDIS_URL: {}", e.details())))?;
-        if fred_config.server.is_clustered() || fred_config.server.is_sentinel() {
-            return Err(BrokerError::Internal(
-                "REDIS_URL: Redis Cluster and Sentinel are not supported yet".into(),
-            ));
-        }
+        let fred_config = fred_config(&config)?;
         // Commands are not retried by the client: a retried publish could be stored twice.
         let client = build_client(&config, fred_config.clone(), 1, 32)?;
         let subscriber = build_client(&config, fred_config, 3, config.pubsub_buffer)?;
@@ -1082,11 +1187,11 @@ impl RedisBroker {
         // After the first connection, whose event is not a reconnect.
         let reconnects = subscriber.reconnect_rx();
         let script_sha: String = client
-            .script_load(SCRIPT)
+            .script_load_cluster(SCRIPT)
             .await
             .map_err(|e| broker_error(&e, retry_after))?;
         let probe_channel = format!("{}:probe:{}", config.key_prefix, subscriber.id());
-        subscribe_confirmed(&subscriber, vec![probe_channel.clone()])
+        subscribe_confirmed(&subscriber, config.cluster, vec![probe_channel.clone()])
             .await
             .map_err(|e| broker_error(&e, retry_after))?;
 
@@ -1125,6 +1230,63 @@ impl RedisBroker {
     pub fn subscriber_healthy(&self) -> bool {
         self.inner.subscriber_healthy.load(Ordering::Relaxed)
     }
+}
+
+/// The client configuration for `config`: one server, or (with [`RedisConfig::cluster`]) a
+/// cluster discovered from the node the URL names.
+fn fred_config(config: &RedisConfig) -> Result<FredConfig, BrokerError> {
+    let invalid = |e: FredError| BrokerError::Internal(format!("REDIS_URL: {}", e.details()));
+    // rustls picks its crypto from the process default; ours is ring (no C toolchain needed).
+    // Whoever installed one first wins, which is fine: any installed provider is a safe one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut fred_config = if config.cluster {
+        // fred names a cluster by scheme; the URL stays an ordinary one for operators.
+        let url = if let Some(rest) = config.url.strip_prefix("redis://") {
+            format!("redis-cluster://{rest}")
+        } else if let Some(rest) = config.url.strip_prefix("rediss://") {
+            format!("rediss-cluster://{rest}")
+        } else {
+            config.url.clone()
+        };
+        FredConfig::from_url_clustered(&url).map_err(invalid)?
+    } else {
+        let fred_config = FredConfig::from_url(&config.url).map_err(invalid)?;
+        if fred_config.server.is_clustered() || fred_config.server.is_sentinel() {
+            return Err(BrokerError::Internal(
+                "REDIS_URL: Sentinel is not supported; for a Redis Cluster set REDIS_CLUSTER=true"
+                    .into(),
+            ));
+        }
+        fred_config
+    };
+    if let Some(path) = &config.tls_ca_path {
+        fred_config.tls = Some(TlsConnector::from(tls_client_config(path)?).into());
+    }
+    Ok(fred_config)
+}
+
+/// A TLS client configuration trusting only the certificate authorities in the PEM file at
+/// `path`: TLS 1.3 and 1.2, rustls's safe defaults, no client certificate.
+fn tls_client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, BrokerError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let unreadable = |e: &dyn fmt::Display| {
+        BrokerError::Internal(format!("REDIS_TLS_CA_PATH {}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
+        let cert = cert.map_err(|e| unreadable(&e))?;
+        roots.add(cert).map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in the file"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unreadable(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn build_client(
@@ -1224,8 +1386,7 @@ async fn probe_subscriber(inner: Arc<Inner>) {
         tick.tick().await;
         probe += 1;
         let receivers = inner
-            .client
-            .publish::<i64, _, _>(inner.probe_channel.as_str(), probe.to_string())
+            .publish_live(inner.probe_channel.clone(), probe.to_string())
             .await;
         let answered = match receivers {
             // Redis itself says our subscriber is not subscribed: no need to wait.
@@ -1293,8 +1454,10 @@ impl Broker for RedisBroker {
             match serde_json::to_string(envelope.as_ref()) {
                 Ok(json) => {
                     let keys = inner.keys(&ChannelKey::of(envelope));
-                    let args =
-                        inner.script_args("publish", [json, keys.live.clone(), deadline.clone()]);
+                    let args = inner.script_args(
+                        "publish",
+                        [json, keys.live.clone(), deadline.clone(), inner.announce()],
+                    );
                     calls.push((keys.script_keys(), args));
                     results.push(None);
                 }
@@ -1351,13 +1514,11 @@ impl Broker for RedisBroker {
         let payload = serde_json::to_string(&live)
             .map_err(|e| BrokerError::Internal(format!("cannot encode the event: {e}")))?;
         let keys = self.inner.keys(key);
-        let _receivers: i64 = self
-            .inner
-            .client
-            .publish(keys.live, payload)
+        self.inner
+            .publish_live(keys.live, payload)
             .await
-            .map_err(|e| self.inner.error(&e))?;
-        Ok(())
+            .map(|_receivers| ())
+            .map_err(|e| self.inner.error(&e))
     }
 
     async fn subscribe(&self, key: &ChannelKey) -> Result<Subscription, BrokerError> {
@@ -1384,7 +1545,13 @@ impl Broker for RedisBroker {
             (state.tx.subscribe(), !state.subscribed)
         };
         if needs_subscribe {
-            if let Err(e) = subscribe_confirmed(&inner.subscriber, vec![channel.clone()]).await {
+            if let Err(e) = subscribe_confirmed(
+                &inner.subscriber,
+                inner.config.cluster,
+                vec![channel.clone()],
+            )
+            .await
+            {
                 drop(rx);
                 let mut live = inner.live.lock();
                 if live
@@ -1613,9 +1780,13 @@ mod tests {
             f(&mut config);
             config.validate()
         };
-        assert!(with(|c| c.url = "rediss://h:6380".into())
+        assert!(with(|c| c.url = "rediss://h:6380".into()).is_ok());
+        assert!(with(|c| c.url = "redis-sentinel://h:26379".into())
             .unwrap_err()
             .contains("REDIS_URL"));
+        assert!(with(|c| c.tls_ca_path = Some("/ca.pem".into()))
+            .unwrap_err()
+            .contains("REDIS_TLS_CA_PATH"));
         assert!(with(|c| c.key_prefix = "b{h}".into()).is_err());
         assert!(with(|c| c.presence_refresh = c.presence_ttl).is_err());
         assert!(with(|c| c.retention = Duration::ZERO)

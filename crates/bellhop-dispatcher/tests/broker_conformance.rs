@@ -26,7 +26,7 @@ use bellhop_protocol::{Channel, Envelope, Offset, Priority, Role, Sender};
 
 mod support;
 
-use support::redis_server::RedisServer;
+use support::redis_server::{RedisOptions, RedisServer};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -610,6 +610,39 @@ conformance!(redis, || async {
     let server = RedisServer::start().await;
     let config = RedisConfig {
         url: server.url(),
+        ..RedisConfig::default()
+    };
+    let broker = RedisBroker::connect(config).await.unwrap();
+    (Arc::new(broker) as Arc<dyn Broker>, server)
+});
+
+// A real 3-master Redis Cluster, shared by this test binary; each check keeps to a key prefix of
+// its own, as deployments sharing a cluster do.
+conformance!(redis_cluster, || async {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let cluster = bellhop_testkit::RedisCluster::shared().await;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let config = RedisConfig {
+        url: cluster.url(),
+        cluster: true,
+        key_prefix: format!("conf{n}"),
+        ..RedisConfig::default()
+    };
+    let broker = RedisBroker::connect(config).await.unwrap();
+    Arc::new(broker) as Arc<dyn Broker>
+});
+
+// One `redis-server` reached over TLS (`rediss://`, trusting only the test CA) with a password.
+conformance!(redis_tls_password, || async {
+    let server = RedisServer::start_with(RedisOptions {
+        tls: true,
+        password: Some("s3cret-pass".into()),
+        ..RedisOptions::default()
+    })
+    .await;
+    let config = RedisConfig {
+        url: server.tls_url(),
+        tls_ca_path: Some(server.ca_path()),
         ..RedisConfig::default()
     };
     let broker = RedisBroker::connect(config).await.unwrap();

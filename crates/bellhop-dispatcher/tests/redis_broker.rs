@@ -21,7 +21,7 @@ use bellhop_protocol::{Channel, Envelope, Offset, Priority, Role, Sender};
 mod support;
 
 use support::proxy::Proxy;
-use support::redis_server::RedisServer;
+use support::redis_server::{RedisOptions, RedisServer};
 
 /// How long any expected event may take.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -429,4 +429,99 @@ async fn a_subscriber_connection_gone_silent_is_caught_by_the_probe_and_replaced
         broker.subscriber_healthy()
     })
     .await;
+}
+
+/// What `connect` says, with a deadline: a refused connection must fail, not hang.
+async fn connect_error(config: RedisConfig) -> String {
+    match tokio::time::timeout(DEADLINE * 3, RedisBroker::connect(config)).await {
+        Ok(Ok(_)) => panic!("connected although it should not have"),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => panic!("connect neither succeeded nor failed within the deadline"),
+    }
+}
+
+#[tokio::test]
+async fn a_password_protected_server_needs_the_right_password() {
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some("right-pass".into()),
+        ..RedisOptions::default()
+    })
+    .await;
+    // The right password (in the URL, as REDIS_PASSWORD ends up): it works.
+    let broker = broker_on(&server, |_| {}).await;
+    let offset = publish(&broker, &key(), "m1").await;
+    let read = broker.read(&key(), None, 10).await.unwrap();
+    assert_eq!(read.messages.last().map(|m| m.offset), Some(offset));
+    // None, or a wrong one: a clear refusal naming authentication.
+    let bare = format!("redis://127.0.0.1:{}", server.port());
+    let error = connect_error(RedisConfig {
+        url: bare,
+        ..RedisConfig::default()
+    })
+    .await;
+    assert!(
+        error.contains("NOAUTH") || error.contains("auth"),
+        "{error}"
+    );
+    let wrong = format!("redis://:wrong-pass@127.0.0.1:{}", server.port());
+    let error = connect_error(RedisConfig {
+        url: wrong,
+        ..RedisConfig::default()
+    })
+    .await;
+    assert!(
+        error.contains("WRONGPASS") || error.contains("invalid password"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn tls_is_verified_against_the_configured_authority() {
+    let server = RedisServer::start_with(RedisOptions {
+        tls: true,
+        ..RedisOptions::default()
+    })
+    .await;
+    // Trusting the CA that signed the server's certificate: it works, over TLS.
+    let broker = RedisBroker::connect(RedisConfig {
+        url: server.tls_url(),
+        tls_ca_path: Some(server.ca_path()),
+        ..RedisConfig::default()
+    })
+    .await
+    .unwrap();
+    let offset = publish(&broker, &key(), "m1").await;
+    assert_eq!(
+        broker.read(&key(), None, 1).await.unwrap().messages[0].offset,
+        offset
+    );
+    // Trusting another authority: the server's certificate is refused.
+    let other = bellhop_testkit::TestCerts::new("elsewhere");
+    let error = connect_error(RedisConfig {
+        url: server.tls_url(),
+        tls_ca_path: Some(other.ca()),
+        ..RedisConfig::default()
+    })
+    .await;
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("Tls"),
+        "{error}"
+    );
+    // Plain text to the TLS port is not silently accepted either.
+    let plain = server.tls_url().replacen("rediss://", "redis://", 1);
+    let _ = connect_error(RedisConfig {
+        url: plain,
+        ..RedisConfig::default()
+    })
+    .await;
+    // A CA file that is not one: a clear error naming the setting.
+    let bogus = other.dir().join("bogus.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let error = connect_error(RedisConfig {
+        url: server.tls_url(),
+        tls_ca_path: Some(bogus),
+        ..RedisConfig::default()
+    })
+    .await;
+    assert!(error.contains("REDIS_TLS_CA_PATH"), "{error}");
 }

@@ -1,5 +1,6 @@
-//! Several gateway nodes on one real Redis server, as behind a load balancer: delivery across
-//! nodes, resuming on another node, and presence across nodes.
+//! Several gateway nodes of one deployment, as behind a load balancer, on one real Redis server
+//! and on a real Redis Cluster (sharded pub/sub): delivery across nodes, resuming on another
+//! node, and presence across nodes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,9 +9,35 @@ mod support;
 use serde_json::json;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_published_on_one_node_reaches_subscribers_on_the_others() {
-    let (_redis, nodes) = redis_cluster(3).await;
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Redis).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::RedisCluster).await
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    a_message_published_on_one_node_reaches_subscribers_on_the_others,
+    a_client_resumes_on_another_node_with_nothing_lost_or_repeated,
+    presence_and_typing_cross_nodes,
+);
+
+async fn a_message_published_on_one_node_reaches_subscribers_on_the_others(backend: Backend) {
+    let nodes = nodes_on(backend, 3).await;
     let mut watchers = Vec::new();
     for node in &nodes[1..] {
         let mut c = node.connect(&staff("s1", &["housekeeping"])).await;
@@ -40,9 +67,8 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_the_others() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_resumes_on_another_node_with_nothing_lost_or_repeated() {
-    let (_redis, nodes) = redis_cluster(2).await;
+async fn a_client_resumes_on_another_node_with_nothing_lost_or_repeated(backend: Backend) {
+    let nodes = nodes_on(backend, 2).await;
     let mut publisher = nodes[1].connect(&manager("m1")).await;
     let mut client = nodes[0].connect(&staff("s1", &[])).await;
     client.subscribe("room:7").await;
@@ -78,9 +104,8 @@ async fn a_client_resumes_on_another_node_with_nothing_lost_or_repeated() {
     assert_eq!(got, missed);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_and_typing_cross_nodes() {
-    let (_redis, nodes) = redis_cluster(2).await;
+async fn presence_and_typing_cross_nodes(backend: Backend) {
+    let nodes = nodes_on(backend, 2).await;
     let mut a = nodes[0].connect(&staff("s1", &[])).await;
     a.subscribe("room:101").await;
     let mut b = nodes[1].connect(&guest("g1", &["101"])).await;

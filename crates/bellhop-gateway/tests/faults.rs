@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use bellhop_testkit::traffic::{http_history, Attempt};
 use bellhop_testkit::{
-    Figures, Follower, Offset, PublishLog, Received, RedisOptions, RedisServer, WsPublisher,
+    Figures, Follower, Offset, PublishLog, Received, RedisCluster, RedisOptions, RedisServer,
+    WsPublisher,
 };
 use support::*;
 use tokio::sync::watch;
@@ -96,7 +97,7 @@ async fn killing_the_redis_pubsub_connections_mid_stream_loses_and_duplicates_no
     const KILLS: usize = 5;
     let started = Instant::now();
     let deadline = started + CASE_DEADLINE;
-    let (redis, nodes) = redis_cluster(2).await;
+    let (redis, nodes) = redis_nodes(2).await;
     let (targets, handles) = followers(2, &[nodes[0].url()], deadline).await;
     let mut publisher = WsPublisher::connect(&nodes[1].url(), &manager("m1")).await;
     let mut log = PublishLog::default();
@@ -153,9 +154,126 @@ async fn killing_the_redis_pubsub_connections_mid_stream_loses_and_duplicates_no
     }
 }
 
+/// Pub/sub clients on each master of `cluster`.
+async fn cluster_pubsub_clients(cluster: &Arc<RedisCluster>) -> Vec<usize> {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        cluster
+            .ports()
+            .iter()
+            .map(|&port| {
+                cluster
+                    .command_on(port, &["CLIENT", "LIST", "TYPE", "pubsub"])
+                    .lines()
+                    .filter(|l| l.starts_with("id="))
+                    .count()
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_sharded_pubsub_connections_of_a_redis_cluster_loses_and_duplicates_nothing() {
+    const N: u64 = 600;
+    const KILLS: usize = 5;
+    let started = Instant::now();
+    let deadline = started + CASE_DEADLINE;
+    // A cluster of its own: the kills must not reach other tests' subscribers.
+    let cluster = Arc::new(
+        tokio::task::spawn_blocking(|| RedisCluster::start(3))
+            .await
+            .unwrap(),
+    );
+    let prefix = fresh_prefix();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let broker = cluster_broker_on(&cluster, &prefix).await;
+        nodes.push(TestNode::start_on(broker, |c| c.node_id = format!("node-{i}")).await);
+    }
+    let (targets, handles) = followers(2, &[nodes[0].url()], deadline).await;
+    let mut publisher = WsPublisher::connect(&nodes[1].url(), &manager("m1")).await;
+    // Every subscription is confirmed by now: this is the steady state to come back to.
+    let baseline = cluster_pubsub_clients(&cluster).await;
+    let mut log = PublishLog::default();
+    let mut killed = Vec::new();
+    let every = N / (KILLS as u64 + 1);
+    for n in 0..N {
+        if n > 0 && n % every == 0 && killed.len() < KILLS {
+            // Wait (polling: there is no event for it) until every node subscribed again.
+            while cluster_pubsub_clients(&cluster).await != baseline {
+                assert!(
+                    Instant::now() < deadline,
+                    "pub/sub clients never came back to {baseline:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let c = cluster.clone();
+            let count: u64 = tokio::task::spawn_blocking(move || {
+                c.ports()
+                    .iter()
+                    .map(|&port| {
+                        let reply = c.command_on(port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+                        reply
+                            .trim()
+                            .parse::<u64>()
+                            .unwrap_or_else(|_| panic!("{reply:?}"))
+                    })
+                    .sum()
+            })
+            .await
+            .unwrap();
+            assert!(count >= 1, "CLIENT KILL TYPE pubsub killed nothing");
+            killed.push(count);
+        }
+        publisher
+            .publish(&mut log, CHANNELS[n as usize % 2], n, deadline)
+            .await;
+    }
+    let done = finish(&log, targets, handles).await;
+    let received: Vec<&[_]> = done.iter().map(|f| f.received.as_slice()).collect();
+    let figures = Figures::tally(&log, &received);
+    let reconnects: u32 = done.iter().map(|f| f.connections - 1).sum();
+    println!(
+        "{}",
+        figures.line(
+            "redis-cluster-spubsub-kill",
+            &format!(
+                "masters=3 kills={} connections_killed={} client_reconnects={reconnects} elapsed_ms={}",
+                killed.len(),
+                killed.iter().sum::<u64>(),
+                started.elapsed().as_millis()
+            )
+        )
+    );
+    figures.assert_clean();
+    assert_eq!(killed.len(), KILLS);
+    assert_eq!(
+        figures.failed_attempts, 0,
+        "killing pub/sub connections must not fail publishes: {:?}",
+        log.failure_reasons
+    );
+    for f in &done {
+        assert_eq!(
+            f.connections,
+            1,
+            "{}: the node recovers its sharded subscriptions by itself: {:?}",
+            f.name(),
+            f.endings
+        );
+    }
+}
+
 /// Two gateway nodes on a `redis-server` with AOF (`appendfsync always`), a 2-node cluster.
 async fn aof_cluster() -> (Arc<RedisServer>, Vec<TestNode>) {
-    let redis = Arc::new(RedisServer::start_with(RedisOptions { aof: true }).await);
+    let redis = Arc::new(
+        RedisServer::start_with(RedisOptions {
+            aof: true,
+            ..RedisOptions::default()
+        })
+        .await,
+    );
     let mut nodes = Vec::new();
     for i in 0..2 {
         let broker = redis_broker(&redis).await;
@@ -337,7 +455,7 @@ async fn messages_published_during_a_pubsub_reconnect_reach_channels_that_had_no
     const PER_CHANNEL: u64 = 30;
     let started = Instant::now();
     let deadline = started + CASE_DEADLINE;
-    let (redis, nodes) = redis_cluster(2).await;
+    let (redis, nodes) = redis_nodes(2).await;
     let mut trials = 0;
     let mut lossy = Vec::new();
     let mut totals = Figures::default();

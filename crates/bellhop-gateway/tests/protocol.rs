@@ -1,6 +1,6 @@
 //! Wire protocol v1 end to end: real nodes, real WebSocket clients, every frame type, the
 //! policy over the wire, recovery, and the error codes. The whole suite runs once per broker
-//! backend.
+//! backend: the embedded broker, one Redis server, and a 3-master Redis Cluster.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,6 +25,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Backend::Redis).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::RedisCluster).await
                 }
             )*
         }

@@ -5,9 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod ledger;
+pub mod redis_cluster;
 pub mod redis_server;
+pub mod tls;
 pub mod traffic;
 
 pub use ledger::{Figures, Offset, Progress, PublishLog, Received};
+pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisOptions, RedisServer};
+pub use tls::TestCerts;
 pub use traffic::{Follower, HttpPublisher, Targets, WsPublisher};

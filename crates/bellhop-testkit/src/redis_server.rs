@@ -21,6 +21,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::tls::TestCerts;
+
 /// How long a server may take to start, and a command to answer.
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -31,6 +33,12 @@ pub struct RedisOptions {
     /// always --dir <its own temporary directory>`), so a SIGKILL loses nothing Redis answered
     /// and [`RedisServer::restart`] brings every acknowledged write back.
     pub aof: bool,
+    /// Require this password (`--requirepass`); [`RedisServer::url`] carries it.
+    pub password: Option<String>,
+    /// Also listen with TLS (`--tls-port`, a certificate from a throwaway CA, no client
+    /// certificates required) on a port of its own: [`RedisServer::tls_url`],
+    /// [`RedisServer::ca_path`]. The plain port stays open for the test's own commands.
+    pub tls: bool,
 }
 
 /// A running `redis-server`, killed on drop (its data directory, if any, removed).
@@ -46,6 +54,8 @@ pub struct RedisServer {
     /// Where the append-only file lives (with [`RedisOptions::aof`]); removed on drop, after the
     /// process is gone.
     dir: Option<DataDir>,
+    /// With [`RedisOptions::tls`]: its TLS port and certificates.
+    tls: Option<(u16, TestCerts)>,
 }
 
 /// Why one start attempt failed.
@@ -68,13 +78,18 @@ impl RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            match spawn(port, dir.as_ref().map(DataDir::path)).await {
+            let tls = options
+                .tls
+                .then(|| (free_port(), TestCerts::new("redis.test")));
+            let args = server_args(&options, dir.as_ref(), tls.as_ref());
+            match spawn(port, &args, options.password.as_deref()).await {
                 Ok(child) => {
                     return RedisServer {
                         child: Mutex::new(Some(child)),
                         port,
                         options,
                         dir,
+                        tls,
                     }
                 }
                 Err(StartError::PortTaken) => last = "port taken".into(),
@@ -89,9 +104,30 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, with `:<password>@` when it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}127.0.0.1:{}", self.auth(), self.port)
+    }
+
+    /// `rediss://127.0.0.1:<tls port>` (with the password, if any). Panics without
+    /// [`RedisOptions::tls`].
+    pub fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("started without tls");
+        format!("rediss://{}127.0.0.1:{port}", self.auth())
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate. Panics without
+    /// [`RedisOptions::tls`].
+    pub fn ca_path(&self) -> std::path::PathBuf {
+        self.tls.as_ref().expect("started without tls").1.ca()
+    }
+
+    fn auth(&self) -> String {
+        self.options
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default()
     }
 
     /// How it runs.
@@ -119,10 +155,10 @@ impl RedisServer {
             self.child.lock().is_none(),
             "redis-server is still running: kill it first"
         );
-        let dir = self.dir.as_ref().map(DataDir::path);
+        let args = server_args(&self.options, self.dir.as_ref(), self.tls.as_ref());
         let started = tokio::time::Instant::now();
         let child = loop {
-            match spawn(self.port, dir).await {
+            match spawn(self.port, &args, self.options.password.as_deref()).await {
                 Ok(child) => break child,
                 // The old process is reaped, so its socket is closed; something else may hold
                 // the port for a moment (a connection's ephemeral port): try again, briefly.
@@ -145,27 +181,61 @@ impl RedisServer {
     /// order, as text (`OK`, `1`, a bulk string, `nil`; an error as `-ERR ...`). Enough for tests
     /// that poke at the server behind the broker's back.
     pub async fn command(&self, args: &[&str]) -> Vec<String> {
-        command_on(self.port, args).await
+        command_on(self.port, self.options.password.as_deref(), args).await
     }
 }
 
-/// Starts `redis-server` on `port` (with an append-only file in `aof_dir`, when given) and waits
-/// until it is ready and answers `PING`.
-async fn spawn(port: u16, aof_dir: Option<&Path>) -> Result<Child, StartError> {
-    let mut command = Command::new("redis-server");
-    command
-        .args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1", "--save", ""]);
+/// The server's arguments besides `--port`.
+fn server_args(
+    options: &RedisOptions,
+    aof_dir: Option<&DataDir>,
+    tls: Option<&(u16, TestCerts)>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut push = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
+    for a in ["--bind", "127.0.0.1", "--save", ""] {
+        push(&a);
+    }
     match aof_dir {
         Some(dir) => {
-            command
-                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-                .arg(dir);
+            for a in ["--appendonly", "yes", "--appendfsync", "always", "--dir"] {
+                push(&a);
+            }
+            push(&dir.path());
         }
         None => {
-            command.args(["--appendonly", "no"]);
+            push(&"--appendonly");
+            push(&"no");
         }
     }
+    if let Some(password) = &options.password {
+        push(&"--requirepass");
+        push(password);
+    }
+    if let Some((port, certs)) = tls {
+        push(&"--tls-port");
+        push(&port.to_string());
+        push(&"--tls-cert-file");
+        push(&certs.cert());
+        push(&"--tls-key-file");
+        push(&certs.key());
+        push(&"--tls-ca-cert-file");
+        push(&certs.ca());
+        push(&"--tls-auth-clients");
+        push(&"no");
+    }
+    args
+}
+
+/// Starts `redis-server` on `port` with `args` and waits until it is ready and answers `PING`
+/// (after `AUTH`, given a password).
+async fn spawn(
+    port: u16,
+    args: &[std::ffi::OsString],
+    password: Option<&str>,
+) -> Result<Child, StartError> {
+    let mut command = Command::new("redis-server");
+    command.args(["--port", &port.to_string()]).args(args);
     let spawned = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -219,7 +289,7 @@ async fn spawn(port: u16, aof_dir: Option<&Path>) -> Result<Child, StartError> {
     }
     // Keep reading its log, so a full pipe never stalls it.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let pong = command_on(port, &["PING"]).await;
+    let pong = command_on(port, password, &["PING"]).await;
     if pong != ["PONG"] {
         return Err(StartError::Failed(format!(
             "redis-server answered PING with {pong:?}"
@@ -228,21 +298,37 @@ async fn spawn(port: u16, aof_dir: Option<&Path>) -> Result<Child, StartError> {
     Ok(child)
 }
 
-/// See [`RedisServer::command`].
-async fn command_on(port: u16, args: &[&str]) -> Vec<String> {
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        request.extend_from_slice(arg.as_bytes());
-        request.extend_from_slice(b"\r\n");
+/// See [`RedisServer::command`]; `AUTH`s first when given a password.
+async fn command_on(port: u16, password: Option<&str>, args: &[&str]) -> Vec<String> {
+    let encode = |args: &[&str]| {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        request
+    };
+    let mut request = Vec::new();
+    if let Some(password) = password {
+        request.extend(encode(&["AUTH", password]));
     }
+    request.extend(encode(args));
     let exchange = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.write_all(&request).await?;
         let mut buffer = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(values) = parse_reply(&buffer) {
+            let mut rest = buffer.as_slice();
+            if password.is_some() {
+                // Skip the AUTH reply.
+                match parse_value(rest, &mut Vec::new()) {
+                    Some(used) => rest = &rest[used..],
+                    None => rest = &[],
+                }
+            }
+            if let Some(values) = (!rest.is_empty()).then(|| parse_reply(rest)).flatten() {
                 return Ok(values);
             }
             let n = stream.read(&mut chunk).await?;

@@ -223,7 +223,7 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
             (memory, "embedded")
         }
         BrokerSettings::Redis(config) => {
-            let redis = RedisBroker::connect(config.clone())
+            let redis = RedisBroker::connect(config.as_ref().clone())
                 .await
                 .with_context(|| format!("cannot use Redis at {}", redacted(&config.url)))?;
             (Arc::new(redis), "redis")

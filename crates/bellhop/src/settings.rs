@@ -55,6 +55,7 @@ pub(crate) struct FileSettings {
     redis_port: Option<u16>,
     redis_password: Option<String>,
     redis_tls_enabled: Option<bool>,
+    redis_tls_ca_path: Option<String>,
     redis_cluster: Option<bool>,
     max_connections: Option<usize>,
     rate_limit_per_ip: Option<u32>,
@@ -87,7 +88,7 @@ pub(crate) enum BrokerSettings {
     /// One node, state in its own memory.
     Embedded(MemoryConfig),
     /// One of many nodes sharing a Redis server.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 impl BrokerSettings {
@@ -101,22 +102,33 @@ impl BrokerSettings {
 }
 
 /// The Redis URL from `REDIS_URL`, or built from `REDIS_HOST`, `REDIS_PORT` and
-/// `REDIS_PASSWORD`; `None` for the embedded broker.
+/// `REDIS_PASSWORD`; `None` for the embedded broker. `REDIS_TLS_ENABLED=true` makes it a
+/// `rediss://` (TLS) URL; a `rediss://` `REDIS_URL` is TLS by itself.
 fn redis_url(s: &Sources<'_>) -> Result<Option<String>> {
     let url = s.string("REDIS_URL", &s.file.redis_url);
     let host = s.string("REDIS_HOST", &s.file.redis_host);
     let password = s.string("REDIS_PASSWORD", &s.file.redis_password);
+    let tls = s
+        .flag("REDIS_TLS_ENABLED", s.file.redis_tls_enabled)?
+        .unwrap_or(false);
     match (url, host) {
         (Some(_), _) if password.is_some() => {
             bail!("REDIS_PASSWORD is set together with REDIS_URL: put the password in the URL (redis://:<password>@host:port)")
         }
-        (Some(url), _) => Ok(Some(url)),
+        (Some(url), _) => match url.strip_prefix("redis://") {
+            Some(rest) if tls => Ok(Some(format!("rediss://{rest}"))),
+            _ => Ok(Some(url)),
+        },
         (None, Some(host)) => {
             let port = s.parse("REDIS_PORT", s.file.redis_port)?.unwrap_or(6379u16);
             let auth = password
                 .map(|p| format!(":{}@", url_encode(&p)))
                 .unwrap_or_default();
-            Ok(Some(format!("redis://{auth}{host}:{port}")))
+            let scheme = if tls { "rediss" } else { "redis" };
+            Ok(Some(format!("{scheme}://{auth}{host}:{port}")))
+        }
+        (None, None) if tls => {
+            bail!("REDIS_TLS_ENABLED=true needs REDIS_URL or REDIS_HOST")
         }
         (None, None) => Ok(None),
     }
@@ -270,16 +282,9 @@ pub(crate) fn serve_settings(
     if s.flag("SSL_ENABLED", file.ssl_enabled)?.unwrap_or(false) {
         bail!("SSL_ENABLED=true: TLS termination is not in this release yet; terminate TLS at the load balancer and leave SSL_ENABLED unset");
     }
-    if s.flag("REDIS_CLUSTER", file.redis_cluster)?
-        .unwrap_or(false)
-    {
-        bail!("REDIS_CLUSTER=true: Redis Cluster is not in this release yet; point REDIS_URL at one Redis server");
-    }
-    if s.flag("REDIS_TLS_ENABLED", file.redis_tls_enabled)?
-        .unwrap_or(false)
-    {
-        bail!("REDIS_TLS_ENABLED=true: TLS to Redis is not in this release yet");
-    }
+    let redis_cluster = s
+        .flag("REDIS_CLUSTER", file.redis_cluster)?
+        .unwrap_or(false);
     let redis_url = redis_url(&s)?;
     let (secret, environment, dev_secret) = resolve_secret(env, file)?;
     let mut gateway = GatewayConfig::new(secret);
@@ -347,6 +352,9 @@ pub(crate) fn serve_settings(
         retention = Duration::from_secs(hours * 3600);
     }
     let broker = match redis_url {
+        None if redis_cluster => {
+            bail!("REDIS_CLUSTER=true needs REDIS_URL (or REDIS_HOST): any one node of the cluster")
+        }
         None => BrokerSettings::Embedded(MemoryConfig {
             retention,
             ..MemoryConfig::default()
@@ -354,11 +362,15 @@ pub(crate) fn serve_settings(
         Some(url) => {
             let config = RedisConfig {
                 url,
+                cluster: redis_cluster,
+                tls_ca_path: s
+                    .string("REDIS_TLS_CA_PATH", &file.redis_tls_ca_path)
+                    .map(Into::into),
                 retention,
                 ..RedisConfig::default()
             };
             config.validate().map_err(anyhow::Error::msg)?;
-            BrokerSettings::Redis(config)
+            BrokerSettings::Redis(Box::new(config))
         }
     };
     let log_format = match s.string("LOG_FORMAT", &file.log_format).as_deref() {
@@ -503,14 +515,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("TLS"));
-        assert!(settings(&[("REDIS_CLUSTER", "true")])
-            .unwrap_err()
-            .to_string()
-            .contains("REDIS_CLUSTER"));
-        assert!(settings(&[("REDIS_TLS_ENABLED", "true")])
-            .unwrap_err()
-            .to_string()
-            .contains("REDIS_TLS_ENABLED"));
     }
 
     #[test]
@@ -537,7 +541,7 @@ mod tests {
         ));
         let both = settings(&[("REDIS_URL", "redis://r"), ("REDIS_PASSWORD", "x")]).unwrap_err();
         assert!(both.to_string().contains("REDIS_PASSWORD"));
-        assert!(settings(&[("REDIS_URL", "rediss://r")])
+        assert!(settings(&[("REDIS_URL", "sentinel://r")])
             .unwrap_err()
             .to_string()
             .contains("REDIS_URL"));
@@ -545,5 +549,57 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("REDIS_PORT"));
+    }
+
+    #[test]
+    fn tls_to_redis_is_a_rediss_url_with_an_optional_authority() {
+        let redis = |pairs: &[(&str, &str)]| match settings(pairs).unwrap().broker {
+            BrokerSettings::Redis(c) => c,
+            other => panic!("expected redis, got {other:?}"),
+        };
+        let c = redis(&[
+            ("REDIS_HOST", "r"),
+            ("REDIS_PASSWORD", "pw"),
+            ("REDIS_TLS_ENABLED", "true"),
+            ("REDIS_TLS_CA_PATH", "/etc/redis-ca.pem"),
+        ]);
+        assert_eq!(c.url, "rediss://:pw@r:6379");
+        assert_eq!(
+            c.tls_ca_path.as_deref(),
+            Some(std::path::Path::new("/etc/redis-ca.pem"))
+        );
+        let c = redis(&[
+            ("REDIS_URL", "redis://r:7000"),
+            ("REDIS_TLS_ENABLED", "true"),
+        ]);
+        assert_eq!(c.url, "rediss://r:7000");
+        let c = redis(&[("REDIS_URL", "rediss://r:7000")]);
+        assert!(c.uses_tls() && c.tls_ca_path.is_none());
+        let no_redis = settings(&[("REDIS_TLS_ENABLED", "true")]).unwrap_err();
+        assert!(no_redis.to_string().contains("REDIS_URL"), "{no_redis}");
+        let plain =
+            settings(&[("REDIS_URL", "redis://r"), ("REDIS_TLS_CA_PATH", "/ca.pem")]).unwrap_err();
+        assert!(plain.to_string().contains("REDIS_TLS_CA_PATH"), "{plain}");
+    }
+
+    #[test]
+    fn redis_cluster_mode_takes_one_node_of_the_cluster() {
+        let cluster = settings(&[("REDIS_URL", "redis://r1:7000"), ("REDIS_CLUSTER", "true")]);
+        match cluster.unwrap().broker {
+            BrokerSettings::Redis(c) => {
+                assert!(c.cluster);
+                assert_eq!(c.url, "redis://r1:7000");
+            }
+            other => panic!("expected redis, got {other:?}"),
+        }
+        match settings(&[("REDIS_URL", "redis://r1:7000")])
+            .unwrap()
+            .broker
+        {
+            BrokerSettings::Redis(c) => assert!(!c.cluster),
+            other => panic!("expected redis, got {other:?}"),
+        }
+        let alone = settings(&[("REDIS_CLUSTER", "true")]).unwrap_err();
+        assert!(alone.to_string().contains("REDIS_URL"), "{alone}");
     }
 }

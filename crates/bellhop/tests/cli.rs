@@ -567,3 +567,74 @@ rm -rf "$dir"
         "every early SIGTERM should drain and exit 0: {outcomes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_redis_cluster_deliver_across_nodes() {
+    let cluster = bellhop_testkit::RedisCluster::shared().await;
+    // Any one node of the cluster: the rest is discovered.
+    let seed = format!("redis://127.0.0.1:{}", cluster.ports()[1]);
+    let env = |node: &'static str| {
+        [
+            ("LOG_FORMAT", "json"),
+            ("JWT_SECRET", SECRET),
+            ("NODE_ID", node),
+            ("REDIS_URL", seed.as_str()),
+            ("REDIS_CLUSTER", "true"),
+        ]
+    };
+    let (a, _) = serve(&env("cluster-a")).await;
+    let (b, _) = serve(&env("cluster-b")).await;
+    let alice = mint(
+        SECRET,
+        &["--sub", "alice", "--role", "staff", "--prop", "hc"],
+    )
+    .await;
+    let service = mint(
+        SECRET,
+        &["--sub", "pms", "--role", "service", "--prop", "hc"],
+    )
+    .await;
+    let (mut ws, welcome) = connect(a.local, &alice).await;
+    assert_eq!(welcome["node"], "cluster-a", "{welcome}");
+    // Channels on different slots, so on different shards of the three.
+    let rooms: Vec<String> = (0..6).map(|i| format!("room:{i}")).collect();
+    for (i, room) in rooms.iter().enumerate() {
+        ws.send(Message::text(
+            json!({"type": "subscribe", "id": i, "channel": room}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let subscribed = next_frame(&mut ws).await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    }
+    for (i, room) in rooms.iter().enumerate() {
+        let (status, body) = http(
+            b.local,
+            "POST",
+            "/api/v1/publish",
+            Some(&service),
+            &json!({"channel": room, "event": "SERVICE_REQUEST", "payload": {"n": i}}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let message = next_frame(&mut ws).await;
+        assert_eq!(message["type"], "message", "{message}");
+        assert_eq!(message["channel"], room.as_str(), "{message}");
+        assert_eq!(message["message"]["payload"]["n"], i, "{message}");
+    }
+    // History is in the cluster too: node A reads what node B stored.
+    let (status, body) = http(
+        a.local,
+        "GET",
+        "/api/v1/channels/room:3/history",
+        Some(&service),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let history: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        history["messages"][0]["message"]["payload"]["n"], 3,
+        "{history}"
+    );
+}

@@ -14,7 +14,7 @@ use bellhop_dispatcher::{
 use bellhop_gateway::auth::{mint, Claims};
 use bellhop_gateway::{Gateway, GatewayConfig};
 use bellhop_protocol::{Codec, Role, MSGPACK_SUBPROTOCOL};
-use bellhop_testkit::RedisServer;
+use bellhop_testkit::{RedisCluster, RedisServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +35,9 @@ pub enum Backend {
     Memory,
     /// A real `redis-server` started for the test on a free port.
     Redis,
+    /// A real 3-master Redis Cluster (sharded pub/sub), shared by the test binary; each node
+    /// set keeps to a key prefix of its own.
+    RedisCluster,
 }
 
 pub struct TestNode {
@@ -59,8 +62,56 @@ pub async fn redis_broker(server: &RedisServer) -> Arc<dyn Broker> {
     )
 }
 
+/// A broker on the shared Redis Cluster under a key prefix no other test uses: brokers made
+/// with the same `prefix` share data, as a deployment's nodes do.
+pub async fn cluster_broker(prefix: &str) -> Arc<dyn Broker> {
+    cluster_broker_on(RedisCluster::shared().await, prefix).await
+}
+
+/// A broker on `cluster` under `prefix`.
+pub async fn cluster_broker_on(cluster: &RedisCluster, prefix: &str) -> Arc<dyn Broker> {
+    let config = RedisConfig {
+        url: cluster.url(),
+        cluster: true,
+        key_prefix: prefix.to_owned(),
+        ..RedisConfig::default()
+    };
+    Arc::new(
+        RedisBroker::connect(config)
+            .await
+            .expect("redis cluster broker connects"),
+    )
+}
+
+/// A key prefix of its own for one deployment in this test process.
+pub fn fresh_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "t{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// `n` nodes of one deployment on `backend` (Redis or Redis Cluster), as behind a load
+/// balancer. Each node keeps what its broker needs alive.
+pub async fn nodes_on(backend: Backend, n: usize) -> Vec<TestNode> {
+    match backend {
+        Backend::Memory => panic!("the embedded broker serves one node only"),
+        Backend::Redis => redis_nodes(n).await.1,
+        Backend::RedisCluster => {
+            let prefix = fresh_prefix();
+            let mut nodes = Vec::new();
+            for i in 0..n {
+                let broker = cluster_broker(&prefix).await;
+                nodes.push(TestNode::start_on(broker, |c| c.node_id = format!("node-{i}")).await);
+            }
+            nodes
+        }
+    }
+}
+
 /// `n` nodes sharing one Redis server, as behind a load balancer.
-pub async fn redis_cluster(n: usize) -> (Arc<RedisServer>, Vec<TestNode>) {
+pub async fn redis_nodes(n: usize) -> (Arc<RedisServer>, Vec<TestNode>) {
     let server = Arc::new(RedisServer::start().await);
     let mut nodes = Vec::new();
     for i in 0..n {
@@ -95,6 +146,9 @@ impl TestNode {
                 let mut node = Self::start_on(redis_broker(&server).await, tweak).await;
                 node.redis = Some(server);
                 node
+            }
+            Backend::RedisCluster => {
+                Self::start_on(cluster_broker(&fresh_prefix()).await, tweak).await
             }
         }
     }
