@@ -68,6 +68,15 @@ async fn the_http_api_works_over_https_with_alpn_http11() {
     let stream = connect(node.addr, client.clone()).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     drop(stream);
+    // A client that wants only HTTP/2 is refused rather than spoken to in the wrong protocol.
+    let mut h2 = (*client).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    assert!(connect(node.addr, std::sync::Arc::new(h2)).await.is_err());
+    node.wait_metric(
+        "bellhop_tls_handshake_failures_total{reason=\"incompatible\"}",
+        1.0,
+    )
+    .await;
 
     let token = format!("Bearer {}", service("pms"));
     let headers = [
