@@ -12,12 +12,16 @@ deps: ## check for (and install, where missing) what building and testing need
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
-test-deps: deps ## also what the test suites need: redis-server (tests start their own on free ports)
+test-deps: deps ## also what the test suites need: redis-server (tests start their own on free ports), openssl
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "redis-server is missing: installing it (the Redis backend's tests start their own)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server could not be installed"; exit 1; }
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "openssl is missing: installing it (the TLS tests also check the node with openssl s_client)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl; } >/dev/null 2>&1 || echo "openssl could not be installed: the s_client checks will be skipped"; }
 
 build: deps ## build the release binary
 	$(CARGO) build --release -p bellhop
