@@ -290,7 +290,21 @@ impl CertStore {
     /// Re-reads both files and, if either changed since the last look, serves the new
     /// certificate or rejects it (logged and counted once per change).
     pub async fn reload(&self) -> Reload {
-        let read = Read::from_disk(&self.config).await;
+        let mut read = Read::from_disk(&self.config).await;
+        // A rotation can land between reading the certificate and reading the key (the kubelet's
+        // symlink swap is atomic, but two reads are not). Before judging a change, read again
+        // until two reads agree, so a swap in progress is not reported as a mismatched pair.
+        for _ in 0..3 {
+            let unchanged = *self.seen.lock() == read.seen();
+            if unchanged {
+                break;
+            }
+            let again = Read::from_disk(&self.config).await;
+            if again.seen() == read.seen() {
+                break;
+            }
+            read = again;
+        }
         let outcome = self.offer(read);
         match &outcome {
             Reload::Unchanged => {}

@@ -470,3 +470,46 @@ async fn a_bad_certificate_stops_the_node_from_starting() {
     let e = start(TlsConfig::new(dir.cert_path(), dir.key_path())).await;
     assert!(e.contains("does not match"), "{e}");
 }
+
+/// Symlink swaps racing a fast poll: a swap that lands between the read of the certificate and
+/// the read of the key must not be reported as a mismatched pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_symlink_swaps_are_never_reported_as_failures() {
+    let node = TestNode::start_tls(|c| {
+        c.tls.as_mut().unwrap().reload_interval = Some(Duration::from_millis(1));
+    })
+    .await;
+    let tls = node.tls.as_ref().unwrap();
+    let leaves: Vec<_> = (0..100)
+        .map(|i| tls.ca.issue(&format!("swap-{i}"), 2090))
+        .collect();
+    let last = leaves.last().unwrap().der.clone();
+    let dir = tls.dir.path().to_owned();
+    let swapper = {
+        let ca_leaves = leaves.clone();
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            for leaf in &ca_leaves {
+                bellhop_testkit::tls::CertDir::swap_in(&dir, leaf);
+            }
+        })
+    };
+    swapper.await.unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        while served(&node).await != last {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the last certificate is served within the deadline");
+    assert_eq!(
+        node.metric("bellhop_tls_certificate_reloads_total{result=\"failure\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        node.metric("bellhop_tls_certificate_reloads_total{result=\"success\"}")
+            .await
+            >= 1.0
+    );
+}

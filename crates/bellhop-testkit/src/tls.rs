@@ -142,8 +142,8 @@ pub fn served_certificate(stream: &TlsStream<TcpStream>) -> CertificateDer<'stat
 /// Certificate files laid out like a Kubernetes secret volume:
 ///
 /// ```text
-/// dir/..v1/tls.crt, dir/..v1/tls.key     the current version
-/// dir/..data -> ..v1                     swapped atomically on rotation
+/// dir/..vN/tls.crt, dir/..vN/tls.key     the current version
+/// dir/..data -> ..vN                     swapped atomically on rotation
 /// dir/tls.crt -> ..data/tls.crt          what the node is configured with
 /// dir/tls.key -> ..data/tls.key
 /// dir/ca.crt                             the CA, for clients
@@ -154,8 +154,6 @@ pub fn served_certificate(stream: &TlsStream<TcpStream>) -> CertificateDer<'stat
 pub struct CertDir {
     /// The directory.
     root: PathBuf,
-    /// The last version directory written.
-    version: AtomicU64,
 }
 
 impl CertDir {
@@ -170,11 +168,8 @@ impl CertDir {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("ca.crt"), ca.pem()).unwrap();
-        let dir = CertDir {
-            root,
-            version: AtomicU64::new(0),
-        };
-        dir.write_version(leaf);
+        Self::write_version(&root, leaf);
+        let dir = CertDir { root };
         std::os::unix::fs::symlink("..data/tls.crt", dir.cert_path()).unwrap();
         std::os::unix::fs::symlink("..data/tls.key", dir.key_path()).unwrap();
         dir
@@ -203,21 +198,29 @@ impl CertDir {
     /// Rotates to `leaf` as the kubelet does: a new version directory, then one atomic rename of
     /// the `..data` symlink. The old version is removed afterwards.
     pub fn swap(&self, leaf: &Leaf) {
-        let old = self.version.load(Ordering::Relaxed);
-        self.write_version(leaf);
-        let _ = std::fs::remove_dir_all(self.root.join(format!("..v{old}")));
+        Self::swap_in(&self.root, leaf);
     }
 
-    fn write_version(&self, leaf: &Leaf) {
-        let v = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        let dir = self.root.join(format!("..v{v}"));
+    /// [`CertDir::swap`] on the directory at `root` (from another thread, for instance).
+    pub fn swap_in(root: &Path, leaf: &Leaf) {
+        let old = std::fs::read_link(root.join("..data")).ok();
+        Self::write_version(root, leaf);
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(root.join(old));
+        }
+    }
+
+    fn write_version(root: &Path, leaf: &Leaf) {
+        static VERSIONS: AtomicU64 = AtomicU64::new(1);
+        let name = format!("..v{}", VERSIONS.fetch_add(1, Ordering::Relaxed));
+        let dir = root.join(&name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("tls.crt"), &leaf.cert_pem).unwrap();
         std::fs::write(dir.join("tls.key"), &leaf.key_pem).unwrap();
-        let tmp = self.root.join("..data_tmp");
+        let tmp = root.join("..data_tmp");
         let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(format!("..v{v}"), &tmp).unwrap();
-        std::fs::rename(&tmp, self.root.join("..data")).unwrap();
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, root.join("..data")).unwrap();
     }
 
     /// Writes over the current files in place (not atomic: what `cp` or an editor does).
