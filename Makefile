@@ -18,6 +18,10 @@ test-deps: deps ## also what the test suites need: redis-server and redis-cli (t
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || { echo "redis-server or redis-cli could not be installed"; exit 1; }
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "openssl is missing: installing it (the TLS tests also check the node with openssl s_client)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl; } >/dev/null 2>&1 || echo "openssl could not be installed: the s_client checks will be skipped"; }
 
 build: deps ## build the release binary
 	$(CARGO) build --release -p bellhop

@@ -1,6 +1,7 @@
 //! The gateway's configuration: one plain struct, defaults in one place, and `validate()`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bellhop_protocol::validate::Limits;
@@ -44,6 +45,50 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// Largest HTTP API request body (64 KiB).
     pub max_body_bytes: usize,
+    /// TLS on the main port (`SSL_ENABLED`); `None` serves plain `ws`/`http`. The admin port is
+    /// always plain HTTP: it is scraped and probed from inside the cluster.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS termination on the main port: where the certificate and key are, which protocol versions
+/// are offered, and how often the files are re-read (see `docs/SECURITY.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, the server's own certificate first (`SSL_CERT_PATH`).
+    pub cert_path: PathBuf,
+    /// PEM file with the private key, PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (`SSL_KEY_PATH`).
+    pub key_path: PathBuf,
+    /// Oldest protocol version offered (`SSL_MIN_VERSION`, 1.2). Nothing older than TLS 1.2 can be
+    /// configured.
+    pub min_version: TlsVersion,
+    /// How often both files are re-read to pick up a rotated certificate
+    /// (`SSL_RELOAD_INTERVAL_SECONDS`, 10 s); `None` reads them once, at startup.
+    pub reload_interval: Option<Duration>,
+    /// Longest a client may take to complete the TLS handshake before its connection is dropped
+    /// (10 s), so a slow or hostile handshake holds nothing but its own task for long.
+    pub handshake_timeout: Duration,
+}
+
+/// A TLS protocol version that may be the oldest one offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (the default: some hotel systems and older devices speak only 1.2).
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl TlsConfig {
+    /// TLS with the certificate and key at these paths, and the defaults for everything else.
+    pub fn new(cert_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>) -> Self {
+        TlsConfig {
+            cert_path: cert_path.into(),
+            key_path: key_path.into(),
+            min_version: TlsVersion::Tls12,
+            reload_interval: Some(Duration::from_secs(10)),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How tokens are checked.
@@ -110,6 +155,7 @@ impl GatewayConfig {
             drain_period: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
+            tls: None,
         }
     }
 
@@ -143,6 +189,22 @@ impl GatewayConfig {
         if self.auth.auth_timeout.is_zero() {
             return Err("AUTH_TIMEOUT_SECONDS must be at least 1".into());
         }
+        if let Some(tls) = &self.tls {
+            if tls.cert_path.as_os_str().is_empty() {
+                return Err("SSL_CERT_PATH must be set when SSL_ENABLED=true".into());
+            }
+            if tls.key_path.as_os_str().is_empty() {
+                return Err("SSL_KEY_PATH must be set when SSL_ENABLED=true".into());
+            }
+            if tls.reload_interval.is_some_and(|i| i.is_zero()) {
+                return Err(
+                    "SSL_RELOAD_INTERVAL_SECONDS must be at least 1 (or 0 for never)".into(),
+                );
+            }
+            if tls.handshake_timeout.is_zero() {
+                return Err("the TLS handshake timeout must not be zero".into());
+            }
+        }
         Ok(())
     }
 }
@@ -164,5 +226,23 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let mut c = GatewayConfig::new("s");
+        c.tls = Some(TlsConfig::new("/tls/tls.crt", "/tls/tls.key"));
+        assert!(c.validate().is_ok());
+        c.tls = Some(TlsConfig::new("", "/tls/tls.key"));
+        assert!(c.validate().unwrap_err().contains("SSL_CERT_PATH"));
+        c.tls = Some(TlsConfig::new("/tls/tls.crt", ""));
+        assert!(c.validate().unwrap_err().contains("SSL_KEY_PATH"));
+        let mut tls = TlsConfig::new("/tls/tls.crt", "/tls/tls.key");
+        tls.reload_interval = Some(Duration::ZERO);
+        c.tls = Some(tls);
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("SSL_RELOAD_INTERVAL_SECONDS"));
     }
 }

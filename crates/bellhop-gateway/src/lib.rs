@@ -1,12 +1,12 @@
-//! The Bellhop edge: the listener, WebSocket sessions, JWT authentication, the channel policy,
-//! each connection's outbound queue, the node's local fan-out hub, the HTTP API, metrics,
-//! health, and graceful drain.
+//! The Bellhop edge: the listener (with TLS termination), WebSocket sessions, JWT
+//! authentication, the channel policy, each connection's outbound queue, the node's local fan-out
+//! hub, the HTTP API, metrics, health, and graceful drain.
 //!
-//! Architecture invariant: this is the only crate that knows hyper and tungstenite; it never
-//! touches a storage backend except through the dispatcher.
+//! Architecture invariant: this is the only crate that knows hyper, tungstenite and rustls; it
+//! never touches a storage backend except through the dispatcher.
 //!
 //! ```no_run
-//! # async fn demo() -> std::io::Result<()> {
+//! # async fn demo() -> Result<(), bellhop_gateway::BindError> {
 //! use std::sync::Arc;
 //! use bellhop_dispatcher::{Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig};
 //! use bellhop_gateway::{Gateway, GatewayConfig};
@@ -29,6 +29,7 @@ pub mod outbound;
 pub mod policy;
 mod server;
 mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -42,10 +43,37 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use config::{AuthConfig, GatewayConfig, OutboundConfig};
+pub use config::{AuthConfig, GatewayConfig, OutboundConfig, TlsConfig, TlsVersion};
 pub use metrics::Metrics;
 
 use node::Node;
+use tls::{CertStore, Reload, TlsError};
+
+/// Why a gateway could not start. Each message is complete by itself (the cause is part of it,
+/// not a separate `source`), so the binary prints one line.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A setting that cannot work (the message names it).
+    #[error("{0}")]
+    Config(String),
+    /// A port could not be bound (in use, no permission).
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The TLS certificate or key cannot be used (the message names the file).
+    #[error("cannot use the TLS certificate: {0}")]
+    Tls(TlsError),
+}
+
+impl From<TlsError> for BindError {
+    fn from(e: TlsError) -> Self {
+        BindError::Tls(e)
+    }
+}
 
 /// A running gateway node.
 #[derive(Debug)]
@@ -56,6 +84,8 @@ pub struct Gateway {
     local_addr: SocketAddr,
     /// The admin port's actual address.
     admin_addr: Option<SocketAddr>,
+    /// The served TLS certificate, when the main port speaks TLS.
+    cert_store: Option<Arc<CertStore>>,
     /// Tells the main accept loop to stop.
     stop_main: watch::Sender<bool>,
     /// Tells the admin accept loop to stop.
@@ -65,52 +95,104 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Validates the configuration, binds both ports and starts serving.
+    /// Validates the configuration, loads the TLS certificate (if enabled), binds both ports and
+    /// starts serving.
     pub async fn bind(
         config: GatewayConfig,
         dispatcher: Arc<Dispatcher>,
-    ) -> std::io::Result<Gateway> {
-        config
-            .validate()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind(config.listen).await?;
-        let local_addr = listener.local_addr()?;
-        let admin = match config.admin_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
+    ) -> Result<Gateway, BindError> {
+        config.validate().map_err(BindError::Config)?;
+        let node = Arc::new(Node::new(config, dispatcher));
+        let config = &node.config;
+        // The certificate first: a bad file should stop the node before it takes its ports.
+        let tls = match &config.tls {
+            Some(tls) => {
+                let metrics = node.metrics.register_tls();
+                let store = Arc::new(CertStore::load(tls, metrics.clone()).await?);
+                let acceptor = tls::acceptor(store.clone(), tls.min_version)
+                    .map_err(|e| BindError::Config(format!("TLS: {e}")))?;
+                let terminator = tls::Terminator::new(acceptor, tls.handshake_timeout, metrics);
+                Some((store, terminator, tls.reload_interval))
+            }
             None => None,
         };
-        let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+        let listen = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|error| BindError::Listen { addr, error })
+        };
+        let listener = listen(config.listen).await?;
+        let local_addr = listener.local_addr().map_err(|error| BindError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let listener = listen(addr).await?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|error| BindError::Listen { addr, error })?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         let timeout = config.header_read_timeout;
-        let node = Arc::new(Node::new(config, dispatcher));
         let (stop_main, main_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let (cert_store, terminator) = match tls {
+            Some((store, terminator, reload_interval)) => {
+                if let Some(interval) = reload_interval {
+                    // Stops with the main listener: after that, no handshake needs a certificate.
+                    tasks.push(tokio::spawn(store.clone().poll(interval, main_rx.clone())));
+                }
+                (Some(store), Some(terminator))
+            }
+            None => (None, None),
+        };
         let n = node.clone();
         tasks.push(tokio::spawn(server::accept_loop(
             listener,
             main_rx,
             timeout,
+            terminator,
             move |req, remote| server::main_handler(n.clone(), req, remote),
         )));
-        if let Some(admin) = admin {
+        if let Some((admin, _)) = admin {
+            // Plain HTTP on purpose: Prometheus and the kubelet's probes reach it from inside the
+            // cluster, and it serves nothing a client could use (see docs/SECURITY.md).
             let n = node.clone();
             tasks.push(tokio::spawn(server::accept_loop(
                 admin,
                 admin_rx,
                 timeout,
+                None,
                 move |req, _| server::admin_handler(n.clone(), req),
             )));
         }
         let admin = admin_addr.map_or_else(|| "disabled".to_string(), |a| a.to_string());
-        tracing::info!(%local_addr, admin_addr = %admin, node = %node.config.node_id, "gateway listening");
+        let scheme = if cert_store.is_some() { "tls" } else { "plain" };
+        tracing::info!(%local_addr, admin_addr = %admin, node = %node.config.node_id, scheme, "gateway listening");
         Ok(Gateway {
             node,
             local_addr,
             admin_addr,
+            cert_store,
             stop_main,
             stop_admin,
             tasks,
         })
+    }
+
+    /// Re-reads the TLS certificate and key now, as the periodic poll does (`None` without TLS).
+    /// A changed, valid pair is served to every new handshake; a bad one is logged, counted and
+    /// ignored.
+    pub async fn reload_tls(&self) -> Option<Reload> {
+        match &self.cert_store {
+            Some(store) => Some(store.reload().await),
+            None => None,
+        }
     }
 
     /// The address WebSocket clients and the HTTP API connect to.

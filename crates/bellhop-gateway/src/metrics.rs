@@ -154,10 +154,68 @@ impl Metrics {
         }
     }
 
+    /// Registers the TLS metrics. Called only when the main port serves TLS, so a node without
+    /// TLS exports no certificate expiry that an alert could mistake for an expired certificate.
+    pub(crate) fn register_tls(&self) -> TlsMetrics {
+        let handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "bellhop_tls_handshake_failures_total",
+                "TLS handshakes on the main port that failed, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric name");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "bellhop_tls_certificate_reloads_total",
+                "Changed certificate or key files read from disk, by result (success: now served; failure: rejected, the previous certificate is kept).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric name");
+        let expiry = IntGauge::new(
+            "bellhop_tls_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter, Unix seconds) of the certificate the main port serves.",
+        )
+        .expect("valid metric name");
+        for metric in [
+            Box::new(handshake_failures.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reloads.clone()),
+            Box::new(expiry.clone()),
+        ] {
+            // Called once per node, so nothing collides; were it called twice, the series would
+            // already exist, which is what the caller wants.
+            let _ = self.registry.register(metric);
+        }
+        // Both results exist from the start, so `increase()` sees the first failure.
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        TlsMetrics {
+            handshake_failures,
+            reloads,
+            expiry,
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The metrics of TLS termination (registered only when TLS is on).
+#[derive(Debug, Clone)]
+pub(crate) struct TlsMetrics {
+    /// Failed handshakes, by reason: `timeout`, `incompatible` (no common version, cipher suite
+    /// or ALPN protocol: e.g. a TLS 1.1 client), `malformed` (not TLS at all: plain HTTP on the
+    /// TLS port), `peer_alert` (the client refused us, e.g. it does not trust the certificate),
+    /// `closed` (the client went away), `other`.
+    pub(crate) handshake_failures: IntCounterVec,
+    /// Reloads of changed files, by result (`success`, `failure`).
+    pub(crate) reloads: IntCounterVec,
+    /// The served certificate's notAfter in Unix seconds, for expiry alerts.
+    pub(crate) expiry: IntGauge,
 }

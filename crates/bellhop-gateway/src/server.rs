@@ -1,5 +1,6 @@
-//! The listeners: the main port (WebSocket upgrades on `WS_PATH` and the HTTP API) and the
-//! admin port (`/metrics`, `/healthz`, `/readyz`), both on hyper, and the WebSocket handshake.
+//! The listeners: the main port (WebSocket upgrades on `WS_PATH` and the HTTP API, over TLS when
+//! `SSL_ENABLED`) and the admin port (`/metrics`, `/healthz`, `/readyz`, always plain HTTP), both
+//! on hyper, and the WebSocket handshake.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -23,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::AuthError;
 use crate::node::Node;
 use crate::session::{self, Opening};
+use crate::tls::Terminator;
 
 /// The response body type of every handler.
 pub(crate) type Body = Full<Bytes>;
@@ -61,11 +64,16 @@ pub(crate) fn error_response(
     response
 }
 
-/// Accepts connections on `listener` until `stop` turns true, serving each with `handler`.
+/// Accepts connections on `listener` until `stop` turns true, serving each with `handler`, over
+/// TLS when `tls` is given. Each connection runs in its own task from the moment it is accepted:
+/// the TLS handshake (bounded by its timeout) and the request head (bounded by
+/// `header_read_timeout`) are waited for there, so a slow or hostile client never holds up the
+/// loop.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     header_read_timeout: Duration,
+    tls: Option<Terminator>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -87,21 +95,43 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler(req, remote).await) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, %remote, "http connection ended with an error");
+            match tls {
+                None => serve_connection(stream, remote, header_read_timeout, handler).await,
+                Some(tls) => {
+                    if let Some(stream) = tls.handshake(stream, remote).await {
+                        serve_connection(stream, remote, header_read_timeout, handler).await;
+                    }
+                }
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection, plain or TLS, until it ends.
+async fn serve_connection<S, F, Fut>(
+    stream: S,
+    remote: SocketAddr,
+    header_read_timeout: Duration,
+    handler: F,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req, remote).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, %remote, "http connection ended with an error");
     }
 }
 

@@ -1,6 +1,6 @@
 //! Test support shared by Bellhop's crates: real servers, not doubles, started on free loopback
-//! ports and stopped when dropped, and the clients and books of fault-injection tests. Used only
-//! as a dev-dependency.
+//! ports and stopped when dropped, the clients and books of fault-injection tests, and throwaway
+//! TLS certificates. Used only as a dev-dependency.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 

@@ -1,9 +1,12 @@
 //! `bellhop connect`: a small line-oriented client, enough to try the protocol by hand and to
 //! script the README's tour. Every frame received is printed as one JSON line; every line of
 //! standard input is sent as a text frame (an `id` is added when missing, so the client can wait
-//! for every reply before it exits).
+//! for every reply before it exits). `wss://` URLs are verified against the public web CAs, or
+//! against `--ca` only.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -11,6 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 
 /// Replies that answer a request (and so end the wait for it).
 const REPLIES: &[&str] = &[
@@ -24,14 +28,56 @@ const REPLIES: &[&str] = &[
     "error",
 ];
 
+/// How `bellhop connect` behaves, beside where it connects and with which token.
+#[derive(Debug)]
+pub(crate) struct Options {
+    /// `--ca`: a PEM file of CA certificates to trust (instead of the public web CAs) for wss.
+    pub(crate) ca: Option<PathBuf>,
+    /// `--subscribe`: channels to subscribe to right after connecting.
+    pub(crate) subscribe: Vec<String>,
+    /// `--follow`: keep running after standard input ends.
+    pub(crate) follow: bool,
+}
+
+/// A TLS client configuration that trusts exactly the CA certificates in `path`.
+fn trusting(path: &Path) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--ca {}: cannot read PEM certificates", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        anyhow::bail!("--ca {}: no usable CA certificate in it", path.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS client")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 #[allow(clippy::print_stdout)]
-pub(crate) async fn run(url: &str, token: &str, subscribe: &[String], follow: bool) -> Result<()> {
+pub(crate) async fn run(url: &str, token: &str, options: &Options) -> Result<()> {
+    let Options {
+        ca,
+        subscribe,
+        follow,
+    } = options;
+    let follow = *follow;
     let mut request = url.into_client_request().context("invalid URL")?;
     request.headers_mut().insert(
         "authorization",
         format!("Bearer {token}").parse().context("invalid token")?,
     );
-    let (ws, _) = tokio_tungstenite::connect_async(request)
+    // Without --ca, tokio-tungstenite trusts the public web CAs for wss:// URLs.
+    let connector = match ca {
+        Some(path) => Some(Connector::Rustls(Arc::new(trusting(path)?))),
+        None => None,
+    };
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
     let (mut tx, mut rx) = ws.split();

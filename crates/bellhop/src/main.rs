@@ -84,9 +84,13 @@ enum Command {
     /// Connect to a node, print every frame received as a JSON line, send every JSON line read
     /// from standard input; exits when input ends and every request has its reply.
     Connect {
-        /// The WebSocket URL.
+        /// The WebSocket URL: ws://, or wss:// for a node (or load balancer) that serves TLS.
         #[arg(long, default_value = "ws://127.0.0.1:3001/ws")]
         url: String,
+        /// For wss://: trust only the CA certificates in this PEM file (a private or
+        /// self-signed CA); without it, the public web CAs (webpki-roots) are trusted.
+        #[arg(long, env = "BELLHOP_CA")]
+        ca: Option<PathBuf>,
         /// The token (sent as Authorization: Bearer).
         #[arg(long, env = "BELLHOP_TOKEN")]
         token: String,
@@ -195,10 +199,18 @@ async fn main() -> Result<()> {
         }
         Command::Connect {
             url,
+            ca,
             token,
             subscribe,
             follow,
-        } => connect::run(&url, &token, &subscribe, follow).await,
+        } => {
+            let options = connect::Options {
+                ca,
+                subscribe,
+                follow,
+            };
+            connect::run(&url, &token, &options).await
+        }
     }
 }
 
@@ -208,6 +220,11 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
         tracing::warn!(
             "JWT_SECRET is unset or the development secret: using the PUBLIC development secret. Anyone can mint tokens for this node. \
              Set JWT_SECRET (and BELLHOP_ENV=production) before exposing it."
+        );
+    }
+    if settings.tls_paths_ignored {
+        tracing::warn!(
+            "SSL_CERT_PATH or SSL_KEY_PATH is set but SSL_ENABLED is not true: the main port serves plain ws/http"
         );
     }
     if let Some(rate) = settings.rate_limit_per_ip {
@@ -230,9 +247,8 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
         }
     };
     let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-    let gateway = Gateway::bind(settings.gateway.clone(), dispatcher)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.gateway.listen))?;
+    // The error names what failed: the address that could not be bound, or the TLS file.
+    let gateway = Gateway::bind(settings.gateway.clone(), dispatcher).await?;
     let addr = gateway.local_addr();
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()
@@ -245,8 +261,13 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
         retention_hours = settings.broker.retention().as_secs() / 3600,
         "bellhop node ready"
     );
+    let ws = if settings.gateway.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     tracing::info!(
-        "connect: ws://{host}:{}{} with a token from `bellhop token --sub u1 --role staff --prop h1 --depts housekeeping`; admin: {}",
+        "connect: {ws}://{host}:{}{} with a token from `bellhop token --sub u1 --role staff --prop h1 --depts housekeeping`; admin: {}",
         addr.port(),
         settings.gateway.ws_path,
         gateway.admin_addr().map(|a| format!("http://{host}:{}/metrics", a.port())).unwrap_or_else(|| "disabled".into()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bellhop_dispatcher::{MemoryConfig, RedisConfig};
-use bellhop_gateway::GatewayConfig;
+use bellhop_gateway::{GatewayConfig, TlsConfig, TlsVersion};
 use serde::Deserialize;
 
 /// The development secret used when `JWT_SECRET` is unset outside production. Public on purpose:
@@ -50,6 +50,10 @@ pub(crate) struct FileSettings {
     ws_port: Option<u16>,
     ws_path: Option<String>,
     ssl_enabled: Option<bool>,
+    ssl_cert_path: Option<String>,
+    ssl_key_path: Option<String>,
+    ssl_min_version: Option<String>,
+    ssl_reload_interval_seconds: Option<u64>,
     redis_url: Option<String>,
     redis_host: Option<String>,
     redis_port: Option<u16>,
@@ -180,6 +184,9 @@ pub(crate) struct ServeSettings {
     pub(crate) log_format: LogFormat,
     /// `RATE_LIMIT_PER_IP`, accepted and validated but not enforced in this release.
     pub(crate) rate_limit_per_ip: Option<u32>,
+    /// True when `SSL_CERT_PATH` or `SSL_KEY_PATH` is set but `SSL_ENABLED` is not true: the node
+    /// serves plain `ws`/`http`, and says so loudly, since that is rarely what was meant.
+    pub(crate) tls_paths_ignored: bool,
 }
 
 /// A settings reader over one environment and one file.
@@ -217,6 +224,41 @@ impl Sources<'_> {
             None => Ok(file),
         }
     }
+}
+
+/// The TLS settings, when `SSL_ENABLED=true`.
+fn tls_settings(s: &Sources<'_>) -> Result<TlsConfig> {
+    let cert = s
+        .string("SSL_CERT_PATH", &s.file.ssl_cert_path)
+        .context("SSL_ENABLED=true needs SSL_CERT_PATH: the PEM file with the certificate chain")?;
+    let key = s
+        .string("SSL_KEY_PATH", &s.file.ssl_key_path)
+        .context("SSL_ENABLED=true needs SSL_KEY_PATH: the PEM file with the private key")?;
+    let mut tls = TlsConfig::new(cert, key);
+    if let Some(v) = s.string("SSL_MIN_VERSION", &s.file.ssl_min_version) {
+        tls.min_version = match v
+            .trim()
+            .to_ascii_lowercase()
+            .trim_start_matches("tls")
+            .trim_start_matches('v')
+        {
+            "1.2" => TlsVersion::Tls12,
+            "1.3" => TlsVersion::Tls13,
+            _ => bail!(
+                "SSL_MIN_VERSION={v:?} is invalid: use 1.2 or 1.3 (nothing older than TLS 1.2 is ever offered)"
+            ),
+        };
+    }
+    if let Some(secs) = s.parse::<u64>(
+        "SSL_RELOAD_INTERVAL_SECONDS",
+        s.file.ssl_reload_interval_seconds,
+    )? {
+        if secs > 86_400 {
+            bail!("SSL_RELOAD_INTERVAL_SECONDS must be between 0 (never) and 86400");
+        }
+        tls.reload_interval = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    Ok(tls)
 }
 
 /// Reads the TOML file at `path`.
@@ -279,15 +321,21 @@ pub(crate) fn serve_settings(
     flags: &Overrides,
 ) -> Result<ServeSettings> {
     let s = Sources { env, file };
-    if s.flag("SSL_ENABLED", file.ssl_enabled)?.unwrap_or(false) {
-        bail!("SSL_ENABLED=true: TLS termination is not in this release yet; terminate TLS at the load balancer and leave SSL_ENABLED unset");
-    }
+    let tls = if s.flag("SSL_ENABLED", file.ssl_enabled)?.unwrap_or(false) {
+        Some(tls_settings(&s)?)
+    } else {
+        None
+    };
+    let tls_paths_ignored = tls.is_none()
+        && (s.string("SSL_CERT_PATH", &file.ssl_cert_path).is_some()
+            || s.string("SSL_KEY_PATH", &file.ssl_key_path).is_some());
     let redis_cluster = s
         .flag("REDIS_CLUSTER", file.redis_cluster)?
         .unwrap_or(false);
     let redis_url = redis_url(&s)?;
     let (secret, environment, dev_secret) = resolve_secret(env, file)?;
     let mut gateway = GatewayConfig::new(secret);
+    gateway.tls = tls;
     let bind: IpAddr = match (flags.bind_addr, env.get("BIND_ADDR"), &file.bind_addr) {
         (Some(ip), _, _) => ip,
         (None, Some(_), _) => s
@@ -381,6 +429,7 @@ pub(crate) fn serve_settings(
     };
     Ok(ServeSettings {
         rate_limit_per_ip,
+        tls_paths_ignored,
         gateway,
         broker,
         environment,
@@ -510,11 +559,71 @@ mod tests {
     }
 
     #[test]
-    fn features_of_later_releases_are_refused_clearly() {
-        assert!(settings(&[("SSL_ENABLED", "true")])
-            .unwrap_err()
-            .to_string()
-            .contains("TLS"));
+    fn tls_is_configured_by_ssl_settings() {
+        assert!(settings(&[]).unwrap().gateway.tls.is_none());
+        let on = [
+            ("SSL_ENABLED", "true"),
+            ("SSL_CERT_PATH", "/tls/tls.crt"),
+            ("SSL_KEY_PATH", "/tls/tls.key"),
+        ];
+        let tls = settings(&on).unwrap().gateway.tls.unwrap();
+        assert_eq!(tls, TlsConfig::new("/tls/tls.crt", "/tls/tls.key"));
+        assert_eq!(tls.min_version, TlsVersion::Tls12);
+        assert_eq!(tls.reload_interval, Some(Duration::from_secs(10)));
+
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = on.to_vec();
+            pairs.extend_from_slice(extra);
+            settings(&pairs)
+        };
+        for v in ["1.3", "TLSv1.3", " tlsv1.3 ", "TLS1.3"] {
+            let tls = with(&[("SSL_MIN_VERSION", v)])
+                .unwrap()
+                .gateway
+                .tls
+                .unwrap();
+            assert_eq!(tls.min_version, TlsVersion::Tls13, "{v}");
+        }
+        for v in ["1.1", "1.0", "ssl3", "1.4"] {
+            let e = with(&[("SSL_MIN_VERSION", v)]).unwrap_err().to_string();
+            assert!(e.contains("SSL_MIN_VERSION"), "{v}: {e}");
+        }
+        let tls = with(&[("SSL_RELOAD_INTERVAL_SECONDS", "0")])
+            .unwrap()
+            .gateway
+            .tls
+            .unwrap();
+        assert_eq!(tls.reload_interval, None, "0 turns the poll off");
+        let e = with(&[("SSL_RELOAD_INTERVAL_SECONDS", "x")]).unwrap_err();
+        assert!(e.to_string().contains("SSL_RELOAD_INTERVAL_SECONDS"), "{e}");
+
+        // A path missing is named.
+        let e = settings(&[("SSL_ENABLED", "1"), ("SSL_KEY_PATH", "/k")]).unwrap_err();
+        assert!(e.to_string().contains("SSL_CERT_PATH"), "{e}");
+        let e = settings(&[("SSL_ENABLED", "yes"), ("SSL_CERT_PATH", "/c")]).unwrap_err();
+        assert!(e.to_string().contains("SSL_KEY_PATH"), "{e}");
+
+        // From the file, below the environment.
+        let file: FileSettings = toml::from_str(
+            "ssl_enabled = true\nssl_cert_path = \"/f.crt\"\nssl_key_path = \"/f.key\"\nssl_min_version = \"1.3\"\nssl_reload_interval_seconds = 30",
+        )
+        .unwrap();
+        let s = serve_settings(
+            &env(&[("SSL_KEY_PATH", "/env.key")]),
+            &file,
+            &Overrides::default(),
+        )
+        .unwrap();
+        let tls = s.gateway.tls.unwrap();
+        assert_eq!(tls.cert_path, std::path::Path::new("/f.crt"));
+        assert_eq!(tls.key_path, std::path::Path::new("/env.key"));
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(tls.reload_interval, Some(Duration::from_secs(30)));
+
+        // Paths without SSL_ENABLED: plain, flagged so the node can warn.
+        let s = settings(&[("SSL_CERT_PATH", "/c"), ("SSL_KEY_PATH", "/k")]).unwrap();
+        assert!(s.gateway.tls.is_none() && s.tls_paths_ignored);
+        assert!(!settings(&on).unwrap().tls_paths_ignored);
     }
 
     #[test]

@@ -638,3 +638,106 @@ async fn two_nodes_on_a_redis_cluster_deliver_across_nodes() {
         "{history}"
     );
 }
+
+#[tokio::test]
+async fn serve_with_tls_refuses_missing_or_bad_files_naming_them() {
+    let on = ("SSL_ENABLED", "true");
+    assert_serve_refuses(&[on], "SSL_CERT_PATH").await;
+    assert_serve_refuses(&[on, ("SSL_CERT_PATH", "/c.pem")], "SSL_KEY_PATH").await;
+    let missing = [
+        on,
+        ("SSL_CERT_PATH", "/nonexistent/bellhop/tls.crt"),
+        ("SSL_KEY_PATH", "/nonexistent/bellhop/tls.key"),
+    ];
+    assert_serve_refuses(&missing, "/nonexistent/bellhop/tls.crt").await;
+
+    let ca = bellhop_testkit::tls::TestCa::new();
+    let leaf = ca.issue("cli", 2090);
+    let dir = bellhop_testkit::tls::CertDir::new(&ca, &leaf);
+    let cert = dir.cert_path().to_str().unwrap().to_string();
+    let key = dir.key_path().to_str().unwrap().to_string();
+    let files = [on, ("SSL_CERT_PATH", &cert), ("SSL_KEY_PATH", &key)];
+    let mut old = files.to_vec();
+    old.push(("SSL_MIN_VERSION", "1.1"));
+    assert_serve_refuses(&old, "SSL_MIN_VERSION").await;
+    dir.overwrite(b"garbage", leaf.key_pem.as_bytes());
+    assert_serve_refuses(&files, &cert).await;
+    let other = ca.issue("other", 2090);
+    dir.overwrite(leaf.cert_pem.as_bytes(), other.key_pem.as_bytes());
+    assert_serve_refuses(&files, "does not match").await;
+}
+
+/// Runs `bellhop connect` with `input` on its standard input.
+async fn connect_cli(args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
+    let mut all = vec!["connect"];
+    all.extend_from_slice(args);
+    let mut child = bellhop(&all, env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("bellhop connect exits within the deadline")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_node_serves_wss_and_bellhop_connect_trusts_its_ca() {
+    let ca = bellhop_testkit::tls::TestCa::new();
+    let leaf = ca.issue("cli-node", 2090);
+    let dir = bellhop_testkit::tls::CertDir::new(&ca, &leaf);
+    let (cert, key) = (dir.cert_path(), dir.key_path());
+    let env = [
+        ("LOG_FORMAT", "json"),
+        ("JWT_SECRET", SECRET),
+        ("SSL_ENABLED", "true"),
+        ("SSL_CERT_PATH", cert.to_str().unwrap()),
+        ("SSL_KEY_PATH", key.to_str().unwrap()),
+    ];
+    let (mut node, listening) = serve(&env).await;
+    assert_eq!(listening["fields"]["scheme"], "tls", "{listening}");
+    let token = mint(SECRET, &["--sub", "s1", "--role", "staff", "--prop", "h1"]).await;
+    let url = format!("wss://{}/ws", node.local);
+    let ca_path = dir.ca_path();
+    let out = connect_cli(
+        &[
+            "--url",
+            &url,
+            "--ca",
+            ca_path.to_str().unwrap(),
+            "--token",
+            &token,
+        ],
+        &[],
+        "{\"type\":\"ping\"}\n",
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let types: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].to_string())
+        .collect();
+    assert_eq!(types, ["\"welcome\"", "\"pong\""], "{stdout}");
+
+    // Without --ca the test CA is not trusted: a clear failure, not a connection.
+    let out = connect_cli(&["--url", &url, "--token", &token], &[], "").await;
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    // The admin port stays plain HTTP.
+    let (status, body) = http(node.admin, "GET", "/readyz", None, "").await;
+    assert_eq!(status, 200, "{body}");
+    sigterm(&node.child).await;
+    let status = tokio::time::timeout(DEADLINE, node.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

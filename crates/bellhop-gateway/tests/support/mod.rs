@@ -1,6 +1,7 @@
-//! Test support: a real gateway node on port 0 (on a chosen broker backend), real WebSocket
-//! clients speaking the protocol over real sockets, and a minimal HTTP/1.1 client. Every wait
-//! has a deadline; nothing sleeps to let things settle.
+//! Test support: a real gateway node on port 0 (on a chosen broker backend, plain or TLS), real
+//! WebSocket clients speaking the protocol over real sockets (`ws` or `wss`), and a minimal
+//! HTTP/1.1 client (plain or over TLS). Every wait has a deadline; nothing sleeps to let things
+//! settle.
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
@@ -12,17 +13,18 @@ use bellhop_dispatcher::{
     Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig,
 };
 use bellhop_gateway::auth::{mint, Claims};
-use bellhop_gateway::{Gateway, GatewayConfig};
+use bellhop_gateway::{Gateway, GatewayConfig, TlsConfig};
 use bellhop_protocol::{Codec, Role, MSGPACK_SUBPROTOCOL};
+use bellhop_testkit::tls::{CertDir, TestCa};
 use bellhop_testkit::{RedisCluster, RedisServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &[u8] = b"integration-test-secret-0123456789abcdef";
 /// Longest any single wait may take before the test fails.
@@ -47,6 +49,18 @@ pub struct TestNode {
     pub broker: Arc<dyn Broker>,
     /// The Redis server behind the node, kept alive as long as the node.
     pub redis: Option<Arc<RedisServer>>,
+    /// The node's certificate files and the CA clients trust, when it serves TLS.
+    pub tls: Option<TlsFixture>,
+}
+
+/// What a TLS node's clients need: the CA that issued its certificate, the files the node reads.
+pub struct TlsFixture {
+    pub ca: TestCa,
+    pub dir: CertDir,
+    /// The certificate the node starts with.
+    pub first: bellhop_testkit::tls::Leaf,
+    /// A client for TLS 1.3 and 1.2 that trusts the CA.
+    pub client: Arc<rustls::ClientConfig>,
 }
 
 /// A Redis broker on `server`, as a node would connect to it.
@@ -167,15 +181,49 @@ impl TestNode {
             gateway: Some(gateway),
             broker,
             redis: None,
+            tls: None,
         }
+    }
+
+    /// A node on the embedded broker serving TLS on its main port, with a certificate `CN=first`
+    /// issued by a fresh test CA. The files are only re-read when the test says so
+    /// (`reload_tls`), unless `tweak` sets a reload interval.
+    pub async fn start_tls(tweak: impl FnOnce(&mut GatewayConfig)) -> TestNode {
+        let ca = TestCa::new();
+        let first = ca.issue("first", 2090);
+        let dir = CertDir::new(&ca, &first);
+        let mut tls = TlsConfig::new(dir.cert_path(), dir.key_path());
+        tls.reload_interval = None;
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(MemoryConfig::default()));
+        let mut node = Self::start_on(broker, |c| {
+            c.tls = Some(tls);
+            tweak(c);
+        })
+        .await;
+        node.tls = Some(TlsFixture {
+            client: ca.default_client(),
+            ca,
+            dir,
+            first,
+        });
+        node
+    }
+
+    fn connector(&self) -> Option<Connector> {
+        self.tls
+            .as_ref()
+            .map(|t| Connector::Rustls(t.client.clone()))
     }
 
     pub fn gateway(&self) -> &Gateway {
         self.gateway.as_ref().expect("running")
     }
 
+    /// `ws://` or, for a TLS node, `wss://` (verified against the test CA: the certificate is
+    /// issued for 127.0.0.1).
     pub fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{}/ws", self.addr)
     }
 
     /// Connects with the token in the Authorization header and waits for `welcome`.
@@ -217,7 +265,13 @@ impl TestNode {
                 MSGPACK_SUBPROTOCOL.parse().unwrap(),
             );
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            false,
+            self.connector(),
+        )
+        .await?;
         Ok(Client {
             ws,
             codec,
@@ -231,7 +285,9 @@ impl TestNode {
         &self,
         url: &str,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, self.connector())
+                .await?;
         Ok(Client {
             ws,
             codec: Codec::Json,
@@ -475,7 +531,34 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_over(stream, addr, method, path, headers, body).await
+}
+
+/// The same request over TLS, trusting the test CA of `client`.
+pub async fn https(
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let stream = bellhop_testkit::tls::connect(addr, client)
+        .await
+        .expect("TLS handshake");
+    http_over(stream, addr, method, path, headers, body).await
+}
+
+/// One HTTP/1.1 request and its whole response over any stream.
+pub async fn http_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
