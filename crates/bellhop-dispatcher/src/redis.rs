@@ -18,7 +18,9 @@
 //! | `bh:{h1\|room:101}:users` | hash | presence: user → number of present sessions |
 //! | `bh:{h1\|room:101}:live` | pub/sub channel | live events (below) |
 //!
-//! The one name outside this scheme is each broker's own probe channel, `bh:probe:<client id>`.
+//! Outside this scheme: each broker's own probe channel, `bh:probe:<client id>`, and the client
+//! bans every node enforces, `bh:{bans}` (a sorted set of banned addresses scored by expiry, ms)
+//! announced on `bh:{bans}:live` (`<ms left> <address>`).
 //!
 //! Nothing needs a sweeper: the log, meta and markers expire one retention window after the
 //! newest message (or the newest position handed out), the presence keys one presence TTL after
@@ -694,6 +696,12 @@ struct Inner {
     probe_seen: watch::Sender<u64>,
     /// False from an unanswered probe until one is answered again.
     subscriber_healthy: AtomicBool,
+    /// Client bans shared by every node: a sorted set of subjects scored by expiry (ms).
+    bans_key: String,
+    /// Where bans are announced.
+    bans_channel: String,
+    /// Bans announced by any node, for the gateway.
+    ban_tx: broadcast::Sender<(String, Duration)>,
 }
 
 /// Dropped with a [`Subscription`]: tells the release task to check whether the channel still has
@@ -1091,6 +1099,7 @@ impl Inner {
                 live.keys().cloned().collect()
             };
             channels.push(self.probe_channel.clone());
+            channels.push(self.bans_channel.clone());
             let count = channels.len();
             let subscribed =
                 subscribe_confirmed(&self.subscriber, self.config.cluster, channels).await;
@@ -1191,7 +1200,10 @@ impl RedisBroker {
             .await
             .map_err(|e| broker_error(&e, retry_after))?;
         let probe_channel = format!("{}:probe:{}", config.key_prefix, subscriber.id());
-        subscribe_confirmed(&subscriber, config.cluster, vec![probe_channel.clone()])
+        let bans_key = format!("{}:{{bans}}", config.key_prefix);
+        let bans_channel = format!("{bans_key}:live");
+        let channels = vec![probe_channel.clone(), bans_channel.clone()];
+        subscribe_confirmed(&subscriber, config.cluster, channels)
             .await
             .map_err(|e| broker_error(&e, retry_after))?;
 
@@ -1208,6 +1220,9 @@ impl RedisBroker {
             probe_channel,
             probe_seen: watch::channel(0).0,
             subscriber_healthy: AtomicBool::new(true),
+            bans_key,
+            bans_channel,
+            ban_tx: broadcast::channel(256).0,
         });
         let tasks = vec![
             tokio::spawn(route_messages(inner.clone(), messages)),
@@ -1333,6 +1348,18 @@ async fn route_messages(
                         *seen = (*seen).max(n);
                         newer
                     });
+                }
+            }
+            Ok(message) if *message.channel == *inner.bans_channel => {
+                let ban = message.value.as_str().and_then(|text| {
+                    let (ms, subject) = text.split_once(' ')?;
+                    Some((subject.to_owned(), Duration::from_millis(ms.parse().ok()?)))
+                });
+                match ban {
+                    Some(ban) => {
+                        let _ = inner.ban_tx.send(ban);
+                    }
+                    None => tracing::warn!(value = ?message.value, "undecodable ban announcement"),
                 }
             }
             Ok(message) => inner.route(&message.channel, &message.value),
@@ -1681,6 +1708,99 @@ impl Broker for RedisBroker {
         let reply = inner.eval(&inner.keys(key), args).await?;
         let [marker, unread] = reply_parts(reply, "mark")?;
         Ok((parse_offset(&marker)?, parse_u64(&unread)?))
+    }
+
+    async fn ban(&self, subject: &str, ttl: Duration) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
+        let until = crate::now_ms().saturating_add(ttl_ms);
+        let command =
+            |name: &'static str| CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+        // GT: a longer ban already in place is kept. Score = expiry on the node's clock (node
+        // clocks must agree anyway, see the publish deadline).
+        let _: Value = inner
+            .client
+            .custom(
+                command("ZADD"),
+                vec![
+                    inner.bans_key.clone(),
+                    "GT".into(),
+                    until.to_string(),
+                    subject.to_owned(),
+                ],
+            )
+            .await
+            .map_err(|e| inner.error(&e))?;
+        let _: Value = inner
+            .client
+            .custom(
+                command("ZREMRANGEBYSCORE"),
+                vec![
+                    inner.bans_key.clone(),
+                    "-inf".into(),
+                    crate::now_ms().to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| inner.error(&e))?;
+        // The set lives as long as its longest ban could (bans are at most a week).
+        let _: Value = inner
+            .client
+            .custom(
+                command("PEXPIRE"),
+                vec![
+                    inner.bans_key.clone(),
+                    (7 * 24 * 3600 * 1000u64).to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| inner.error(&e))?;
+        inner
+            .publish_live(inner.bans_channel.clone(), format!("{ttl_ms} {subject}"))
+            .await
+            .map(|_| ())
+            .map_err(|e| inner.error(&e))
+    }
+
+    async fn bans(&self) -> Result<Vec<(String, Duration)>, BrokerError> {
+        let inner = &self.inner;
+        let now = crate::now_ms();
+        let reply: Value = inner
+            .client
+            .custom(
+                CustomCommand::new_static("ZRANGEBYSCORE", ClusterHash::FirstKey, false),
+                vec![
+                    inner.bans_key.clone(),
+                    format!("({now}"),
+                    "+inf".into(),
+                    "WITHSCORES".into(),
+                ],
+            )
+            .await
+            .map_err(|e| inner.error(&e))?;
+        let items: Vec<Value> = match reply {
+            Value::Array(items) => items,
+            Value::Null => Vec::new(),
+            other => return Err(malformed("ban list", &other)),
+        };
+        let mut bans = Vec::with_capacity(items.len() / 2);
+        for pair in items.chunks(2) {
+            let [subject, score] = pair else {
+                return Err(malformed("ban list", &Value::Array(pair.to_vec())));
+            };
+            let subject = subject
+                .as_string()
+                .ok_or_else(|| malformed("ban subject", subject))?;
+            let until = score
+                .as_f64()
+                .ok_or_else(|| malformed("ban expiry", score))? as u64;
+            bans.push((subject, Duration::from_millis(until.saturating_sub(now))));
+        }
+        Ok(bans)
+    }
+
+    fn ban_feed(&self) -> Option<broadcast::Receiver<(String, Duration)>> {
+        Some(self.inner.ban_tx.subscribe())
     }
 
     fn live_healthy(&self) -> bool {

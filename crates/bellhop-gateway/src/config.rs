@@ -48,6 +48,12 @@ pub struct GatewayConfig {
     /// TLS on the main port (`SSL_ENABLED`); `None` serves plain `ws`/`http`. The admin port is
     /// always plain HTTP: it is scraped and probed from inside the cluster.
     pub tls: Option<TlsConfig>,
+    /// Rate limits, bans and per-user connection caps (see `docs/SECURITY.md`).
+    pub rate_limits: crate::RateLimitConfig,
+    /// Origins allowed to open WebSocket connections (`ALLOWED_ORIGINS`, comma separated, e.g.
+    /// `https://app.hotel.example`); empty allows any. Browsers send `Origin`; other clients
+    /// usually do not, and a request without one is allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 /// TLS termination on the main port: where the certificate and key are, which protocol versions
@@ -156,6 +162,8 @@ impl GatewayConfig {
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
             tls: None,
+            rate_limits: crate::RateLimitConfig::default(),
+            allowed_origins: Vec::new(),
         }
     }
 
@@ -167,6 +175,7 @@ impl GatewayConfig {
                 self.ws_path
             ));
         }
+        self.rate_limits.validate()?;
         if self.max_connections == 0 {
             return Err("MAX_CONNECTIONS must be at least 1".into());
         }

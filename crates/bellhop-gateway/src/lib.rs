@@ -23,6 +23,7 @@ mod api;
 pub mod auth;
 mod config;
 mod hub;
+mod limits;
 mod metrics;
 mod node;
 pub mod outbound;
@@ -44,6 +45,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use config::{AuthConfig, GatewayConfig, OutboundConfig, TlsConfig, TlsVersion};
+pub use ipnet::IpNet;
+pub use limits::RateLimitConfig;
 pub use metrics::Metrics;
 
 use node::Node;
@@ -92,6 +95,8 @@ pub struct Gateway {
     stop_admin: watch::Sender<bool>,
     /// The accept loops.
     tasks: Vec<JoinHandle<()>>,
+    /// Limits housekeeping and shared-ban listening: endless loops, aborted at shutdown.
+    housekeeping: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -151,6 +156,32 @@ impl Gateway {
             }
             None => (None, None),
         };
+        // Limits housekeeping, and the bans other nodes share (read at start and every sweep, so
+        // one missed while the broker was away still arrives).
+        let mut housekeeping = Vec::new();
+        let n = node.clone();
+        housekeeping.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(limits::SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                n.limits.sweep();
+                n.sync_bans().await;
+            }
+        }));
+        if let Some(mut feed) = node.dispatcher.broker().ban_feed() {
+            let n = node.clone();
+            housekeeping.push(tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match feed.recv().await {
+                        Ok((subject, left)) => n.apply_ban(&subject, left),
+                        Err(RecvError::Lagged(_)) => n.sync_bans().await,
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }));
+        }
         let n = node.clone();
         tasks.push(tokio::spawn(server::accept_loop(
             listener,
@@ -182,6 +213,7 @@ impl Gateway {
             stop_main,
             stop_admin,
             tasks,
+            housekeeping,
         })
     }
 
@@ -253,6 +285,9 @@ impl Gateway {
             }
         }
         let _ = self.stop_admin.send(true);
+        for task in self.housekeeping {
+            task.abort();
+        }
         for task in self.tasks {
             let _ = task.await;
         }

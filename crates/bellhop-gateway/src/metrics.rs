@@ -41,6 +41,11 @@ pub struct Metrics {
     pub broker_live: IntGauge,
     /// Publishes refused because the circuit breaker was open.
     pub breaker_rejections: IntCounter,
+    /// Requests refused by a rate limit, by what was limited (`connection`, `banned`, `frame`,
+    /// `publish`, `user_connections`) and connections closed for flooding (`flood_close`).
+    pub rate_limited: IntCounterVec,
+    /// Client addresses banned by this node (a ban announced by another node is not counted).
+    pub bans: IntCounter,
 }
 
 impl Metrics {
@@ -146,6 +151,22 @@ impl Metrics {
                 "Outbound frames dropped, by reason.",
                 &["reason"],
             ),
+            rate_limited: counter_vec(
+                "bellhop_rate_limited_total",
+                "Requests refused by a rate limit, by what was limited.",
+                &["what"],
+            ),
+            bans: {
+                let c = IntCounter::new(
+                    "bellhop_bans_total",
+                    "Client addresses banned by this node for repeatedly exceeding the connection rate.",
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
             slow_consumers,
             breaker_state,
             broker_live,

@@ -112,6 +112,8 @@ pub(crate) struct Node {
     pub(crate) next_id: AtomicU64,
     /// False while draining: `/readyz` answers 503 and upgrades are refused.
     pub(crate) ready: AtomicBool,
+    /// Rate limiters, bans and per-user connection counts.
+    pub(crate) limits: crate::limits::Limits,
 }
 
 impl Node {
@@ -127,7 +129,44 @@ impl Node {
             connection_ended: Notify::new(),
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
+            limits: crate::limits::Limits::new(config.rate_limits.clone()),
             config,
+        }
+    }
+
+    /// Shares a ban this node decided with every node on the same broker (in the background:
+    /// the refusal does not wait for Redis).
+    pub(crate) fn announce_ban(&self, ip: std::net::IpAddr) {
+        let broker = self.dispatcher.broker().clone();
+        let ttl = self.config.rate_limits.ban_duration;
+        tokio::spawn(async move {
+            if let Err(error) = broker.ban(&ip.to_string(), ttl).await {
+                tracing::warn!(%ip, %error, "could not share a ban with the other nodes");
+            }
+        });
+    }
+
+    /// Applies the bans other nodes announced that are still in force.
+    pub(crate) async fn sync_bans(&self) {
+        match self.dispatcher.broker().bans().await {
+            Ok(bans) => {
+                for (subject, left) in bans {
+                    self.apply_ban(&subject, left);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "could not read the shared bans"),
+        }
+    }
+
+    /// Enforces a ban of `subject` (an address) here for `left`.
+    pub(crate) fn apply_ban(&self, subject: &str, left: std::time::Duration) {
+        match subject.parse() {
+            Ok(ip) if !left.is_zero() => self.limits.ban(ip, left),
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                subject,
+                "ignoring a ban of something that is not an address"
+            ),
         }
     }
 
@@ -169,6 +208,20 @@ impl Node {
     ) -> Result<(String, Offset), RequestError> {
         validate::publish(&frame, &self.config.limits)?;
         policy::check(p, Access::Publish, &frame.channel)?;
+        if let Err(wait) = self.limits.check_publish(&p.property, &p.user_id) {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["publish"])
+                .inc();
+            return Err(RequestError {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "too many publishes: at most {} a minute per user",
+                    self.config.rate_limits.publishes_per_user_per_minute
+                ),
+                retry_after_ms: Some(ms_ceil(wait)),
+            });
+        }
         let priority = policy::priority(p, &frame.event, frame.priority)?;
         let envelope = Envelope {
             message_id: uuid::Uuid::new_v4().to_string(),
@@ -254,6 +307,11 @@ pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&format)
         .unwrap_or_default()
+}
+
+/// `d` in whole milliseconds, rounded up (a retry hint must never be early), at least 1.
+pub(crate) fn ms_ceil(d: std::time::Duration) -> u64 {
+    (d.as_micros().div_ceil(1000)).clamp(1, u64::MAX as u128) as u64
 }
 
 #[cfg(test)]

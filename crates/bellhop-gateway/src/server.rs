@@ -3,7 +3,7 @@
 //! on hyper, and the WebSocket handshake.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::AuthError;
-use crate::node::Node;
+use crate::limits::Refusal;
+use crate::node::{ms_ceil, Node};
 use crate::session::{self, Opening};
 use crate::tls::Terminator;
 
@@ -204,6 +205,19 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
             Some(1000),
         );
     }
+    // Limits first: a flood must cost as little as possible, so before the token is verified.
+    let client = node.limits.client_ip(remote, req.headers());
+    if let Err(refusal) = node.limits.check_connection(client) {
+        return refuse_rate_limited(&node, client, refusal);
+    }
+    if !origin_allowed(&node.config.allowed_origins, req.headers()) {
+        return reject(
+            &node,
+            "origin",
+            ErrorCode::Forbidden,
+            "this Origin may not open connections",
+        );
+    }
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers
@@ -307,6 +321,56 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
         );
     }
     response
+}
+
+/// Whether a request's `Origin` may open a connection: any when no list is configured; a
+/// request without `Origin` (not a browser) is allowed.
+fn origin_allowed(allowed: &[String], headers: &hyper::HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => true,
+        Some(Ok(origin)) => allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
+        Some(Err(_)) => false,
+    }
+}
+
+/// HTTP 429 with `Retry-After` for an address over its connection rate or banned; counts the
+/// refusal towards a ban.
+fn refuse_rate_limited(node: &Node, client: IpAddr, refusal: Refusal) -> Response<Body> {
+    let (what, wait, message) = match refusal {
+        Refusal::RateLimited(wait) => (
+            "connection",
+            wait,
+            format!(
+                "too many connection attempts: at most {} a minute per address",
+                node.config.rate_limits.connections_per_ip_per_minute
+            ),
+        ),
+        Refusal::Banned(left) => (
+            "banned",
+            left,
+            "this address is refused for a while after too many connection attempts".to_string(),
+        ),
+    };
+    node.metrics.rate_limited.with_label_values(&[what]).inc();
+    node.metrics
+        .connections_rejected
+        .with_label_values(&["rate_limited"])
+        .inc();
+    if matches!(refusal, Refusal::RateLimited(_)) && node.limits.strike(client) {
+        node.metrics.bans.inc();
+        tracing::warn!(
+            %client,
+            seconds = node.config.rate_limits.ban_duration.as_secs(),
+            "address banned after repeatedly exceeding the connection rate"
+        );
+        node.announce_ban(client);
+    }
+    error_response(node, ErrorCode::RateLimited, &message, Some(ms_ceil(wait)))
 }
 
 /// Routes a request on the admin port.

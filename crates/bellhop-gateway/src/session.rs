@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{AuthError, Principal};
 use crate::hub::{self, Activation, Subscriber};
-use crate::node::{Node, RequestError};
+use crate::limits::{FrameLimiter, FrameVerdict};
+use crate::node::{ms_ceil, Node, RequestError};
 use crate::outbound::{channel_tag, Class, Next, Outbound};
 use crate::policy::{self, Access};
 
@@ -37,6 +38,9 @@ pub(crate) struct Opening {
 }
 
 /// Runs a connection to its end.
+/// How long a closing connection's input is still read, waiting for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening)
 where
     S: Stream<Item = Result<Message, WsError>>
@@ -51,7 +55,7 @@ where
     let outbound = Arc::new(Outbound::new(node.config.outbound.clone()));
     node.connections.lock().insert(conn_id, outbound.clone());
     node.metrics.connections.inc();
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(write_loop(
         sink,
         outbound.clone(),
@@ -66,14 +70,29 @@ where
         principal: None,
         deadline: Instant::now() + node.config.auth.auth_timeout,
         subscriptions: HashSet::new(),
+        counted: None,
     };
     if let Some(p) = opening.principal {
         session.welcome(None, p).await;
     }
-    session.read_loop(stream).await;
+    session.read_loop(&mut stream).await;
     // The peer may have simply gone away: make sure the writer finishes either way.
     outbound.close(close::NORMAL, "");
+    // Read on (and discard) until the peer answers the close frame or goes away, for at most
+    // CLOSE_LINGER: a socket closed with unread input is reset, and a reset can destroy the
+    // close frame (and the error before it) on its way to a client that was still sending.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
     session.leave_all().await;
+    if let Some((property, user)) = session.counted.take() {
+        node.limits.remove_user_connection(&property, &user);
+    }
     // The writer sends what is left and the close frame, bounded by the write timeout.
     let _ = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
     node.connections.lock().remove(&conn_id);
@@ -132,6 +151,8 @@ struct Session {
     deadline: Instant,
     /// Channels this connection subscribed to.
     subscriptions: HashSet<Channel>,
+    /// The (property, user) this connection is counted under, for the per-user cap.
+    counted: Option<(String, String)>,
 }
 
 /// When a token's `exp` (Unix seconds) plus the leeway passes, on tokio's clock.
@@ -154,6 +175,7 @@ impl Session {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
         let outbound = self.outbound.clone();
+        let mut frames = self.node.limits.frame_limiter();
         loop {
             let deadline = self.deadline;
             tokio::select! {
@@ -179,8 +201,16 @@ impl Session {
                     last_seen = Instant::now();
                     match incoming {
                         None => return,
-                        Some(Ok(Message::Text(text))) => self.handle(Codec::Json, text.as_bytes()).await,
-                        Some(Ok(Message::Binary(bytes))) => self.handle(Codec::MsgPack, &bytes).await,
+                        Some(Ok(Message::Text(text))) => match self.admit(&mut frames) {
+                            Some(true) => self.handle(Codec::Json, text.as_bytes()).await,
+                            Some(false) => {}
+                            None => return,
+                        },
+                        Some(Ok(Message::Binary(bytes))) => match self.admit(&mut frames) {
+                            Some(true) => self.handle(Codec::MsgPack, &bytes).await,
+                            Some(false) => {}
+                            None => return,
+                        },
                         Some(Ok(Message::Close(_))) => {
                             self.outbound.close(close::NORMAL, "");
                             return;
@@ -192,6 +222,49 @@ impl Session {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Whether to process a data frame: `Some(true)` within the connection's rate; `Some(false)`
+    /// over it (answered with `rate_limited`, not processed); `None` when a flood that went on
+    /// closes the connection with 1008.
+    fn admit(&mut self, frames: &mut FrameLimiter) -> Option<bool> {
+        match frames.check() {
+            FrameVerdict::Allow => Some(true),
+            FrameVerdict::Refuse(wait) => {
+                self.node
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["frame"])
+                    .inc();
+                let frame = ServerFrame::Error {
+                    id: None,
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "too many frames: at most {} a second; this one was not processed",
+                        self.node.config.rate_limits.frames_per_second
+                    ),
+                    retry_after_ms: Some(ms_ceil(wait)),
+                };
+                self.node.count_error(ErrorCode::RateLimited);
+                // Never waits: a flooder that does not read is not worth blocking for.
+                if let Some(message) = hub::encode(self.codec, &frame) {
+                    self.outbound.push(Class::Control, message);
+                }
+                Some(false)
+            }
+            FrameVerdict::Close => {
+                self.node
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["flood_close"])
+                    .inc();
+                self.outbound.close(
+                    close::POLICY_VIOLATION,
+                    "frame rate exceeded after rate_limited errors",
+                );
+                None
             }
         }
     }
@@ -243,6 +316,32 @@ impl Session {
     }
 
     async fn welcome(&mut self, id: Option<u64>, p: Principal) {
+        if self.counted.is_none() {
+            if !self
+                .node
+                .limits
+                .add_user_connection(&p.property, &p.user_id)
+            {
+                self.node
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["user_connections"])
+                    .inc();
+                let max = self.node.config.rate_limits.max_connections_per_user;
+                self.error(
+                    id,
+                    ErrorCode::RateLimited,
+                    format!("too many connections for this user: at most {max} on one node"),
+                )
+                .await;
+                self.outbound.close(
+                    close::POLICY_VIOLATION,
+                    "too many connections for this user",
+                );
+                return;
+            }
+            self.counted = Some((p.property.clone(), p.user_id.clone()));
+        }
         let frame = ServerFrame::Welcome(Welcome {
             id,
             session_id: self.session_id.clone(),

@@ -433,6 +433,9 @@ pub mod close {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame was not valid UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The client kept exceeding a limit after being told (`rate_limited`): a frame flood, or
+    /// more connections for one user than a node allows.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame exceeded the maximum frame size (64 KiB by default).
     pub const TOO_BIG: u16 = 1009;
     /// The server failed unexpectedly.

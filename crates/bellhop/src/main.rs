@@ -227,12 +227,6 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
             "SSL_CERT_PATH or SSL_KEY_PATH is set but SSL_ENABLED is not true: the main port serves plain ws/http"
         );
     }
-    if let Some(rate) = settings.rate_limit_per_ip {
-        tracing::warn!(
-            rate,
-            "RATE_LIMIT_PER_IP is accepted but not enforced in this release"
-        );
-    }
     let (broker, backend): (Arc<dyn Broker>, &str) = match &settings.broker {
         BrokerSettings::Embedded(config) => {
             let memory = Arc::new(MemoryBroker::new(config.clone()));

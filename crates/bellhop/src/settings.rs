@@ -63,6 +63,13 @@ pub(crate) struct FileSettings {
     redis_cluster: Option<bool>,
     max_connections: Option<usize>,
     rate_limit_per_ip: Option<u32>,
+    rate_limit_frames_per_second: Option<u32>,
+    rate_limit_publishes_per_minute: Option<u32>,
+    ban_threshold: Option<u32>,
+    ban_seconds: Option<u64>,
+    max_connections_per_user: Option<usize>,
+    trusted_proxies: Option<String>,
+    allowed_origins: Option<String>,
     message_retention_hours: Option<u64>,
     enable_metrics: Option<bool>,
     metrics_port: Option<u16>,
@@ -138,6 +145,23 @@ fn redis_url(s: &Sources<'_>) -> Result<Option<String>> {
     }
 }
 
+/// `TRUSTED_PROXIES`: comma-separated addresses or CIDR networks (`10.0.0.0/8, 192.0.2.7`).
+fn parse_networks(list: &str) -> Result<Vec<bellhop_gateway::IpNet>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<bellhop_gateway::IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(bellhop_gateway::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "TRUSTED_PROXIES: {s:?} is not an address or a network like 10.0.0.0/8"
+                    )
+                })
+        })
+        .collect()
+}
+
 /// Percent-encodes everything but unreserved URL characters.
 fn url_encode(s: &str) -> String {
     s.bytes()
@@ -182,8 +206,6 @@ pub(crate) struct ServeSettings {
     pub(crate) dev_secret: bool,
     /// Log output format.
     pub(crate) log_format: LogFormat,
-    /// `RATE_LIMIT_PER_IP`, accepted and validated but not enforced in this release.
-    pub(crate) rate_limit_per_ip: Option<u32>,
     /// True when `SSL_CERT_PATH` or `SSL_KEY_PATH` is set but `SSL_ENABLED` is not true: the node
     /// serves plain `ws`/`http`, and says so loudly, since that is rarely what was meant.
     pub(crate) tls_paths_ignored: bool,
@@ -365,9 +387,40 @@ pub(crate) fn serve_settings(
     if let Some(n) = s.parse("MAX_CONNECTIONS", file.max_connections)? {
         gateway.max_connections = n;
     }
-    let rate_limit_per_ip = s.parse::<u32>("RATE_LIMIT_PER_IP", file.rate_limit_per_ip)?;
-    if rate_limit_per_ip == Some(0) {
-        bail!("RATE_LIMIT_PER_IP must be at least 1");
+    let limits = &mut gateway.rate_limits;
+    if let Some(n) = s.parse("RATE_LIMIT_PER_IP", file.rate_limit_per_ip)? {
+        limits.connections_per_ip_per_minute = n;
+    }
+    if let Some(n) = s.parse(
+        "RATE_LIMIT_FRAMES_PER_SECOND",
+        file.rate_limit_frames_per_second,
+    )? {
+        limits.frames_per_second = n;
+    }
+    if let Some(n) = s.parse(
+        "RATE_LIMIT_PUBLISHES_PER_MINUTE",
+        file.rate_limit_publishes_per_minute,
+    )? {
+        limits.publishes_per_user_per_minute = n;
+    }
+    if let Some(n) = s.parse("BAN_THRESHOLD", file.ban_threshold)? {
+        limits.ban_threshold = n;
+    }
+    if let Some(n) = s.parse::<u64>("BAN_SECONDS", file.ban_seconds)? {
+        limits.ban_duration = Duration::from_secs(n);
+    }
+    if let Some(n) = s.parse("MAX_CONNECTIONS_PER_USER", file.max_connections_per_user)? {
+        limits.max_connections_per_user = n;
+    }
+    if let Some(list) = s.string("TRUSTED_PROXIES", &file.trusted_proxies) {
+        limits.trusted_proxies = parse_networks(&list)?;
+    }
+    if let Some(list) = s.string("ALLOWED_ORIGINS", &file.allowed_origins) {
+        gateway.allowed_origins = list
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
     }
     gateway.node_id = s
         .string("NODE_ID", &file.node_id)
@@ -428,7 +481,6 @@ pub(crate) fn serve_settings(
         Some(other) => bail!("LOG_FORMAT={other:?} is invalid: use text or json"),
     };
     Ok(ServeSettings {
-        rate_limit_per_ip,
         tls_paths_ignored,
         gateway,
         broker,

@@ -142,6 +142,11 @@ pub fn config() -> GatewayConfig {
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     c.node_id = "test-node".into();
+    // Generous rate limits: the suites publish and ping far faster than a person would. The
+    // limits themselves are tested in tests/limits.rs with the defaults or tight settings.
+    c.rate_limits.publishes_per_user_per_minute = 10_000_000;
+    c.rate_limits.frames_per_second = 1_000_000;
+    c.rate_limits.connections_per_ip_per_minute = 1_000_000;
     c
 }
 
@@ -414,6 +419,14 @@ impl Client {
             Codec::MsgPack => Message::binary(rmp_serde::to_vec_named(&frame).unwrap()),
         };
         self.ws.send(message).await.expect("send");
+    }
+
+    /// Sends a frame; an error (the server closed meanwhile) is returned, not a panic.
+    pub async fn try_send(
+        &mut self,
+        frame: Value,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(Message::text(frame.to_string())).await
     }
 
     pub async fn send_raw(&mut self, message: Message) {
