@@ -391,3 +391,73 @@ async fn origins_outside_the_allow_list_are_refused() {
     // Not a browser: no Origin, allowed (authentication still applies).
     assert_eq!(upgrade(None).await, 101);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_request_head_is_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Half a request head, then silence.
+    let mut slow = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile a normal client is served.
+    let mut good = node.connect(&staff("good", &[])).await;
+    assert_eq!(good.request(json!({"type": "ping"})).await["type"], "pong");
+    // The node gives up on the slow one: its socket ends (an error response or EOF).
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, slow.read_to_end(&mut rest))
+        .await
+        .expect("the node closes a request head that never completes")
+        .ok();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "cut off by the header timeout, not at once: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_violation_is_closed_with_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = TestNode::start(Backend::Memory).await;
+    let token = staff("s1", &[]);
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A client frame without a mask: forbidden by RFC 6455 §5.1.
+    stream.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .expect("the node closes the connection")
+        .ok();
+    // After the 101 head and the welcome frame, a close frame (0x88) with code 1002.
+    let body = &raw[raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    let mut at = 0;
+    let mut close = None;
+    while at + 2 <= body.len() {
+        let (op, len) = (body[at] & 0x0f, (body[at + 1] & 0x7f) as usize);
+        let (start, len) = match len {
+            126 => (
+                at + 4,
+                u16::from_be_bytes([body[at + 2], body[at + 3]]) as usize,
+            ),
+            n => (at + 2, n),
+        };
+        if op == 0x8 {
+            close = Some(u16::from_be_bytes([body[start], body[start + 1]]));
+            break;
+        }
+        at = start + len;
+    }
+    assert_eq!(close, Some(1002), "{:?}", String::from_utf8_lossy(body));
+}
