@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use config::{AuthConfig, GatewayConfig, OutboundConfig};
+pub use config::{AuthConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, MAX_LEEWAY};
 pub use metrics::Metrics;
 
 use node::Node;
@@ -81,7 +81,10 @@ impl Gateway {
         };
         let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
         let timeout = config.header_read_timeout;
-        let node = Arc::new(Node::new(config, dispatcher));
+        let verifier = auth::Verifier::new(&config.auth)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let verifier = Arc::new(verifier);
+        let node = Arc::new(Node::new(config, dispatcher, verifier.clone()));
         let (stop_main, main_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -101,6 +104,21 @@ impl Gateway {
                 move |req, _| server::admin_handler(n.clone(), req),
             )));
         }
+        if verifier.key_file().is_some() {
+            tasks.push(tokio::spawn(auth::watch_keys(
+                Arc::downgrade(&verifier),
+                node.metrics.clone(),
+                node.config.auth.keys_reload_interval,
+                stop_admin.subscribe(),
+            )));
+        }
+        tracing::info!(
+            algorithm = %verifier.algorithm(),
+            keys = verifier.key_setting(),
+            path = %verifier.key_file().map(|p| p.display().to_string()).unwrap_or_default(),
+            count = verifier.key_count(),
+            "token verification"
+        );
         let admin = admin_addr.map_or_else(|| "disabled".to_string(), |a| a.to_string());
         tracing::info!(%local_addr, admin_addr = %admin, node = %node.config.node_id, "gateway listening");
         Ok(Gateway {

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub broker_live: IntGauge,
     /// Publishes refused because the circuit breaker was open.
     pub breaker_rejections: IntCounter,
+    /// Key or JWKS file reloads, by result: `ok` (new keys in use) or `error` (a changed file
+    /// refused; the previous keys stay in use).
+    pub jwt_key_reloads: IntCounterVec,
+    /// Verification keys in use (1 for a secret or a PEM key, the usable keys of a JWKS).
+    pub jwt_keys: IntGauge,
 }
 
 impl Metrics {
@@ -146,6 +151,12 @@ impl Metrics {
                 "Outbound frames dropped, by reason.",
                 &["reason"],
             ),
+            jwt_key_reloads: counter_vec(
+                "bellhop_jwt_key_reloads_total",
+                "JWT key file reloads, by result (ok, error).",
+                &["result"],
+            ),
+            jwt_keys: gauge("bellhop_jwt_keys", "JWT verification keys in use."),
             slow_consumers,
             breaker_state,
             broker_live,

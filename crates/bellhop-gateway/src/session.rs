@@ -682,7 +682,8 @@ mod tests {
         config.auth.leeway = leeway;
         let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
         let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-        let node = Arc::new(Node::new(config, dispatcher));
+        let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
+        let node = Arc::new(Node::new(config, dispatcher, verifier));
         let (to_server, incoming) = mpsc::unbounded();
         let (outgoing, from_server) = mpsc::unbounded();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();

@@ -66,9 +66,7 @@ impl TestSigningKey {
             .to_pkcs8_pem(LineEnding::LF)
             .expect("PKCS#8 PEM")
             .to_string();
-        let public_pem = public
-            .to_public_key_pem(LineEnding::LF)
-            .expect("SPKI PEM");
+        let public_pem = public.to_public_key_pem(LineEnding::LF).expect("SPKI PEM");
         let jwk = json!({
             "kty": "RSA",
             "kid": kid,

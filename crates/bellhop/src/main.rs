@@ -185,6 +185,9 @@ async fn main() -> Result<()> {
                 depts,
                 exp: now + ttl,
                 iat: Some(now),
+                nbf: None,
+                iss: None,
+                aud: None,
             };
             let token = mint(&secret, &claims).context("cannot sign token")?;
             #[allow(clippy::print_stdout)]

@@ -439,7 +439,10 @@ mod tests {
         assert_eq!(s.gateway.max_connections, 5);
         assert_eq!(s.broker.retention(), Duration::from_secs(7200));
         assert_eq!(s.gateway.node_id, "node-a");
-        assert_eq!(s.gateway.auth.secret, b"s3cret");
+        assert_eq!(
+            s.gateway.auth.keys,
+            bellhop_gateway::KeySource::Secret(b"s3cret".to_vec())
+        );
         assert!(!s.dev_secret);
         assert!(settings(&[("ENABLE_METRICS", "false")])
             .unwrap()

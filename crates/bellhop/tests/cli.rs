@@ -97,11 +97,9 @@ fn claims(token: &str) -> Value {
 }
 
 fn verifier(secret: &str) -> Verifier {
-    Verifier::new(&AuthConfig {
-        secret: secret.as_bytes().to_vec(),
-        leeway: Duration::ZERO,
-        auth_timeout: Duration::from_secs(5),
-    })
+    let mut config = AuthConfig::hs256(secret.as_bytes());
+    config.leeway = Duration::ZERO;
+    Verifier::new(&config).unwrap()
 }
 
 /// Mints a token with the binary (JWT_SECRET set to `secret`).

@@ -309,6 +309,9 @@ pub fn token_exp(
         depts: depts.iter().map(|s| s.to_string()).collect(),
         exp: (now + ttl) as u64,
         iat: Some(now as u64),
+        nbf: None,
+        iss: None,
+        aud: None,
     };
     mint(SECRET, &claims).unwrap()
 }
