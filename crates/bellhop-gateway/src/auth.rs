@@ -347,26 +347,30 @@ impl Verifier {
         }
         let keys = self.keys.read().clone();
         let key = keys.select(header.kid.as_deref())?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => invalid("token not valid yet (nbf)"),
-                ErrorKind::InvalidSignature => invalid("bad signature"),
-                ErrorKind::InvalidIssuer => invalid("wrong issuer (iss)"),
-                ErrorKind::InvalidAudience => invalid("wrong audience (aud)"),
-                ErrorKind::MissingRequiredClaim(c) => invalid(format!("missing claim {c}")),
-                ErrorKind::InvalidClaimFormat(c) => invalid(format!("malformed claim {c}")),
-                ErrorKind::InvalidAlgorithm => invalid("algorithm not accepted"),
-                ErrorKind::Json(_) => invalid("malformed claims"),
-                ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
-                    invalid("malformed token")
+        // Decoded as JSON first, so the standard claims are validated (with precise reasons)
+        // before the Bellhop claims are read.
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, key, &self.validation)
+            .map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => invalid("token not valid yet (nbf)"),
+                    ErrorKind::InvalidSignature => invalid("bad signature"),
+                    ErrorKind::InvalidIssuer => invalid("wrong issuer (iss)"),
+                    ErrorKind::InvalidAudience => invalid("wrong audience (aud)"),
+                    ErrorKind::MissingRequiredClaim(c) => invalid(format!("missing claim {c}")),
+                    ErrorKind::InvalidClaimFormat(c) => invalid(format!("malformed claim {c}")),
+                    ErrorKind::InvalidAlgorithm => invalid("algorithm not accepted"),
+                    ErrorKind::Json(_) => invalid("malformed claims"),
+                    ErrorKind::Base64(_) | ErrorKind::Utf8(_) | ErrorKind::InvalidToken => {
+                        invalid("malformed token")
+                    }
+                    // A key that cannot verify (it parsed at load time, so this is unexpected):
+                    // the token is refused, and nothing about the key is said.
+                    _ => invalid("cannot verify the token"),
                 }
-                // A key that cannot verify (it parsed at load time, so this is unexpected):
-                // the token is refused, and nothing about the key is said.
-                _ => invalid("cannot verify the token"),
-            }
-        })?;
-        let c = data.claims;
+            })?;
+        let c: Claims = serde_json::from_value(data.claims)
+            .map_err(|e| invalid(format!("malformed claims: {e}")))?;
         let ids_ok = is_valid_id(&c.sub)
             && is_valid_id(&c.prop)
             && c.rooms.iter().all(|r| is_valid_id(r))
