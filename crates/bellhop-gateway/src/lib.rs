@@ -114,7 +114,7 @@ impl Gateway {
         }
         tracing::info!(
             algorithm = %verifier.algorithm(),
-            keys = verifier.key_setting(),
+            source = verifier.key_setting(),
             path = %verifier.key_file().map(|p| p.display().to_string()).unwrap_or_default(),
             count = verifier.key_count(),
             "token verification"
