@@ -1,7 +1,7 @@
 //! The gateway's configuration: one plain struct, defaults in one place, and `validate()`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bellhop_protocol::validate::Limits;
@@ -97,24 +97,180 @@ impl TlsConfig {
     }
 }
 
-/// How tokens are checked.
-#[derive(Clone)]
-pub struct AuthConfig {
+/// The JWS algorithm a node accepts. Exactly one is pinned by configuration: a token whose
+/// header names any other (`none`, `HS256` on an RS256 node, ...) is refused before any key is
+/// looked at, which is what defeats algorithm confusion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret (`JWT_SECRET`).
+    Hs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 and an RSA public key (at least 2048 bits).
+    Rs256,
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+}
+
+impl JwtAlgorithm {
+    /// The name in a token's header and in `JWT_ALGORITHM`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::Hs256 => "HS256",
+            JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::Es256 => "ES256",
+        }
+    }
+
+    /// Parses `HS256`, `RS256` or `ES256`, in any case; `None` for anything else.
+    pub fn parse(name: &str) -> Option<JwtAlgorithm> {
+        [
+            JwtAlgorithm::Hs256,
+            JwtAlgorithm::Rs256,
+            JwtAlgorithm::Es256,
+        ]
+        .into_iter()
+        .find(|a| a.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+}
+
+impl std::fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the keys that verify tokens come from. Exactly one source per node.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeySource {
     /// The HS256 secret (`JWT_SECRET`).
-    pub secret: Vec<u8>,
-    /// Clock skew tolerated on `exp` and `nbf` (30 s).
+    Secret(Vec<u8>),
+    /// A PEM public key file (`JWT_PUBLIC_KEY_PATH`): `-----BEGIN PUBLIC KEY-----` (either
+    /// algorithm) or `-----BEGIN RSA PUBLIC KEY-----` (RS256). Reloaded when it changes.
+    PublicKeyFile(PathBuf),
+    /// A JSON Web Key Set file (`JWT_JWKS_PATH`); tokens pick their key by `kid`. Reloaded when
+    /// it changes.
+    JwksFile(PathBuf),
+}
+
+impl KeySource {
+    /// The setting that configures this source, for error messages.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            KeySource::Secret(_) => "JWT_SECRET",
+            KeySource::PublicKeyFile(_) => "JWT_PUBLIC_KEY_PATH",
+            KeySource::JwksFile(_) => "JWT_JWKS_PATH",
+        }
+    }
+
+    /// The file to watch, for the file sources.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            KeySource::Secret(_) => None,
+            KeySource::PublicKeyFile(p) | KeySource::JwksFile(p) => Some(p),
+        }
+    }
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Secret(s) => write!(f, "Secret(<{} bytes>)", s.len()),
+            KeySource::PublicKeyFile(p) => f.debug_tuple("PublicKeyFile").field(p).finish(),
+            KeySource::JwksFile(p) => f.debug_tuple("JwksFile").field(p).finish(),
+        }
+    }
+}
+
+/// Largest clock-skew leeway accepted (`JWT_LEEWAY_SECONDS`): ten minutes. More would keep
+/// expired tokens alive for long, and a leeway larger than the clock would underflow.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(600);
+
+/// How tokens are checked.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// The one algorithm accepted (`JWT_ALGORITHM`; HS256 by default).
+    pub algorithm: JwtAlgorithm,
+    /// The verification key(s): a secret for HS256, a key or JWKS file for RS256 and ES256.
+    pub keys: KeySource,
+    /// When set, tokens must carry exactly this `iss` (`JWT_ISSUER`).
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this audience in `aud` (`JWT_AUDIENCE`). When unset, a
+    /// token's `aud` is not checked.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf` (`JWT_LEEWAY_SECONDS`, 30 s, at most 600 s).
     pub leeway: Duration,
     /// A connection that did not authenticate within this time is closed with 4001 (5 s).
     pub auth_timeout: Duration,
+    /// How often a key or JWKS file is read again to pick up a rotation
+    /// (`JWT_KEYS_RELOAD_SECS`, 10 s).
+    pub keys_reload_interval: Duration,
 }
 
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
-            .field("leeway", &self.leeway)
-            .field("auth_timeout", &self.auth_timeout)
-            .finish()
+impl AuthConfig {
+    /// HS256 with `secret`, and the defaults for everything else.
+    pub fn hs256(secret: impl Into<Vec<u8>>) -> Self {
+        AuthConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            keys: KeySource::Secret(secret.into()),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(5),
+            keys_reload_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// `algorithm` with the keys of `keys`, and the defaults for everything else.
+    pub fn with_keys(algorithm: JwtAlgorithm, keys: KeySource) -> Self {
+        AuthConfig {
+            algorithm,
+            keys,
+            ..AuthConfig::hs256(Vec::new())
+        }
+    }
+
+    /// Rejects combinations that cannot work, naming the setting. Does not read key files
+    /// (`auth::Verifier::new` does, and reports what is wrong with them).
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.keys, self.algorithm) {
+            (KeySource::Secret(s), JwtAlgorithm::Hs256) if s.is_empty() => {
+                return Err("JWT_SECRET must not be empty".into());
+            }
+            (KeySource::Secret(_), JwtAlgorithm::Hs256) => {}
+            (KeySource::Secret(_), alg) => {
+                return Err(format!(
+                    "JWT_ALGORITHM={alg} verifies with a public key: set JWT_PUBLIC_KEY_PATH or JWT_JWKS_PATH (and not JWT_SECRET)"
+                ));
+            }
+            (file, JwtAlgorithm::Hs256) => {
+                return Err(format!(
+                    "{} is set but JWT_ALGORITHM is HS256: set JWT_ALGORITHM=RS256 or ES256 to verify with it",
+                    file.setting()
+                ));
+            }
+            (file, _) if file.path().is_some_and(|p| p.as_os_str().is_empty()) => {
+                return Err(format!("{} must not be empty", file.setting()));
+            }
+            _ => {}
+        }
+        if self.issuer.as_deref() == Some("") {
+            return Err("JWT_ISSUER must not be empty when set".into());
+        }
+        if self.audience.as_deref() == Some("") {
+            return Err("JWT_AUDIENCE must not be empty when set".into());
+        }
+        if self.leeway > MAX_LEEWAY {
+            return Err(format!(
+                "JWT_LEEWAY_SECONDS must be at most {}",
+                MAX_LEEWAY.as_secs()
+            ));
+        }
+        if self.auth_timeout.is_zero() {
+            return Err("AUTH_TIMEOUT_SECONDS must be at least 1".into());
+        }
+        if self.keys_reload_interval.is_zero() {
+            return Err("JWT_KEYS_RELOAD_SECS must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -138,7 +294,7 @@ impl Default for OutboundConfig {
 }
 
 impl GatewayConfig {
-    /// Defaults for everything but the secret.
+    /// Defaults for everything but the HS256 secret (see [`AuthConfig`] for public keys).
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
         GatewayConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 3001)),
@@ -146,11 +302,7 @@ impl GatewayConfig {
             ws_path: "/ws".into(),
             node_id: "bellhop-1".into(),
             max_connections: 10_000,
-            auth: AuthConfig {
-                secret: secret.into(),
-                leeway: Duration::from_secs(30),
-                auth_timeout: Duration::from_secs(5),
-            },
+            auth: AuthConfig::hs256(secret),
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),
             max_frame_bytes: 64 * 1024,
@@ -179,9 +331,7 @@ impl GatewayConfig {
         if self.max_connections == 0 {
             return Err("MAX_CONNECTIONS must be at least 1".into());
         }
-        if self.auth.secret.is_empty() {
-            return Err("JWT_SECRET must not be empty".into());
-        }
+        self.auth.validate()?;
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout <= self.heartbeat_interval {
             return Err(
                 "HEARTBEAT_SECONDS must be at least 1 (the timeout is twice the interval)".into(),
@@ -253,5 +403,40 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("SSL_RELOAD_INTERVAL_SECONDS"));
+    }
+
+    #[test]
+    fn the_algorithm_and_the_key_source_must_agree() {
+        let file = || KeySource::PublicKeyFile("/keys/public.pem".into());
+        let ok = |a, k| AuthConfig::with_keys(a, k).validate();
+        assert!(ok(JwtAlgorithm::Rs256, file()).is_ok());
+        assert!(ok(JwtAlgorithm::Es256, KeySource::JwksFile("/k.json".into())).is_ok());
+        let err = ok(JwtAlgorithm::Hs256, file()).unwrap_err();
+        assert!(
+            err.contains("JWT_PUBLIC_KEY_PATH") && err.contains("JWT_ALGORITHM"),
+            "{err}"
+        );
+        let err = ok(JwtAlgorithm::Rs256, KeySource::Secret(b"s".to_vec())).unwrap_err();
+        assert!(err.contains("JWT_ALGORITHM=RS256"), "{err}");
+        let err = ok(JwtAlgorithm::Es256, KeySource::JwksFile("".into())).unwrap_err();
+        assert!(err.contains("JWT_JWKS_PATH"), "{err}");
+        let mut c = AuthConfig::hs256("s");
+        c.leeway = Duration::from_secs(601);
+        assert!(c.validate().unwrap_err().contains("JWT_LEEWAY_SECONDS"));
+        let mut c = AuthConfig::hs256("s");
+        c.issuer = Some(String::new());
+        assert!(c.validate().unwrap_err().contains("JWT_ISSUER"));
+        let mut c = AuthConfig::hs256("s");
+        c.keys_reload_interval = Duration::ZERO;
+        assert!(c.validate().unwrap_err().contains("JWT_KEYS_RELOAD_SECS"));
+    }
+
+    #[test]
+    fn algorithm_names_parse_in_any_case_and_nothing_else_does() {
+        assert_eq!(JwtAlgorithm::parse("rs256"), Some(JwtAlgorithm::Rs256));
+        assert_eq!(JwtAlgorithm::parse("ES256"), Some(JwtAlgorithm::Es256));
+        for bad in ["none", "HS512", "PS256", ""] {
+            assert_eq!(JwtAlgorithm::parse(bad), None, "{bad}");
+        }
     }
 }

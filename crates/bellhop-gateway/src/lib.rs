@@ -44,7 +44,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use config::{AuthConfig, GatewayConfig, OutboundConfig, TlsConfig, TlsVersion};
+pub use config::{
+    AuthConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig, TlsVersion,
+    MAX_LEEWAY,
+};
 pub use ipnet::IpNet;
 pub use limits::RateLimitConfig;
 pub use metrics::Metrics;
@@ -107,7 +110,10 @@ impl Gateway {
         dispatcher: Arc<Dispatcher>,
     ) -> Result<Gateway, BindError> {
         config.validate().map_err(BindError::Config)?;
-        let node = Arc::new(Node::new(config, dispatcher));
+        let verifier =
+            auth::Verifier::new(&config.auth).map_err(|e| BindError::Config(e.to_string()))?;
+        let verifier = Arc::new(verifier);
+        let node = Arc::new(Node::new(config, dispatcher, verifier.clone()));
         let config = &node.config;
         // The certificate first: a bad file should stop the node before it takes its ports.
         let tls = match &config.tls {
@@ -202,6 +208,21 @@ impl Gateway {
                 move |req, _| server::admin_handler(n.clone(), req),
             )));
         }
+        if verifier.key_file().is_some() {
+            tasks.push(tokio::spawn(auth::watch_keys(
+                Arc::downgrade(&verifier),
+                node.metrics.clone(),
+                node.config.auth.keys_reload_interval,
+                stop_admin.subscribe(),
+            )));
+        }
+        tracing::info!(
+            algorithm = %verifier.algorithm(),
+            source = verifier.key_setting(),
+            path = %verifier.key_file().map(|p| p.display().to_string()).unwrap_or_default(),
+            count = verifier.key_count(),
+            "token verification"
+        );
         let admin = admin_addr.map_or_else(|| "disabled".to_string(), |a| a.to_string());
         let scheme = if cert_store.is_some() { "tls" } else { "plain" };
         tracing::info!(%local_addr, admin_addr = %admin, node = %node.config.node_id, scheme, "gateway listening");

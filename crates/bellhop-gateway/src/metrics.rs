@@ -46,6 +46,11 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Client addresses banned by this node (a ban announced by another node is not counted).
     pub bans: IntCounter,
+    /// Key or JWKS file reloads, by result: `ok` (new keys in use) or `error` (a changed file
+    /// refused; the previous keys stay in use).
+    pub jwt_key_reloads: IntCounterVec,
+    /// Verification keys in use (1 for a secret or a PEM key, the usable keys of a JWKS).
+    pub jwt_keys: IntGauge,
 }
 
 impl Metrics {
@@ -167,6 +172,12 @@ impl Metrics {
                     .expect("unique metric");
                 c
             },
+            jwt_key_reloads: counter_vec(
+                "bellhop_jwt_key_reloads_total",
+                "JWT key file reloads, by result (ok, error).",
+                &["result"],
+            ),
+            jwt_keys: gauge("bellhop_jwt_keys", "JWT verification keys in use."),
             slow_consumers,
             breaker_state,
             broker_live,

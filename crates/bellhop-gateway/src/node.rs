@@ -100,7 +100,8 @@ pub(crate) struct Node {
     pub(crate) config: GatewayConfig,
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) hub: Hub,
-    pub(crate) verifier: Verifier,
+    /// Verifies tokens; shared with the task that reloads its key file.
+    pub(crate) verifier: Arc<Verifier>,
     pub(crate) metrics: Metrics,
     /// Open WebSocket connections, for drain.
     pub(crate) connections: Mutex<HashMap<u64, Arc<Outbound>>>,
@@ -117,10 +118,17 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    pub(crate) fn new(config: GatewayConfig, dispatcher: Arc<Dispatcher>) -> Self {
+    pub(crate) fn new(
+        config: GatewayConfig,
+        dispatcher: Arc<Dispatcher>,
+        verifier: Arc<Verifier>,
+    ) -> Self {
         let metrics = Metrics::new(&config.node_id);
+        metrics
+            .jwt_keys
+            .set(i64::try_from(verifier.key_count()).unwrap_or(i64::MAX));
         Node {
-            verifier: Verifier::new(&config.auth),
+            verifier,
             hub: Hub::new(dispatcher.broker().clone(), metrics.clone()),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             metrics,

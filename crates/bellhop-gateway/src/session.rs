@@ -781,7 +781,8 @@ mod tests {
         config.auth.leeway = leeway;
         let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
         let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-        let node = Arc::new(Node::new(config, dispatcher));
+        let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
+        let node = Arc::new(Node::new(config, dispatcher, verifier));
         let (to_server, incoming) = mpsc::unbounded();
         let (outgoing, from_server) = mpsc::unbounded();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
@@ -844,24 +845,152 @@ mod tests {
         assert_eq!(started.elapsed().as_secs(), 300);
     }
 
+    /// A token the test node accepts (its secret is `"secret"`), for user `sub` of `h1`.
+    fn token(sub: &str, expires_in_secs: u64) -> String {
+        let claims = crate::auth::Claims {
+            sub: sub.into(),
+            role: Role::Staff,
+            prop: "h1".into(),
+            rooms: vec![],
+            depts: vec![],
+            exp: bellhop_dispatcher::now_ms() / 1000 + expires_in_secs,
+            iat: None,
+            nbf: None,
+            iss: None,
+            aud: None,
+        };
+        crate::auth::mint(b"secret", &claims).unwrap()
+    }
+
+    impl Peer {
+        fn send(&self, frame: serde_json::Value) {
+            self.to_server
+                .unbounded_send(Ok(Message::text(frame.to_string())))
+                .unwrap();
+        }
+
+        /// The next frame that is not a ping, answering pings on the way (a live client).
+        async fn next_answering_pings(&mut self) -> Message {
+            loop {
+                match self.next().await {
+                    Message::Ping(_) => self
+                        .to_server
+                        .unbounded_send(Ok(Message::Pong(Default::default())))
+                        .unwrap(),
+                    other => return other,
+                }
+            }
+        }
+
+        /// Answers pings until tokio's clock reaches `until`; every other frame is returned.
+        async fn live_until(&mut self, until: Instant) -> Vec<Message> {
+            let mut others = Vec::new();
+            while Instant::now() < until {
+                match tokio::time::timeout_at(until, self.next_answering_pings()).await {
+                    Ok(m) => others.push(m),
+                    Err(_) => break,
+                }
+            }
+            others
+        }
+    }
+
+    fn json(m: Message) -> serde_json::Value {
+        serde_json::from_str(m.to_text().expect("a text frame")).expect("JSON")
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_expired_token_ends_a_live_connection_with_4001() {
         let started = Instant::now();
         let mut peer = start(principal(75));
         peer.next().await; // welcome
-        let error = loop {
-            match peer.next().await {
-                Message::Ping(_) => peer
-                    .to_server
-                    .unbounded_send(Ok(Message::Pong(Default::default())))
-                    .unwrap(),
-                other => break other,
-            }
+                           // The client is told why before the close: an error without id, then 4001.
+        let error = json(peer.next_answering_pings().await);
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["code"], "unauthorized", "{error}");
+        assert!(error.get("id").is_none(), "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.starts_with("token expired"), "{error}");
+        let close = peer.next().await;
+        assert_eq!(close_code(&close), Some(close::UNAUTHORIZED));
+        let Message::Close(Some(frame)) = close else {
+            unreachable!()
         };
-        let text = error.into_text().unwrap();
+        assert_eq!(
+            frame.reason.as_str(),
+            message,
+            "same reason in the close frame"
+        );
+        let elapsed = started.elapsed().as_secs();
+        assert!((74..=76).contains(&elapsed), "closed at {elapsed} s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reauthenticating_before_expiry_extends_the_deadline_and_keeps_the_connection() {
+        let started = Instant::now();
+        let mut peer = start(principal(75));
+        peer.next().await; // welcome
+        let before_expiry = peer.live_until(started + Duration::from_secs(60)).await;
+        assert!(before_expiry.is_empty(), "{before_expiry:?}");
+        // A fresh token for the same user, an hour long, 15 s before the old one expires.
+        peer.send(serde_json::json!({"type": "auth", "id": 9, "token": token("u1", 3600)}));
+        let welcome = json(peer.next_answering_pings().await);
+        assert_eq!(
+            (welcome["type"].as_str(), &welcome["id"]),
+            (Some("welcome"), &9.into())
+        );
+        // Well past the first token's expiry the connection is alive and answers requests.
+        let later = peer.live_until(started + Duration::from_secs(600)).await;
+        assert!(later.is_empty(), "no error and no close: {later:?}");
+        peer.send(serde_json::json!({"type": "ping", "id": 10}));
+        let pong = json(peer.next_answering_pings().await);
+        assert_eq!(
+            (pong["type"].as_str(), &pong["id"]),
+            (Some("pong"), &10.into())
+        );
+        // And the new token's expiry still ends it, with the same warning.
+        let error = json(peer.next_answering_pings().await);
         assert!(
-            text.contains("unauthorized") && text.contains("expired"),
-            "{text}"
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("token expired"),
+            "{error}"
+        );
+        assert_eq!(close_code(&peer.next().await), Some(close::UNAUTHORIZED));
+        let elapsed = started.elapsed().as_secs();
+        assert!(
+            (3659..=3661).contains(&elapsed),
+            "closed at {elapsed} s, not 60 + 3600"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_reauthentication_keeps_the_old_deadline() {
+        let started = Instant::now();
+        let mut peer = start(principal(75));
+        peer.next().await; // welcome
+        peer.send(serde_json::json!({"type": "auth", "id": 1, "token": token("u2", 3600)}));
+        let other_user = json(peer.next_answering_pings().await);
+        assert_eq!(other_user["code"], "unauthorized", "{other_user}");
+        assert!(other_user["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot change its user"));
+        peer.send(serde_json::json!({"type": "auth", "id": 2, "token": "garbage"}));
+        let garbage = json(peer.next_answering_pings().await);
+        assert_eq!(
+            (garbage["code"].as_str(), &garbage["id"]),
+            (Some("unauthorized"), &2.into())
+        );
+        // Both refusals leave the connection open, and the first token's expiry in force.
+        let error = json(peer.next_answering_pings().await);
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("token expired"),
+            "{error}"
         );
         assert_eq!(close_code(&peer.next().await), Some(close::UNAUTHORIZED));
         let elapsed = started.elapsed().as_secs();

@@ -77,6 +77,9 @@ async fn bad_tokens_at_the_upgrade_get_401_with_a_json_body() {
             depts: vec![],
             exp: now + 60,
             iat: None,
+            nbf: None,
+            iss: None,
+            aud: None,
         };
         bellhop_gateway::auth::mint(b"not-the-secret", &claims).unwrap()
     };

@@ -205,6 +205,9 @@ async fn guest_and_staff_tokens_are_forbidden_and_bad_tokens_unauthorized() {
             depts: vec![],
             exp: 4_000_000_000,
             iat: None,
+            nbf: None,
+            iss: None,
+            aud: None,
         },
     )
     .unwrap();

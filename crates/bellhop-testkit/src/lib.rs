@@ -4,12 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod jwt;
 pub mod ledger;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod tls;
 pub mod traffic;
 
+pub use jwt::{jwks, KeyFiles, KeyKind, TestSigningKey};
 pub use ledger::{Figures, Offset, Progress, PublishLog, Received};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisOptions, RedisServer};

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bellhop_dispatcher::{Broker, Dispatcher, DispatcherConfig, MemoryBroker, RedisBroker};
-use bellhop_gateway::auth::{mint, Claims};
+use bellhop_gateway::auth::{Audience, Claims, TokenSigner};
 use bellhop_gateway::Gateway;
+use bellhop_gateway::JwtAlgorithm;
 use bellhop_protocol::Role;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -57,7 +58,8 @@ enum Command {
         #[arg(long)]
         bind: Option<std::net::IpAddr>,
     },
-    /// Print a token signed with JWT_SECRET (or the development secret), for development and load tests.
+    /// Print a token for development and load tests: HS256 signed with JWT_SECRET (or the
+    /// development secret), or RS256/ES256 signed with a private key file (--alg, --key).
     Token {
         /// User id.
         #[arg(long)]
@@ -80,6 +82,21 @@ enum Command {
         /// A TOML settings file to take jwt_secret from.
         #[arg(long, env = "BELLHOP_CONFIG")]
         config: Option<PathBuf>,
+        /// Signing algorithm: HS256 (with JWT_SECRET), RS256 or ES256 (with --key).
+        #[arg(long, env = "JWT_ALGORITHM")]
+        alg: Option<String>,
+        /// Private key (PEM, PKCS#8; PKCS#1 also for RS256) to sign RS256 or ES256 tokens with.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Key id written in the token's header (selects the key in a JWKS).
+        #[arg(long)]
+        kid: Option<String>,
+        /// Issuer claim (iss).
+        #[arg(long, env = "JWT_ISSUER")]
+        iss: Option<String>,
+        /// Audience claim (aud).
+        #[arg(long, env = "JWT_AUDIENCE")]
+        aud: Option<String>,
     },
     /// Connect to a node, print every frame received as a JSON line, send every JSON line read
     /// from standard input; exits when input ends and every request has its reply.
@@ -172,13 +189,16 @@ async fn main() -> Result<()> {
             depts,
             ttl,
             config,
+            alg,
+            key,
+            kid,
+            iss,
+            aud,
         } => {
             let file = load_file(&config)?;
-            let (secret, _, dev) = settings::resolve_secret(&ProcessEnv, &file)?;
-            if dev {
-                eprintln!(
-                    "warning: JWT_SECRET is unset (or the development secret): signing with the public development secret"
-                );
+            let mut signer = token_signer(alg.as_deref(), key.as_deref(), &file)?;
+            if let Some(kid) = kid {
+                signer = signer.with_kid(kid);
             }
             let now = bellhop_dispatcher::now_ms() / 1000;
             let claims = Claims {
@@ -189,8 +209,11 @@ async fn main() -> Result<()> {
                 depts,
                 exp: now + ttl,
                 iat: Some(now),
+                nbf: None,
+                iss,
+                aud: aud.map(Audience::One),
             };
-            let token = mint(&secret, &claims).context("cannot sign token")?;
+            let token = signer.sign(&claims).context("cannot sign token")?;
             #[allow(clippy::print_stdout)]
             {
                 println!("{token}");
@@ -210,6 +233,41 @@ async fn main() -> Result<()> {
                 follow,
             };
             connect::run(&url, &token, &options).await
+        }
+    }
+}
+
+/// The signer of `bellhop token`: HS256 with JWT_SECRET (the default), or RS256/ES256 with the
+/// private key file given by `--key`.
+fn token_signer(
+    alg: Option<&str>,
+    key: Option<&std::path::Path>,
+    file: &FileSettings,
+) -> Result<TokenSigner> {
+    let algorithm = match alg {
+        None => JwtAlgorithm::Hs256,
+        Some(name) => JwtAlgorithm::parse(name).ok_or_else(|| {
+            anyhow::anyhow!("--alg {name:?} is invalid: use HS256, RS256 or ES256")
+        })?,
+    };
+    match (algorithm, key) {
+        (JwtAlgorithm::Hs256, Some(_)) => {
+            anyhow::bail!("--key signs RS256 or ES256 tokens: add --alg RS256 or --alg ES256")
+        }
+        (JwtAlgorithm::Hs256, None) => {
+            let (secret, _, dev) = settings::resolve_secret(&ProcessEnv, file)?;
+            if dev {
+                eprintln!(
+                    "warning: JWT_SECRET is unset (or the development secret): signing with the public development secret"
+                );
+            }
+            Ok(TokenSigner::hs256(&secret))
+        }
+        (alg, None) => anyhow::bail!("--alg {alg} needs --key <private key PEM file>"),
+        (alg, Some(path)) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --key {}", path.display()))?;
+            TokenSigner::from_pem(alg, &pem).with_context(|| format!("--key {}", path.display()))
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bellhop_dispatcher::{MemoryConfig, RedisConfig};
-use bellhop_gateway::{GatewayConfig, TlsConfig, TlsVersion};
+use bellhop_gateway::{GatewayConfig, JwtAlgorithm, KeySource, TlsConfig, TlsVersion};
 use serde::Deserialize;
 
 /// The development secret used when `JWT_SECRET` is unset outside production. Public on purpose:
@@ -74,6 +74,13 @@ pub(crate) struct FileSettings {
     enable_metrics: Option<bool>,
     metrics_port: Option<u16>,
     jwt_secret: Option<String>,
+    jwt_algorithm: Option<String>,
+    jwt_public_key_path: Option<String>,
+    jwt_jwks_path: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_leeway_seconds: Option<u64>,
+    jwt_keys_reload_secs: Option<u64>,
     node_id: Option<String>,
     bellhop_env: Option<String>,
     drain_seconds: Option<u64>,
@@ -290,26 +297,30 @@ pub(crate) fn read_file(path: &Path) -> Result<FileSettings> {
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
-/// Resolves the secret `bellhop token` and `bellhop serve` sign and verify with.
+fn environment(s: &Sources<'_>) -> Result<Environment> {
+    match s
+        .string("BELLHOP_ENV", &s.file.bellhop_env)
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+    {
+        None => Ok(Environment::Development),
+        Some(e) if e == "development" || e == "dev" => Ok(Environment::Development),
+        Some(e) if e == "production" || e == "prod" => Ok(Environment::Production),
+        Some(e) => bail!("BELLHOP_ENV={e:?} is invalid: use development or production"),
+    }
+}
+
+/// Resolves the HS256 secret `bellhop token` and `bellhop serve` sign and verify with.
 pub(crate) fn resolve_secret(
     env: &dyn Env,
     file: &FileSettings,
 ) -> Result<(Vec<u8>, Environment, bool)> {
     let s = Sources { env, file };
-    let environment = match s
-        .string("BELLHOP_ENV", &file.bellhop_env)
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-    {
-        None => Environment::Development,
-        Some(e) if e == "development" || e == "dev" => Environment::Development,
-        Some(e) if e == "production" || e == "prod" => Environment::Production,
-        Some(e) => bail!("BELLHOP_ENV={e:?} is invalid: use development or production"),
-    };
+    let environment = environment(&s)?;
     match (s.string("JWT_SECRET", &file.jwt_secret), environment) {
         (None, Environment::Development) => Ok((DEV_SECRET.as_bytes().to_vec(), environment, true)),
         (None, Environment::Production) => {
-            bail!("JWT_SECRET must be set when BELLHOP_ENV=production")
+            bail!("JWT_SECRET must be set when BELLHOP_ENV=production (or verify RS256/ES256 tokens with JWT_ALGORITHM and JWT_PUBLIC_KEY_PATH or JWT_JWKS_PATH)")
         }
         (Some(secret), Environment::Production) if secret == DEV_SECRET => {
             bail!("JWT_SECRET is the public development secret; BELLHOP_ENV=production refuses it")
@@ -318,6 +329,75 @@ pub(crate) fn resolve_secret(
             bail!("JWT_SECRET must be at least {MIN_PRODUCTION_SECRET} bytes when BELLHOP_ENV=production")
         }
         (Some(secret), environment) => Ok((secret.into_bytes(), environment, secret_is_dev(&s))),
+    }
+}
+
+/// How `bellhop serve` verifies tokens: the pinned algorithm and exactly one key source.
+pub(crate) struct TokenKeys {
+    pub(crate) algorithm: JwtAlgorithm,
+    pub(crate) keys: KeySource,
+    pub(crate) environment: Environment,
+    /// True when the development secret is in use.
+    pub(crate) dev_secret: bool,
+}
+
+/// Resolves `JWT_ALGORITHM` and its key source: HS256 (the default) with `JWT_SECRET` under
+/// the secret rule; RS256 or ES256 with exactly one of `JWT_PUBLIC_KEY_PATH` and
+/// `JWT_JWKS_PATH`, and no `JWT_SECRET`.
+pub(crate) fn resolve_keys(env: &dyn Env, file: &FileSettings) -> Result<TokenKeys> {
+    let s = Sources { env, file };
+    let named = s.string("JWT_ALGORITHM", &file.jwt_algorithm);
+    let algorithm = match &named {
+        None => None,
+        Some(name) => Some(JwtAlgorithm::parse(name).ok_or_else(|| {
+            anyhow::anyhow!("JWT_ALGORITHM={name:?} is invalid: use HS256, RS256 or ES256")
+        })?),
+    };
+    let pem = s.string("JWT_PUBLIC_KEY_PATH", &file.jwt_public_key_path);
+    let jwks = s.string("JWT_JWKS_PATH", &file.jwt_jwks_path);
+    let file_setting = match (&pem, &jwks) {
+        (Some(_), Some(_)) => {
+            bail!("JWT_PUBLIC_KEY_PATH and JWT_JWKS_PATH are both set: set exactly one key source")
+        }
+        (Some(_), None) => Some("JWT_PUBLIC_KEY_PATH"),
+        (None, Some(_)) => Some("JWT_JWKS_PATH"),
+        (None, None) => None,
+    };
+    match (algorithm, file_setting) {
+        (None, Some(setting)) => bail!(
+            "{setting} is set but JWT_ALGORITHM is not: set JWT_ALGORITHM=RS256 or ES256 (the algorithm is pinned by configuration; the default, HS256, uses JWT_SECRET)"
+        ),
+        (Some(JwtAlgorithm::Hs256), Some(setting)) => bail!(
+            "{setting} is set but JWT_ALGORITHM=HS256 verifies with JWT_SECRET: set JWT_ALGORITHM=RS256 or ES256, or unset {setting}"
+        ),
+        (None | Some(JwtAlgorithm::Hs256), None) => {
+            let (secret, environment, dev_secret) = resolve_secret(env, file)?;
+            Ok(TokenKeys {
+                algorithm: JwtAlgorithm::Hs256,
+                keys: KeySource::Secret(secret),
+                environment,
+                dev_secret,
+            })
+        }
+        (Some(alg), None) => {
+            bail!("JWT_ALGORITHM={alg} needs JWT_PUBLIC_KEY_PATH or JWT_JWKS_PATH")
+        }
+        (Some(alg), Some(_)) => {
+            if s.string("JWT_SECRET", &file.jwt_secret).is_some() {
+                bail!("JWT_SECRET is set but JWT_ALGORITHM={alg} verifies with a public key: unset JWT_SECRET (exactly one key source)");
+            }
+            let keys = match (pem, jwks) {
+                (Some(path), _) => KeySource::PublicKeyFile(path.into()),
+                (None, Some(path)) => KeySource::JwksFile(path.into()),
+                (None, None) => bail!("JWT_ALGORITHM={alg} needs JWT_PUBLIC_KEY_PATH or JWT_JWKS_PATH"),
+            };
+            Ok(TokenKeys {
+                algorithm: alg,
+                keys,
+                environment: environment(&s)?,
+                dev_secret: false,
+            })
+        }
     }
 }
 
@@ -355,8 +435,23 @@ pub(crate) fn serve_settings(
         .flag("REDIS_CLUSTER", file.redis_cluster)?
         .unwrap_or(false);
     let redis_url = redis_url(&s)?;
-    let (secret, environment, dev_secret) = resolve_secret(env, file)?;
-    let mut gateway = GatewayConfig::new(secret);
+    let TokenKeys {
+        algorithm,
+        keys,
+        environment,
+        dev_secret,
+    } = resolve_keys(env, file)?;
+    let mut gateway = GatewayConfig::new(Vec::new());
+    gateway.auth.algorithm = algorithm;
+    gateway.auth.keys = keys;
+    gateway.auth.issuer = s.string("JWT_ISSUER", &file.jwt_issuer);
+    gateway.auth.audience = s.string("JWT_AUDIENCE", &file.jwt_audience);
+    if let Some(secs) = s.parse::<u64>("JWT_LEEWAY_SECONDS", file.jwt_leeway_seconds)? {
+        gateway.auth.leeway = Duration::from_secs(secs);
+    }
+    if let Some(secs) = s.parse::<u64>("JWT_KEYS_RELOAD_SECS", file.jwt_keys_reload_secs)? {
+        gateway.auth.keys_reload_interval = Duration::from_secs(secs);
+    }
     gateway.tls = tls;
     let bind: IpAddr = match (flags.bind_addr, env.get("BIND_ADDR"), &file.bind_addr) {
         (Some(ip), _, _) => ip,
@@ -445,6 +540,8 @@ pub(crate) fn serve_settings(
         gateway.auth.auth_timeout = Duration::from_secs(secs);
     }
     gateway.validate().map_err(anyhow::Error::msg)?;
+    // Read the key file now, so a missing or bad one stops the node with its setting named.
+    bellhop_gateway::auth::Verifier::new(&gateway.auth)?;
     let mut retention = Duration::from_secs(24 * 3600);
     if let Some(hours) = s.parse::<u64>("MESSAGE_RETENTION_HOURS", file.message_retention_hours)? {
         if hours == 0 || hours > 24 * 365 {
@@ -540,7 +637,10 @@ mod tests {
         assert_eq!(s.gateway.max_connections, 5);
         assert_eq!(s.broker.retention(), Duration::from_secs(7200));
         assert_eq!(s.gateway.node_id, "node-a");
-        assert_eq!(s.gateway.auth.secret, b"s3cret");
+        assert_eq!(
+            s.gateway.auth.keys,
+            bellhop_gateway::KeySource::Secret(b"s3cret".to_vec())
+        );
         assert!(!s.dev_secret);
         assert!(settings(&[("ENABLE_METRICS", "false")])
             .unwrap()
@@ -676,6 +776,105 @@ mod tests {
         let s = settings(&[("SSL_CERT_PATH", "/c"), ("SSL_KEY_PATH", "/k")]).unwrap();
         assert!(s.gateway.tls.is_none() && s.tls_paths_ignored);
         assert!(!settings(&on).unwrap().tls_paths_ignored);
+    }
+
+    #[test]
+    fn public_keys_pin_rs256_or_es256_and_need_exactly_one_key_source() {
+        use bellhop_testkit::{jwks, KeyFiles, TestSigningKey};
+        let files = KeyFiles::new();
+        let ec = TestSigningKey::ec("e1");
+        let pem = files.write("ec.pem", &ec.public_pem);
+        let set = files.write("jwks.json", &jwks(&[&ec]));
+        let (pem, set) = (pem.to_str().unwrap(), set.to_str().unwrap());
+        let s = settings(&[
+            ("BELLHOP_ENV", "production"),
+            ("JWT_ALGORITHM", "es256"),
+            ("JWT_PUBLIC_KEY_PATH", pem),
+            ("JWT_ISSUER", "https://id.example"),
+            ("JWT_AUDIENCE", "bellhop"),
+            ("JWT_LEEWAY_SECONDS", "5"),
+            ("JWT_KEYS_RELOAD_SECS", "3"),
+        ])
+        .unwrap();
+        let auth = &s.gateway.auth;
+        assert_eq!(auth.algorithm, JwtAlgorithm::Es256);
+        assert_eq!(auth.keys, KeySource::PublicKeyFile(pem.into()));
+        assert_eq!(auth.issuer.as_deref(), Some("https://id.example"));
+        assert_eq!(auth.audience.as_deref(), Some("bellhop"));
+        assert_eq!(auth.leeway, Duration::from_secs(5));
+        assert_eq!(auth.keys_reload_interval, Duration::from_secs(3));
+        assert!(!s.dev_secret, "no JWT_SECRET is needed in production");
+        let file: FileSettings = toml::from_str(&format!(
+            "jwt_algorithm = \"ES256\"\njwt_jwks_path = {set:?}"
+        ))
+        .unwrap();
+        let s = serve_settings(&env(&[]), &file, &Overrides::default()).unwrap();
+        assert_eq!(s.gateway.auth.keys, KeySource::JwksFile(set.into()));
+        let defaults = settings(&[]).unwrap().gateway.auth;
+        assert_eq!(defaults.algorithm, JwtAlgorithm::Hs256);
+        assert_eq!(defaults.leeway, Duration::from_secs(30));
+        assert_eq!(defaults.keys_reload_interval, Duration::from_secs(10));
+        let missing = files.path("absent.pem");
+        let missing = missing.to_str().unwrap();
+        for (pairs, needles) in [
+            (
+                vec![("JWT_PUBLIC_KEY_PATH", pem)],
+                vec!["JWT_ALGORITHM=RS256 or ES256"],
+            ),
+            (
+                vec![("JWT_ALGORITHM", "HS256"), ("JWT_JWKS_PATH", set)],
+                vec!["JWT_JWKS_PATH is set", "HS256"],
+            ),
+            (
+                vec![("JWT_ALGORITHM", "ES256")],
+                vec!["JWT_PUBLIC_KEY_PATH or JWT_JWKS_PATH"],
+            ),
+            (
+                vec![
+                    ("JWT_ALGORITHM", "ES256"),
+                    ("JWT_PUBLIC_KEY_PATH", pem),
+                    ("JWT_JWKS_PATH", set),
+                ],
+                vec!["both set"],
+            ),
+            (
+                vec![
+                    ("JWT_ALGORITHM", "ES256"),
+                    ("JWT_PUBLIC_KEY_PATH", pem),
+                    ("JWT_SECRET", "x"),
+                ],
+                vec!["JWT_SECRET is set"],
+            ),
+            (
+                vec![("JWT_ALGORITHM", "none")],
+                vec!["JWT_ALGORITHM=\"none\" is invalid"],
+            ),
+            (
+                vec![("JWT_ALGORITHM", "RS256"), ("JWT_PUBLIC_KEY_PATH", pem)],
+                vec!["JWT_PUBLIC_KEY_PATH=", "not an RSA public key"],
+            ),
+            (
+                vec![("JWT_ALGORITHM", "ES256"), ("JWT_PUBLIC_KEY_PATH", missing)],
+                vec!["JWT_PUBLIC_KEY_PATH=", "cannot read"],
+            ),
+            (
+                vec![("JWT_LEEWAY_SECONDS", "601")],
+                vec!["JWT_LEEWAY_SECONDS"],
+            ),
+            (
+                vec![("JWT_LEEWAY_SECONDS", "soon")],
+                vec!["JWT_LEEWAY_SECONDS"],
+            ),
+            (
+                vec![("JWT_KEYS_RELOAD_SECS", "0")],
+                vec!["JWT_KEYS_RELOAD_SECS"],
+            ),
+        ] {
+            let err = format!("{:#}", settings(&pairs).unwrap_err());
+            for needle in needles {
+                assert!(err.contains(needle), "{pairs:?}: {err}");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use bellhop_gateway::auth::Verifier;
-use bellhop_gateway::AuthConfig;
+use bellhop_gateway::{AuthConfig, JwtAlgorithm, KeySource};
+use bellhop_testkit::{jwks, KeyFiles, KeyKind, TestSigningKey};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -97,11 +98,9 @@ fn claims(token: &str) -> Value {
 }
 
 fn verifier(secret: &str) -> Verifier {
-    Verifier::new(&AuthConfig {
-        secret: secret.as_bytes().to_vec(),
-        leeway: Duration::ZERO,
-        auth_timeout: Duration::from_secs(5),
-    })
+    let mut config = AuthConfig::hs256(secret.as_bytes());
+    config.leeway = Duration::ZERO;
+    Verifier::new(&config).unwrap()
 }
 
 /// Mints a token with the binary (JWT_SECRET set to `secret`).
@@ -199,6 +198,187 @@ async fn token_uses_jwt_secret_and_honours_rooms_and_ttl() {
     .await;
     assert!(!bad.status.success());
     assert!(bad.stdout.is_empty(), "{bad:?}");
+}
+
+/// A verifier of `alg` tokens against `set` (a JWKS file), with an issuer and an audience.
+fn jwks_verifier(alg: JwtAlgorithm, set: &std::path::Path, iss: &str, aud: &str) -> Verifier {
+    let mut config = AuthConfig::with_keys(alg, KeySource::JwksFile(set.to_owned()));
+    config.issuer = Some(iss.into());
+    config.audience = Some(aud.into());
+    Verifier::new(&config).unwrap()
+}
+
+#[tokio::test]
+async fn token_signs_rs256_and_es256_with_a_private_key_file() {
+    let files = KeyFiles::new();
+    for kind in [KeyKind::Rsa, KeyKind::Ec] {
+        let key = TestSigningKey::generate(kind, "k1");
+        let private = files.write(&format!("{}.key", kind.alg()), &key.private_pem);
+        let set = files.write(&format!("{}.json", kind.alg()), &jwks(&[&key]));
+        let out = run(
+            &[
+                "token",
+                "--sub",
+                "u1",
+                "--role",
+                "staff",
+                "--prop",
+                "h1",
+                "--alg",
+                kind.alg(),
+                "--key",
+                private.to_str().unwrap(),
+                "--kid",
+                "k1",
+                "--iss",
+                "https://id.example",
+                "--aud",
+                "bellhop",
+            ],
+            &[],
+        )
+        .await;
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "no development-secret warning: {out:?}"
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let header: Value =
+            serde_json::from_slice(&base64url_decode(token.split('.').next().unwrap())).unwrap();
+        assert_eq!(header["alg"], kind.alg(), "{header}");
+        assert_eq!(header["kid"], "k1", "{header}");
+        let c = claims(&token);
+        assert_eq!(
+            (c["iss"].as_str(), c["aud"].as_str()),
+            (Some("https://id.example"), Some("bellhop"))
+        );
+        let alg = JwtAlgorithm::parse(kind.alg()).unwrap();
+        let p = jwks_verifier(alg, &set, "https://id.example", "bellhop")
+            .verify(&token)
+            .unwrap();
+        assert_eq!(p.user_id, "u1");
+    }
+    let ec = TestSigningKey::ec("k1");
+    let private = files.write("ec.key", &ec.private_pem);
+    let private = private.to_str().unwrap();
+    let public = files.write("ec.pub", &ec.public_pem);
+    let base = ["token", "--sub", "u1", "--role", "staff", "--prop", "h1"];
+    for (extra, needle) in [
+        (vec!["--key", private], "--alg RS256 or --alg ES256"),
+        (vec!["--alg", "ES256"], "needs --key"),
+        (
+            vec!["--alg", "none", "--key", private],
+            "--alg \"none\" is invalid",
+        ),
+        (
+            vec!["--alg", "RS256", "--key", private],
+            "not an RSA private key",
+        ),
+        (
+            vec!["--alg", "ES256", "--key", public.to_str().unwrap()],
+            "expected a private key",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let out = run(&args, &[]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "{extra:?}: {out:?}"
+        );
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_node_verifies_es256_tokens_with_a_public_key_and_no_secret() {
+    let files = KeyFiles::new();
+    let key = TestSigningKey::ec("k1");
+    let private = files.write("signing.key", &key.private_pem);
+    let public = files.write("public.pem", &key.public_pem);
+    let env = [
+        ("LOG_FORMAT", "json"),
+        ("BELLHOP_ENV", "production"),
+        ("JWT_ALGORITHM", "ES256"),
+        ("JWT_PUBLIC_KEY_PATH", public.to_str().unwrap()),
+    ];
+    let (mut node, _) = serve(&env).await;
+    let out = run(
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--role",
+            "staff",
+            "--prop",
+            "h1",
+            "--alg",
+            "ES256",
+            "--key",
+            private.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (_ws, welcome) = connect(node.local, &token).await;
+    assert_eq!(welcome["userId"], "alice", "{welcome}");
+    // An HS256 token (here: the development secret's) is refused by an ES256 node.
+    let hs256 = mint(
+        DEV_SECRET,
+        &["--sub", "mallory", "--role", "admin", "--prop", "h1"],
+    )
+    .await;
+    let (status, body) = http(
+        node.local,
+        "GET",
+        "/api/v1/channels/broadcast/presence",
+        Some(&hs256),
+        "",
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("HS256") && body.contains("ES256"), "{body}");
+    sigterm(&node.child).await;
+    let status = tokio::time::timeout(DEADLINE, node.child.wait())
+        .await
+        .expect("exit within the deadline")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn serve_refuses_public_key_settings_that_cannot_work() {
+    let files = KeyFiles::new();
+    let key = TestSigningKey::ec("k1");
+    let public = files.write("public.pem", &key.public_pem);
+    let public = public.to_str().unwrap();
+    let absent = files.path("absent.pem");
+    assert_serve_refuses(&[("JWT_PUBLIC_KEY_PATH", public)], "JWT_ALGORITHM").await;
+    assert_serve_refuses(
+        &[
+            ("JWT_ALGORITHM", "ES256"),
+            ("JWT_PUBLIC_KEY_PATH", absent.to_str().unwrap()),
+        ],
+        "JWT_PUBLIC_KEY_PATH",
+    )
+    .await;
+    assert_serve_refuses(
+        &[("JWT_ALGORITHM", "RS256"), ("JWT_PUBLIC_KEY_PATH", public)],
+        "not an RSA public key",
+    )
+    .await;
+    assert_serve_refuses(
+        &[
+            ("JWT_ALGORITHM", "ES256"),
+            ("JWT_PUBLIC_KEY_PATH", public),
+            ("JWT_SECRET", SECRET),
+        ],
+        "JWT_SECRET",
+    )
+    .await;
 }
 
 /// `bellhop serve` must refuse to start: non-zero exit, and stderr names `what`.

@@ -105,6 +105,9 @@ fn token(sub: &str, role: Role) -> String {
         depts: Vec::new(),
         exp: now + 3600,
         iat: Some(now),
+        nbf: None,
+        iss: None,
+        aud: None,
     };
     mint(SECRET.as_bytes(), &claims).unwrap()
 }

@@ -301,6 +301,73 @@ impl TestNode {
         })
     }
 
+    /// Connects with `token` in each of the three ways a client can present it (the
+    /// Authorization header, `?token=`, a first `auth` frame), each waited for its `welcome`.
+    pub async fn connect_three_ways(&self, token: &str) -> Vec<(&'static str, Client)> {
+        let header = self.connect(token).await;
+        let mut query = self
+            .connect_url(&format!("{}?token={token}", self.url()))
+            .await
+            .expect("upgrade accepted");
+        let welcome = query.next().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let mut frame = self.connect_with(None, Codec::Json).await.unwrap();
+        let welcome = frame.request(json!({"type": "auth", "token": token})).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        vec![("header", header), ("query", query), ("auth frame", frame)]
+    }
+
+    /// Checks that `token` is refused every way it can be presented, with the documented
+    /// status and codes, and a reason containing `reason`: HTTP 401 with an `unauthorized` body
+    /// at the upgrade (header and query) and on the HTTP API; `error unauthorized` (echoing the
+    /// request id) then close 4001 after a first `auth` frame.
+    pub async fn assert_token_refused(&self, token: &str, reason: &str) {
+        let check_body = |way: &str, status: u16, body: &Value| {
+            assert_eq!(status, 401, "{way}: {body}");
+            assert_eq!(body["error"]["code"], "unauthorized", "{way}: {body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(reason),
+                "{way}: {message:?} lacks {reason:?}"
+            );
+        };
+        let (status, body) = upgrade_refusal(self.connect_with(Some(token), Codec::Json).await);
+        check_body("header", status, &body);
+        let query = self
+            .connect_url(&format!("{}?token={token}", self.url()))
+            .await;
+        let (status, body) = upgrade_refusal(query);
+        check_body("query", status, &body);
+        let (status, body) = http_json(
+            self.addr,
+            "GET",
+            "/api/v1/channels/broadcast/presence",
+            Some(token),
+            None,
+        )
+        .await;
+        check_body("HTTP API", status, &body);
+        let mut c = self.connect_with(None, Codec::Json).await.unwrap();
+        c.send(json!({"type": "auth", "id": 1, "token": token}))
+            .await;
+        let (code, close_reason, frames) = c.closed().await;
+        assert_eq!(
+            code,
+            bellhop_protocol::close::UNAUTHORIZED,
+            "auth frame: {frames:?}"
+        );
+        assert_eq!(close_reason, "authentication failed");
+        assert_eq!(frames.len(), 1, "one error, then the close: {frames:?}");
+        assert_eq!(frames[0]["type"], "error", "{frames:?}");
+        assert_eq!(frames[0]["code"], "unauthorized", "{frames:?}");
+        assert_eq!(frames[0]["id"], 1, "{frames:?}");
+        let message = frames[0]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(reason),
+            "auth frame: {message:?} lacks {reason:?}"
+        );
+    }
+
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
         let (_, _, body) = http(self.admin, "GET", "/metrics", &[], b"").await;
         metric_value(&body, name_and_labels)
@@ -321,6 +388,25 @@ impl TestNode {
             waited.is_ok(),
             "metric {name_and_labels} never reached {value}"
         );
+    }
+}
+
+/// The status and JSON body of an upgrade the server refused.
+pub fn upgrade_refusal(
+    result: Result<Client, tokio_tungstenite::tungstenite::Error>,
+) -> (u16, Value) {
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
+            let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+            (response.status().as_u16(), body)
+        }
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
     }
 }
 
@@ -358,11 +444,27 @@ pub fn token_exp(
     depts: &[&str],
     ttl: i64,
 ) -> String {
-    let now = std::time::SystemTime::now()
+    mint(SECRET, &claims(sub, role, prop, rooms, depts, ttl)).unwrap()
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64;
-    let claims = Claims {
+        .as_secs() as i64
+}
+
+/// Claims of a token that expires `ttl` seconds from now (no `iss`, `aud` or `nbf`).
+pub fn claims(
+    sub: &str,
+    role: Role,
+    prop: &str,
+    rooms: &[&str],
+    depts: &[&str],
+    ttl: i64,
+) -> Claims {
+    let now = now_secs();
+    Claims {
         sub: sub.into(),
         role,
         prop: prop.into(),
@@ -370,8 +472,10 @@ pub fn token_exp(
         depts: depts.iter().map(|s| s.to_string()).collect(),
         exp: (now + ttl) as u64,
         iat: Some(now as u64),
-    };
-    mint(SECRET, &claims).unwrap()
+        nbf: None,
+        iss: None,
+        aud: None,
+    }
 }
 
 pub fn guest(sub: &str, rooms: &[&str]) -> String {
