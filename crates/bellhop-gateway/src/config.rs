@@ -44,6 +44,26 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// Largest HTTP API request body (64 KiB).
     pub max_body_bytes: usize,
+    /// Test-only, and only in builds with the `autobahn` feature (never a product build):
+    /// sessions send no `welcome` and echo every text and binary message back unchanged instead
+    /// of decoding it as a protocol frame, so the Autobahn testsuite can check the WebSocket
+    /// layer (`tests/autobahn/`). Everything else (listener, upgrade, auth, limits, outbound
+    /// queue, close codes) stays the product's.
+    #[cfg(feature = "autobahn")]
+    #[doc(hidden)]
+    pub session_mode: SessionMode,
+}
+
+/// What a session does with the data messages it reads (test builds only).
+#[cfg(feature = "autobahn")]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Decode protocol frames and answer them: the product.
+    #[default]
+    Protocol,
+    /// Echo each message back (conformance testing only).
+    Echo,
 }
 
 /// How tokens are checked.
@@ -110,6 +130,8 @@ impl GatewayConfig {
             drain_period: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
+            #[cfg(feature = "autobahn")]
+            session_mode: SessionMode::Protocol,
         }
     }
 

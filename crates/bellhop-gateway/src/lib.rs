@@ -42,6 +42,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+#[cfg(feature = "autobahn")]
+#[doc(hidden)]
+pub use config::SessionMode;
 pub use config::{AuthConfig, GatewayConfig, OutboundConfig};
 pub use metrics::Metrics;
 

@@ -179,8 +179,7 @@ impl Session {
                     last_seen = Instant::now();
                     match incoming {
                         None => return,
-                        Some(Ok(Message::Text(text))) => self.handle(Codec::Json, text.as_bytes()).await,
-                        Some(Ok(Message::Binary(bytes))) => self.handle(Codec::MsgPack, &bytes).await,
+                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => self.data(message).await,
                         Some(Ok(Message::Close(_))) => {
                             self.outbound.close(close::NORMAL, "");
                             return;
@@ -255,7 +254,25 @@ impl Session {
         tracing::debug!(user = %p.user_id, property = %p.property, "authenticated");
         self.deadline = expiry_instant(p.expires_at, self.node.config.auth.leeway);
         self.principal = Some(p);
+        #[cfg(feature = "autobahn")]
+        if self.node.config.session_mode == crate::config::SessionMode::Echo {
+            return;
+        }
         self.send(&frame).await;
+    }
+
+    /// Answers one data message: a JSON frame in a text message, a MessagePack one in binary.
+    async fn data(&mut self, message: Message) {
+        #[cfg(feature = "autobahn")]
+        if self.node.config.session_mode == crate::config::SessionMode::Echo {
+            self.outbound.send(Class::Control, message).await;
+            return;
+        }
+        match message {
+            Message::Text(text) => self.handle(Codec::Json, text.as_bytes()).await,
+            Message::Binary(bytes) => self.handle(Codec::MsgPack, &bytes).await,
+            _ => {}
+        }
     }
 
     /// Decodes and answers one client frame.
