@@ -45,7 +45,17 @@ if [[ ${#targets[@]} == 0 ]]; then
   mapfile -t targets < <(cargo "+$toolchain" fuzz list)
 fi
 
-echo "fuzz: $(cargo "+$toolchain" --version), targets: ${targets[*]} (the first build takes a few minutes)"
+echo "fuzz: building ${targets[*]} with $(cargo "+$toolchain" --version) (the first build takes a few minutes)"
+build_log="$(mktemp)"
+for t in "${targets[@]}"; do
+  if ! cargo "+$toolchain" fuzz build "$t" >"$build_log" 2>&1; then
+    tail -n 40 "$build_log"
+    rm -f "$build_log"
+    echo "fuzz: FAILED to build $t"
+    exit 1
+  fi
+done
+rm -f "$build_log"
 
 summary=()
 for t in "${targets[@]}"; do
