@@ -36,8 +36,9 @@ pub(crate) struct Opening {
     pub(crate) permit: OwnedSemaphorePermit,
 }
 
-/// Runs a connection to its end.
-pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening)
+/// Runs a connection to its end. Returns the socket when the writer finished in time (its close
+/// frame sent), so the caller can linger on it before dropping it (see `server::linger`).
+pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening) -> Option<S>
 where
     S: Stream<Item = Result<Message, WsError>>
         + Sink<Message, Error = WsError>
@@ -51,7 +52,7 @@ where
     let outbound = Arc::new(Outbound::new(node.config.outbound.clone()));
     node.connections.lock().insert(conn_id, outbound.clone());
     node.metrics.connections.inc();
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(write_loop(
         sink,
         outbound.clone(),
@@ -70,21 +71,25 @@ where
     if let Some(p) = opening.principal {
         session.welcome(None, p).await;
     }
-    session.read_loop(stream).await;
+    session.read_loop(&mut stream).await;
     // The peer may have simply gone away: make sure the writer finishes either way.
     outbound.close(close::NORMAL, "");
     session.leave_all().await;
     // The writer sends what is left and the close frame, bounded by the write timeout.
-    let _ = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
+    let sink = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
     node.connections.lock().remove(&conn_id);
     node.metrics.connections.dec();
     drop(opening.permit);
     node.connection_ended.notify_waiters();
+    match sink {
+        Ok(Ok(sink)) => stream.reunite(sink).ok(),
+        _ => None,
+    }
 }
 
 /// Sends the outbound queue to the socket, flushing whenever the queue runs empty, until the
-/// close frame is sent or a write fails or stalls past `write_timeout`.
-async fn write_loop<K>(mut sink: K, outbound: Arc<Outbound>, write_timeout: Duration)
+/// close frame is sent or a write fails or stalls past `write_timeout`. Gives the sink back.
+async fn write_loop<K>(mut sink: K, outbound: Arc<Outbound>, write_timeout: Duration) -> K
 where
     K: Sink<Message, Error = WsError> + Unpin,
 {
@@ -116,6 +121,7 @@ where
         }
     }
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+    sink
 }
 
 /// One connection's protocol state.
