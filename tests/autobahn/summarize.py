@@ -15,7 +15,9 @@ from __future__ import print_function
 
 import collections
 import fnmatch
+import io
 import json
+import os
 import sys
 
 # Cases whose messages exceed the node's 64 KiB frame/message limit (9.1.1 and 9.2.1 are
@@ -122,7 +124,7 @@ def markdown(results, failures, notes, commit, date, seconds):
         add("")
         for case, r, why in failures:
             add("- %s: %s" % (case, why))
-    return "\n".join(lines) + "\n"
+    return u"\n".join(lines) + u"\n"
 
 
 def main(argv):
@@ -153,19 +155,20 @@ def main(argv):
     md = markdown(results, failures, notes, opts.get("--commit", "?"), opts.get("--date", "?"),
                   opts.get("--seconds", "?"))
     if "--markdown" in opts:
-        with open(opts["--markdown"], "w") as f:
+        with io.open(opts["--markdown"], "w", encoding="utf-8") as f:
             f.write(md)
     if "--doc" in opts:
-        with open(opts["--doc"]) as f:
+        with io.open(opts["--doc"], encoding="utf-8") as f:
             doc = f.read()
-        begin, end = "<!-- results:begin -->\n", "<!-- results:end -->"
+        begin, end = u"<!-- results:begin -->\n", u"<!-- results:end -->"
         if begin not in doc or end not in doc:
             print("%s has no results markers" % opts["--doc"], file=sys.stderr)
             return 1
         head, rest = doc.split(begin, 1)
         tail = rest.split(end, 1)[1]
-        with open(opts["--doc"], "w") as f:
+        with io.open(opts["--doc"] + ".tmp", "w", encoding="utf-8") as f:
             f.write(head + begin + md + end + tail)
+        os.rename(opts["--doc"] + ".tmp", opts["--doc"])
     if failures:
         print("autobahn: %d case(s) FAILED" % len(failures))
         return 1
