@@ -44,6 +44,7 @@ cluster-down: ## stop exactly what `make cluster` started
 
 lint: deps ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: test-deps ## the test suites only
