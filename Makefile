@@ -1,8 +1,11 @@
 # Bellhop: the two commands a newcomer needs are `make run` and `make test`.
 CARGO ?= cargo
 BIN := target/release/bellhop
+# Seconds each fuzz target runs in `make fuzz`, and in the short run `make test` does.
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 15
 
-.PHONY: run test lint unit deps test-deps build cluster cluster-down clean help
+.PHONY: run test lint unit conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,12 +48,29 @@ cluster-down: ## stop exactly what `make cluster` started
 
 lint: deps ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: test-deps ## the test suites only
 	$(CARGO) test --workspace
 
-test: lint unit ## everything CI runs: lint, then every test suite
+conformance: ## a short fuzz run of every target and the Autobahn WebSocket suite; each skips with a message where its tools cannot be had
+	@fuzz/run.sh --smoke $(FUZZ_SMOKE_SECONDS)
+	@tests/autobahn/run.sh --optional
+
+test: lint unit conformance ## everything CI runs: lint, every test suite, then the conformance runs
+
+fuzz: ## run every fuzz target for FUZZ_SECONDS (60) each; needs a nightly toolchain, installs cargo-fuzz (docs/FUZZING.md)
+	fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-smoke: ## the short fuzz run `make test` does (FUZZ_SMOKE_SECONDS, 15 s per target); skips without nightly
+	@fuzz/run.sh --smoke $(FUZZ_SMOKE_SECONDS)
+
+fuzz-seeds: ## regenerate the committed seed corpus (fuzz/seeds) after a protocol change
+	$(CARGO) run --quiet --manifest-path fuzz/Cargo.toml --bin seeds -- fuzz/seeds
+
+autobahn: ## the Autobahn WebSocket testsuite against an echoing node; needs Python 2.7 (docs/AUTOBAHN.md; AUTOBAHN_DOC=docs/AUTOBAHN.md records the run)
+	tests/autobahn/run.sh $(if $(AUTOBAHN_DOC),--doc $(AUTOBAHN_DOC))
 
 clean: ## remove build output
 	$(CARGO) clean

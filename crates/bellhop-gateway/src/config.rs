@@ -54,6 +54,26 @@ pub struct GatewayConfig {
     /// `https://app.hotel.example`); empty allows any. Browsers send `Origin`; other clients
     /// usually do not, and a request without one is allowed.
     pub allowed_origins: Vec<String>,
+    /// Test-only, and only in builds with the `autobahn` feature (never a product build):
+    /// sessions send no `welcome` and echo every text and binary message back unchanged instead
+    /// of decoding it as a protocol frame, so the Autobahn testsuite can check the WebSocket
+    /// layer (`tests/autobahn/`). Everything else (listener, upgrade, auth, limits, outbound
+    /// queue, close codes) stays the product's.
+    #[cfg(feature = "autobahn")]
+    #[doc(hidden)]
+    pub session_mode: SessionMode,
+}
+
+/// What a session does with the data messages it reads (test builds only).
+#[cfg(feature = "autobahn")]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Decode protocol frames and answer them: the product.
+    #[default]
+    Protocol,
+    /// Echo each message back (conformance testing only).
+    Echo,
 }
 
 /// TLS termination on the main port: where the certificate and key are, which protocol versions
@@ -316,6 +336,8 @@ impl GatewayConfig {
             tls: None,
             rate_limits: crate::RateLimitConfig::default(),
             allowed_origins: Vec::new(),
+            #[cfg(feature = "autobahn")]
+            session_mode: SessionMode::Protocol,
         }
     }
 

@@ -44,6 +44,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+#[cfg(feature = "autobahn")]
+#[doc(hidden)]
+pub use config::SessionMode;
 pub use config::{
     AuthConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig, TlsVersion,
     MAX_LEEWAY,

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -295,16 +295,14 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        session::run(
-            node,
-            ws,
-            Opening {
-                principal,
-                codec,
-                permit,
-            },
-        )
-        .await;
+        let opening = Opening {
+            principal,
+            codec,
+            permit,
+        };
+        if let Some(mut ws) = session::run(node, ws, opening).await {
+            linger(ws.get_mut()).await;
+        }
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -371,6 +369,29 @@ fn refuse_rate_limited(node: &Node, client: IpAddr, refusal: Refusal) -> Respons
         node.announce_ban(client);
     }
     error_response(node, ErrorCode::RateLimited, &message, Some(ms_ceil(wait)))
+}
+
+/// Longest a finished WebSocket connection keeps reading what its peer still sends.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Ends a connection whose close frame was sent: stops writing (FIN), then reads and discards
+/// whatever the peer still sends until it closes too, for at most [`CLOSE_LINGER`]. Dropping a
+/// socket with unread input makes the kernel answer with a reset, and a peer that was still
+/// writing (the rest of an oversized frame, say) would then fail on its write and never read
+/// the close frame that says why (1009). Found by the Autobahn run (docs/AUTOBAHN.md).
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut discard = vec![0u8; 16 * 1024];
+    let drain = async {
+        while let Ok(n) = io.read(&mut discard).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 /// Routes a request on the admin port.

@@ -37,11 +37,9 @@ pub(crate) struct Opening {
     pub(crate) permit: OwnedSemaphorePermit,
 }
 
-/// Runs a connection to its end.
-/// How long a closing connection's input is still read, waiting for the peer's close frame.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening)
+/// Runs a connection to its end. Returns the socket when the writer finished in time (its close
+/// frame sent), so the caller can linger on it before dropping it (see `server::linger`).
+pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening) -> Option<S>
 where
     S: Stream<Item = Result<Message, WsError>>
         + Sink<Message, Error = WsError>
@@ -78,32 +76,25 @@ where
     session.read_loop(&mut stream).await;
     // The peer may have simply gone away: make sure the writer finishes either way.
     outbound.close(close::NORMAL, "");
-    // Read on (and discard) until the peer answers the close frame or goes away, for at most
-    // CLOSE_LINGER: a socket closed with unread input is reset, and a reset can destroy the
-    // close frame (and the error before it) on its way to a client that was still sending.
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        while let Some(Ok(message)) = stream.next().await {
-            if message.is_close() {
-                break;
-            }
-        }
-    })
-    .await;
     session.leave_all().await;
     if let Some((property, user)) = session.counted.take() {
         node.limits.remove_user_connection(&property, &user);
     }
     // The writer sends what is left and the close frame, bounded by the write timeout.
-    let _ = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
+    let sink = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
     node.connections.lock().remove(&conn_id);
     node.metrics.connections.dec();
     drop(opening.permit);
     node.connection_ended.notify_waiters();
+    match sink {
+        Ok(Ok(sink)) => stream.reunite(sink).ok(),
+        _ => None,
+    }
 }
 
 /// Sends the outbound queue to the socket, flushing whenever the queue runs empty, until the
-/// close frame is sent or a write fails or stalls past `write_timeout`.
-async fn write_loop<K>(mut sink: K, outbound: Arc<Outbound>, write_timeout: Duration)
+/// close frame is sent or a write fails or stalls past `write_timeout`. Gives the sink back.
+async fn write_loop<K>(mut sink: K, outbound: Arc<Outbound>, write_timeout: Duration) -> K
 where
     K: Sink<Message, Error = WsError> + Unpin,
 {
@@ -135,6 +126,7 @@ where
         }
     }
     let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+    sink
 }
 
 /// One connection's protocol state.
@@ -201,16 +193,13 @@ impl Session {
                     last_seen = Instant::now();
                     match incoming {
                         None => return,
-                        Some(Ok(Message::Text(text))) => match self.admit(&mut frames) {
-                            Some(true) => self.handle(Codec::Json, text.as_bytes()).await,
-                            Some(false) => {}
-                            None => return,
-                        },
-                        Some(Ok(Message::Binary(bytes))) => match self.admit(&mut frames) {
-                            Some(true) => self.handle(Codec::MsgPack, &bytes).await,
-                            Some(false) => {}
-                            None => return,
-                        },
+                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                            match self.admit(&mut frames) {
+                                Some(true) => self.data(message).await,
+                                Some(false) => {}
+                                None => return,
+                            }
+                        }
                         Some(Ok(Message::Close(_))) => {
                             self.outbound.close(close::NORMAL, "");
                             return;
@@ -354,7 +343,25 @@ impl Session {
         tracing::debug!(user = %p.user_id, property = %p.property, "authenticated");
         self.deadline = expiry_instant(p.expires_at, self.node.config.auth.leeway);
         self.principal = Some(p);
+        #[cfg(feature = "autobahn")]
+        if self.node.config.session_mode == crate::config::SessionMode::Echo {
+            return;
+        }
         self.send(&frame).await;
+    }
+
+    /// Answers one data message: a JSON frame in a text message, a MessagePack one in binary.
+    async fn data(&mut self, message: Message) {
+        #[cfg(feature = "autobahn")]
+        if self.node.config.session_mode == crate::config::SessionMode::Echo {
+            self.outbound.send(Class::Control, message).await;
+            return;
+        }
+        match message {
+            Message::Text(text) => self.handle(Codec::Json, text.as_bytes()).await,
+            Message::Binary(bytes) => self.handle(Codec::MsgPack, &bytes).await,
+            _ => {}
+        }
     }
 
     /// Decodes and answers one client frame.

@@ -12,6 +12,8 @@ use bellhop_protocol::{close, Codec, Role};
 use futures_util::SinkExt;
 use serde_json::json;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -184,6 +186,72 @@ async fn oversized_frames_close_with_1009_and_others_are_unaffected() {
         bystander.request(json!({"type": "ping"})).await["type"],
         "pong"
     );
+}
+
+/// A client that is still sending an oversized frame when the node gives up on it must be able
+/// to finish writing and then read the 1009 close frame. Found by the Autobahn run
+/// (docs/AUTOBAHN.md): about one 9.x case in forty saw the TCP connection reset instead, because
+/// the node dropped its socket with the rest of the frame unread, which the kernel answers with
+/// a reset; a client that is still writing then fails on its write and never reads the close.
+/// This client writes the whole frame first, and reads only after, as such a client does.
+#[tokio::test]
+async fn a_client_still_sending_an_oversized_frame_gets_the_1009_close() {
+    let node = TestNode::start(Backend::Memory).await;
+    let token = staff("s1", &[]);
+    for attempt in 0..3 {
+        let mut stream = TcpStream::connect(node.addr).await.unwrap();
+        let request = format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            node.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "upgrade answered");
+            received.extend_from_slice(&buf[..n]);
+        }
+        assert!(received.starts_with(b"HTTP/1.1 101"));
+        // One masked binary frame of 16 MiB (the limit is 64 KiB): far more than socket buffers
+        // hold, so the node refuses it while the client is still writing.
+        let len: u64 = 16 << 20;
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+        frame.resize(frame.len() + len as usize, 0x61);
+        let written = tokio::time::timeout(DEADLINE, stream.write_all(&frame))
+            .await
+            .expect("the write ends");
+        assert!(
+            written.is_ok(),
+            "attempt {attempt}: the node reset the connection while the client was writing: {written:?}"
+        );
+        let read_all = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, read_all)
+            .await
+            .expect("the node ends the connection");
+        // A close frame from the server: FIN + close opcode, unmasked, payload starting 1009.
+        let code = close::TOO_BIG.to_be_bytes();
+        assert!(
+            received
+                .windows(4)
+                .any(|w| w[0] == 0x88 && w[1] < 126 && w[2..] == code),
+            "attempt {attempt}: no 1009 close frame before the connection ended"
+        );
+    }
 }
 
 #[tokio::test]

@@ -403,6 +403,35 @@ mod tests {
         assert!(Codec::MsgPack.decode_request(&bytes).is_err());
     }
 
+    /// Found by the `decode_json` fuzz target: serde_json's default float parser may round to a
+    /// neighbouring double, so a payload number reached subscribers one ULP off what its
+    /// publisher sent (and its re-encoding did not even decode to itself). The protocol crate
+    /// turns on serde_json's `float_roundtrip` for that.
+    #[test]
+    fn json_payload_numbers_are_parsed_exactly() {
+        let bytes = br#"{"type":"publish","channel":"room:1","event":"X","payload":{"big":184462744073729551615,"f":1.8446274407372954e20}}"#;
+        let req = Codec::Json.decode_request(bytes).unwrap();
+        let ClientFrame::Publish(p) = &req.frame else {
+            panic!("not a publish")
+        };
+        // std's parser rounds correctly: the reference.
+        let exact = |s: &str| s.parse::<f64>().unwrap();
+        assert_eq!(
+            p.payload["big"].as_f64(),
+            Some(exact("184462744073729551615"))
+        );
+        assert_eq!(
+            p.payload["f"].as_f64(),
+            Some(exact("1.8446274407372954e20"))
+        );
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let again = codec
+                .decode_request(&codec.encode_request(&req).unwrap())
+                .unwrap();
+            assert_eq!(again, req, "{codec:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn no_byte_string_makes_the_decoders_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -410,6 +439,24 @@ mod tests {
             let _ = Codec::MsgPack.decode_request(&bytes);
             let _ = Codec::Json.decode_server(&bytes);
             let _ = Codec::MsgPack.decode_server(&bytes);
+        }
+
+        #[test]
+        fn every_finite_number_survives_both_codecs(x in any::<f64>().prop_filter("finite", |x| x.is_finite())) {
+            let req = Request {
+                id: Some(1),
+                frame: ClientFrame::Publish(PublishFrame {
+                    channel: Channel::Room("1".into()),
+                    event: "X".into(),
+                    payload: json!({"x": x}),
+                    priority: None,
+                    correlation_id: None,
+                }),
+            };
+            for codec in [Codec::Json, Codec::MsgPack] {
+                let again = codec.decode_request(&codec.encode_request(&req).unwrap()).unwrap();
+                prop_assert_eq!(&again, &req, "{:?}", codec);
+            }
         }
 
         #[test]
