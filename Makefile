@@ -5,7 +5,7 @@ BIN := target/release/bellhop
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 15
 
-.PHONY: run test lint unit conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
+.PHONY: run test lint unit k6-smoke conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -58,7 +58,11 @@ conformance: ## a short fuzz run of every target and the Autobahn WebSocket suit
 	@fuzz/run.sh --smoke $(FUZZ_SMOKE_SECONDS)
 	@tests/autobahn/run.sh --optional
 
-test: lint unit conformance ## everything CI runs: lint, every test suite, then the conformance runs
+k6-smoke: ## a short k6 run against a node it starts: a guest's requests reach housekeeping, with the delivery thresholds (loadtest/k6/)
+	$(CARGO) build -q -p bellhop
+	@loadtest/k6/smoke.sh target/debug/bellhop
+
+test: lint unit conformance k6-smoke ## everything CI runs: lint, every test suite, the conformance runs, a k6 smoke
 
 fuzz: ## run every fuzz target for FUZZ_SECONDS (60) each; needs a nightly toolchain, installs cargo-fuzz (docs/FUZZING.md)
 	fuzz/run.sh $(FUZZ_SECONDS)
