@@ -271,6 +271,20 @@ impl Gateway {
         self.node.connections.lock().len()
     }
 
+    /// Returns once at most `n` WebSocket connections are open: each connection's end (after
+    /// its presence leave) wakes it. Callers bound it with a timeout.
+    pub async fn wait_connections_at_most(&self, n: usize) {
+        loop {
+            let ended = self.node.connection_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.node.connections.lock().len() <= n {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     /// Graceful drain: readiness turns false, the listener stops accepting, connected clients are
     /// closed with 1012 (reconnect elsewhere and resume) spread evenly over the drain period, and
     /// this returns once they are gone (or the period plus the write timeout has passed).
@@ -293,20 +307,14 @@ impl Gateway {
             );
         }
         let deadline = start + period + node.config.write_timeout * 2;
-        loop {
-            let ended = node.connection_ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if node.connections.lock().is_empty() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, ended).await.is_err() {
-                tracing::warn!(
-                    left = node.connections.lock().len(),
-                    "drain deadline passed"
-                );
-                break;
-            }
+        if tokio::time::timeout_at(deadline, self.wait_connections_at_most(0))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = node.connections.lock().len(),
+                "drain deadline passed"
+            );
         }
         let _ = self.stop_admin.send(true);
         for task in self.housekeeping {

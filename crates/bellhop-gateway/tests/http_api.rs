@@ -7,8 +7,6 @@
 mod support;
 use support::*;
 
-use std::time::Duration;
-
 use bellhop_protocol::Role;
 use serde_json::{json, Value};
 
@@ -435,22 +433,13 @@ async fn history_is_oldest_first_and_respects_limit_and_since() {
     assert_eq!(body["messages"], json!([]));
 }
 
-/// Polls presence until `want` (with the harness deadline).
-async fn wait_presence(node: &TestNode, token: &str, path: &str, want: Value) -> Value {
-    let mut last = Value::Null;
-    let waited = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let (status, body) = http_json(node.addr, "GET", path, Some(token), None).await;
-            assert_eq!(status, 200, "{body}");
-            if body["users"] == want {
-                return body;
-            }
-            last = body;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    waited.unwrap_or_else(|_| panic!("presence never became {want}; last {last}"))
+/// The presence list at `path`, which must be `want`. Joins are in place when `subscribed`
+/// arrives and leaves before a connection is released, so callers wait for those events first.
+async fn assert_presence(node: &TestNode, token: &str, path: &str, want: Value) -> Value {
+    let (status, body) = http_json(node.addr, "GET", path, Some(token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["users"], want, "{body}");
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,10 +461,10 @@ async fn presence_lists_websocket_subscribers_until_they_disconnect() {
     let mut other = node.connect(&staff("mallory", &[])).await;
     other.subscribe("room:102").await;
 
-    let body = wait_presence(&node, &svc, path, json!(["adam", "zoe"])).await;
+    let body = assert_presence(&node, &svc, path, json!(["adam", "zoe"])).await;
     assert_eq!(body["channel"], "room:101");
     // Percent-encoded channel names the same channel.
-    wait_presence(
+    assert_presence(
         &node,
         &svc,
         "/api/v1/channels/room%3A101/presence",
@@ -484,10 +473,12 @@ async fn presence_lists_websocket_subscribers_until_they_disconnect() {
     .await;
 
     zoe.ws.close(None).await.unwrap();
-    wait_presence(&node, &svc, path, json!(["adam"])).await;
+    node.wait_connections_at_most(2).await;
+    assert_presence(&node, &svc, path, json!(["adam"])).await;
     drop(adam);
-    wait_presence(&node, &svc, path, json!([])).await;
-    wait_presence(
+    node.wait_connections_at_most(1).await;
+    assert_presence(&node, &svc, path, json!([])).await;
+    assert_presence(
         &node,
         &svc,
         "/api/v1/channels/room:102/presence",
@@ -519,7 +510,7 @@ async fn a_service_token_stays_inside_its_property() {
     assert_eq!(body["messages"], json!([]), "{body}");
     let (_, body) = history(&node, &h2, "room:101/history?since=0-0").await;
     assert_eq!(body["messages"], json!([]), "{body}");
-    wait_presence(
+    assert_presence(
         &node,
         &h1,
         "/api/v1/channels/room:101/presence",

@@ -333,14 +333,7 @@ async fn presence_joins_and_leaves_follow_a_users_first_and_last_connection(back
     );
     drop(phone);
     // g1 is still present through the tablet: no leave yet.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "phone never left");
-        if node.metric("bellhop_connections").await == 2.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    node.wait_connections_at_most(2).await;
     let p = watcher
         .request(json!({"type": "presence", "channel": "room:101"}))
         .await;

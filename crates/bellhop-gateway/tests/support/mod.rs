@@ -373,6 +373,13 @@ impl TestNode {
         metric_value(&body, name_and_labels)
     }
 
+    /// Waits (with a deadline) until at most `n` WebSocket connections are open on this node.
+    pub async fn wait_connections_at_most(&self, n: usize) {
+        tokio::time::timeout(DEADLINE, self.gateway().wait_connections_at_most(n))
+            .await
+            .unwrap_or_else(|_| panic!("more than {n} connections stayed open"));
+    }
+
     /// Waits (with a deadline) until a metric reaches at least `value`.
     pub async fn wait_metric(&self, name_and_labels: &str, value: f64) {
         let waited = tokio::time::timeout(DEADLINE, async {
