@@ -1,0 +1,3 @@
+//! `bellhop-loadgen`: see docs/BENCHMARKS.md.
+
+fn main() {}

@@ -1,0 +1,187 @@
+//! Bellhop wire protocol v1, JSON codec (docs/PROTOCOL.md): the token goes in the query, the
+//! `welcome` frame ends the handshake, `subscribe` is confirmed by `subscribed`, and published
+//! messages arrive as `message` frames whose `message.payload` is the load generator's payload.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{index_of, Delivery, Event, Payload, Sub, User, Wire, WireOptions};
+
+/// The event name every load-generator publish carries.
+pub const EVENT: &str = "LOADGEN";
+
+/// Per-connection state of the Bellhop codec.
+#[derive(Debug)]
+pub struct BellhopWire {
+    track_offsets: bool,
+    next_id: u64,
+}
+
+impl BellhopWire {
+    /// A codec for one connection.
+    pub fn new(opts: &WireOptions) -> Self {
+        Self {
+            track_offsets: opts.track_offsets,
+            next_id: 1,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    offset: Option<Cow<'a, str>>,
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(default, borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    payload: Payload,
+}
+
+impl Wire for BellhopWire {
+    fn url(&self, base: &str, user: &User) -> String {
+        format!("{base}?token={}", user.token)
+    }
+
+    fn hello(&mut self, _user: &User) -> Vec<Message> {
+        Vec::new()
+    }
+
+    fn subscribe(&mut self, subs: &[Sub]) -> Vec<Message> {
+        subs.iter()
+            .map(|s| {
+                let id = self.next_id;
+                self.next_id += 1;
+                let frame = match &s.since {
+                    Some(since) => serde_json::json!({
+                        "type": "subscribe", "id": id, "channel": s.channel, "since": since,
+                    }),
+                    None => {
+                        serde_json::json!({ "type": "subscribe", "id": id, "channel": s.channel })
+                    }
+                };
+                Message::text(frame.to_string())
+            })
+            .collect()
+    }
+
+    fn publish(&mut self, channel: &str, payload: &str) -> Message {
+        Message::text(format!(
+            r#"{{"type":"publish","channel":"{channel}","event":"{EVENT}","payload":{payload}}}"#
+        ))
+    }
+
+    fn decode(&mut self, message: &Message, chans: &[String], out: &mut Vec<Event>) {
+        let bytes: &[u8] = match message {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            _ => return,
+        };
+        let frame: Frame<'_> = match serde_json::from_slice(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                out.push(Event::Error(format!("undecodable frame: {e}")));
+                return;
+            }
+        };
+        let index = || frame.channel.as_deref().and_then(|c| index_of(chans, c));
+        match frame.kind.as_ref() {
+            "message" => {
+                let Some(index) = index() else { return };
+                let stored = frame
+                    .message
+                    .map(|raw| serde_json::from_str::<Stored>(raw.get()));
+                // Someone else's message on the channel is not ours to count.
+                if let Some(Ok(stored)) = stored {
+                    out.push(Event::Delivery(Delivery {
+                        index,
+                        payload: stored.payload,
+                        offset: if self.track_offsets {
+                            frame.offset.map(Cow::into_owned)
+                        } else {
+                            None
+                        },
+                    }));
+                }
+            }
+            "welcome" => out.push(Event::Ready),
+            "subscribed" => {
+                if let Some(index) = index() {
+                    out.push(Event::Subscribed {
+                        index,
+                        recovered: frame.recovered,
+                    });
+                }
+            }
+            "error" => out.push(Event::Error(format!(
+                "error {}: {}",
+                frame.code.as_deref().unwrap_or("?"),
+                frame.message.map(RawValue::get).unwrap_or("")
+            ))),
+            // ack, join, leave, typing, pong: nothing to measure.
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(text: &str, chans: &[String]) -> Vec<Event> {
+        let mut wire = BellhopWire::new(&WireOptions {
+            track_offsets: true,
+        });
+        let mut out = Vec::new();
+        wire.decode(&Message::text(text), chans, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_message_frame_becomes_a_delivery_with_its_offset() {
+        let chans = vec!["room:1".to_owned(), "user:a".to_owned()];
+        let payload = Payload { t: 5, s: 9, p: 2 }.encode(3);
+        let frame = format!(
+            r#"{{"type":"message","channel":"user:a","offset":"17-0","message":{{"messageId":"m","event":"LOADGEN","namespace":"h1","channel":"user:a","payload":{payload},"timestamp":"2026-11-23T10:11:47.291Z","sender":{{"id":"x","role":"staff"}},"priority":"normal"}}}}"#
+        );
+        let events = decode(&frame, &chans);
+        match events.as_slice() {
+            [Event::Delivery(d)] => {
+                assert_eq!(d.index, 1);
+                assert_eq!(d.payload, Payload { t: 5, s: 9, p: 2 });
+                assert_eq!(d.offset.as_deref(), Some("17-0"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn welcome_subscribed_and_errors_are_recognised() {
+        let chans = vec!["room:1".to_owned()];
+        assert!(matches!(
+            decode(r#"{"type":"welcome","sessionId":"s","node":"n","userId":"u","role":"staff","property":"h1","heartbeatSeconds":30}"#, &chans).as_slice(),
+            [Event::Ready]
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"subscribed","id":1,"channel":"room:1","offset":"1-0","recovered":true,"unread":0}"#, &chans).as_slice(),
+            [Event::Subscribed { index: 0, recovered: Some(true) }]
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"error","id":2,"code":"forbidden","message":"no"}"#, &chans).as_slice(),
+            [Event::Error(e)] if e.contains("forbidden")
+        ));
+    }
+}
