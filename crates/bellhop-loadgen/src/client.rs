@@ -1,0 +1,441 @@
+//! The connection driver: one task per simulated client owns its socket, runs the system's
+//! [`Wire`] codec, publishes on an open-loop schedule and records what arrives.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::stats::{self, Counters, Tracker};
+use crate::systems::{Event, Payload, Sub, System, User, Wire, WireOptions};
+
+/// How long a handshake (connect, authenticate, subscribe) may take before it counts as failed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The channels of a run and how many messages were published on each.
+#[derive(Debug)]
+pub struct Channels {
+    names: Vec<String>,
+    published: Vec<AtomicU64>,
+}
+
+impl Channels {
+    /// A table of channels (Bellhop names).
+    pub fn new(names: Vec<String>) -> Self {
+        let published = names.iter().map(|_| AtomicU64::new(0)).collect();
+        Self { names, published }
+    }
+
+    /// The channel's name.
+    pub fn name(&self, id: usize) -> &str {
+        &self.names[id]
+    }
+
+    /// Messages published on the channel so far.
+    pub fn published(&self, id: usize) -> u64 {
+        self.published[id].load(Ordering::Acquire)
+    }
+
+    /// Number of channels.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// What the scenario tells every client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Stay connected (reconnect after a failure).
+    Run,
+    /// Drop the connection without a closing handshake and reconnect, resuming where the
+    /// system supports it. The number tells storms apart. Publishers ignore it.
+    Reconnect(u32),
+    /// Close and end.
+    Stop,
+}
+
+/// Everything the clients of one run share.
+#[derive(Debug)]
+pub struct Run {
+    /// The system under test.
+    pub system: System,
+    /// Codec options.
+    pub wire: WireOptions,
+    /// The channel table.
+    pub channels: Channels,
+    /// Counters.
+    pub counters: Counters,
+    /// Payload padding, bytes.
+    pub pad: usize,
+    /// Limits handshakes in flight, so the measured connect rate is not a SYN-backlog overflow.
+    pub gate: Semaphore,
+    /// What clients should do.
+    pub control: watch::Sender<Command>,
+}
+
+/// One simulated client.
+#[derive(Debug)]
+pub struct Plan {
+    /// Its number, also its publisher number in payloads.
+    pub number: u32,
+    /// Who it is.
+    pub user: User,
+    /// The WebSocket base URL of the node it uses.
+    pub url: String,
+    /// Its source address (127.0.0.2, 127.0.0.3, ...).
+    pub local: IpAddr,
+    /// Channel ids it subscribes to.
+    pub subs: Vec<usize>,
+    /// Channel ids it publishes to, in turn.
+    pub publishes: Vec<usize>,
+    /// Its publish rate in messages per second (0: none), changeable during the run.
+    pub rate: Option<watch::Receiver<f64>>,
+}
+
+/// What a client's task shares with the scenario.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Per subscribed channel, in `Plan::subs` order.
+    pub trackers: Mutex<Vec<Tracker>>,
+    /// The last offset received per subscribed channel (Bellhop, when tracked).
+    pub offsets: Mutex<Vec<Option<String>>>,
+    /// Connected and every subscription confirmed.
+    pub subscribed: AtomicBool,
+    /// Times the client connected and subscribed.
+    pub sessions: AtomicU64,
+}
+
+impl State {
+    /// Fresh state for `subs` channels.
+    pub fn new(subs: usize) -> Self {
+        Self {
+            trackers: Mutex::new((0..subs).map(|_| Tracker::default()).collect()),
+            offsets: Mutex::new(vec![None; subs]),
+            ..Self::default()
+        }
+    }
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+enum End {
+    Stop,
+    Reconnect,
+    Failed(anyhow::Error),
+}
+
+/// Runs one client until [`Command::Stop`].
+pub async fn run(run: Arc<Run>, plan: Plan, state: Arc<State>) {
+    let mut control = run.control.subscribe();
+    let mut rate = plan.rate.clone();
+    let mut seen_reconnect = match *control.borrow() {
+        Command::Reconnect(n) => n,
+        _ => 0,
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if *control.borrow() == Command::Stop {
+            return;
+        }
+        let mut wire = run.system.wire(&run.wire);
+        let opened = open(&run, &plan, &state, wire.as_mut()).await;
+        let (mut ws, chans) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                run.counters.error(format!("client {}: {e:#}", plan.number));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        state.subscribed.store(true, Ordering::Release);
+        state.sessions.fetch_add(1, Ordering::Relaxed);
+        run.counters.ready.fetch_add(1, Ordering::Relaxed);
+        let end = session(
+            &run,
+            &plan,
+            &state,
+            wire.as_mut(),
+            &mut ws,
+            &chans,
+            &mut control,
+            &mut rate,
+            &mut seen_reconnect,
+        )
+        .await;
+        state.subscribed.store(false, Ordering::Release);
+        run.counters.ready.fetch_sub(1, Ordering::Relaxed);
+        match end {
+            End::Stop => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                return;
+            }
+            // Dropping the socket: no closing handshake, as when a network path fails.
+            End::Reconnect => drop(ws),
+            End::Failed(e) => {
+                run.counters
+                    .error(format!("client {}: connection lost: {e:#}", plan.number));
+                drop(ws);
+            }
+        }
+    }
+}
+
+/// Connects, completes the system's handshake and confirms every subscription.
+async fn open(
+    run: &Run,
+    plan: &Plan,
+    state: &State,
+    wire: &mut dyn Wire,
+) -> anyhow::Result<(Ws, Vec<String>)> {
+    let _permit = run.gate.acquire().await?;
+    let chans: Vec<String> = plan
+        .subs
+        .iter()
+        .map(|id| run.channels.name(*id).to_owned())
+        .collect();
+    let url = wire.url(&plan.url, &plan.user);
+    let handshake = async {
+        let stream = connect_from(&url, plan.local).await?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0);
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+                .await
+                .with_context(|| format!("WebSocket handshake with {url}"))?;
+        for m in wire.hello(&plan.user) {
+            ws.feed(m).await?;
+        }
+        ws.flush().await?;
+        let mut events = Vec::new();
+        let mut ready = false;
+        while !ready {
+            let m = next(&mut ws).await?;
+            wire.decode(&m, &chans, &mut events);
+            for e in events.drain(..) {
+                match e {
+                    Event::Ready => ready = true,
+                    Event::Reply(r) => ws.send(r).await?,
+                    Event::Error(e) => bail!("handshake refused: {e}"),
+                    _ => {}
+                }
+            }
+        }
+        let subs: Vec<Sub> = {
+            let offsets = state.offsets.lock();
+            chans
+                .iter()
+                .zip(offsets.iter())
+                .map(|(channel, since)| Sub {
+                    channel: channel.clone(),
+                    since: since.clone(),
+                })
+                .collect()
+        };
+        if !subs.is_empty() {
+            for m in wire.subscribe(&subs) {
+                ws.feed(m).await?;
+            }
+            ws.flush().await?;
+        }
+        let mut confirmed = vec![false; subs.len()];
+        while confirmed.iter().any(|c| !c) {
+            let m = next(&mut ws).await?;
+            wire.decode(&m, &chans, &mut events);
+            for e in events.drain(..) {
+                match e {
+                    Event::Subscribed { index, recovered } => {
+                        if let Some(c) = confirmed.get_mut(index) {
+                            *c = true;
+                        }
+                        let resumed = subs.get(index).is_some_and(|s| s.since.is_some());
+                        if resumed && recovered == Some(false) {
+                            run.counters.not_recovered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    other => handle(run, state, &mut ws, other).await?,
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(ws)
+    };
+    let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| anyhow!("handshake took longer than {HANDSHAKE_TIMEOUT:?}"))??;
+    Ok((ws, chans))
+}
+
+/// A TCP connection to the URL's host and port from `local`.
+async fn connect_from(url: &str, local: IpAddr) -> anyhow::Result<TcpStream> {
+    let uri: tokio_tungstenite::tungstenite::http::Uri = url.parse()?;
+    let host = uri.host().ok_or_else(|| anyhow!("{url} has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let ip: IpAddr = host
+        .parse()
+        .with_context(|| format!("{host} is not an IP address (loopback only)"))?;
+    let socket = TcpSocket::new_v4()?;
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .with_context(|| format!("binding to {local}"))?;
+    let stream = socket
+        .connect(SocketAddr::new(ip, port))
+        .await
+        .with_context(|| format!("connecting to {ip}:{port} from {local}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn next(ws: &mut Ws) -> anyhow::Result<Message> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => bail!("closed by the server: {frame:?}"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(m)) => return Ok(m),
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Records a delivery or acts on a control event.
+async fn handle(run: &Run, state: &State, ws: &mut Ws, event: Event) -> anyhow::Result<()> {
+    match event {
+        Event::Delivery(d) => {
+            stats::record_latency(stats::now_us().saturating_sub(d.payload.t));
+            run.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = state.trackers.lock().get_mut(d.index) {
+                t.note(d.payload.p, d.payload.s);
+            }
+            if let Some(offset) = d.offset {
+                if let Some(slot) = state.offsets.lock().get_mut(d.index) {
+                    *slot = Some(offset);
+                }
+            }
+        }
+        Event::Reply(r) => ws.send(r).await?,
+        Event::Error(e) => run.counters.error(e),
+        Event::Ready | Event::Subscribed { .. } => {}
+    }
+    Ok(())
+}
+
+/// The connected part: read, publish on schedule, obey the scenario.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    run: &Run,
+    plan: &Plan,
+    state: &State,
+    wire: &mut dyn Wire,
+    ws: &mut Ws,
+    chans: &[String],
+    control: &mut watch::Receiver<Command>,
+    rate: &mut Option<watch::Receiver<f64>>,
+    seen_reconnect: &mut u32,
+) -> End {
+    let mut events = Vec::new();
+    let mut per_second = rate.as_ref().map_or(0.0, |r| *r.borrow());
+    // Publishers start at different points of their period, so that many slow publishers add
+    // up to a steady rate rather than synchronised bursts.
+    let phase = (f64::from(plan.number) * 0.618_033_988_749_895).fract();
+    let first_due = |per_second: f64| {
+        let offset = if per_second > 0.0 {
+            phase / per_second
+        } else {
+            0.0
+        };
+        Instant::now() + Duration::from_secs_f64(offset)
+    };
+    let mut due = first_due(per_second);
+    let mut turn = 0usize;
+    loop {
+        let publishing = per_second > 0.0 && !plan.publishes.is_empty();
+        let due_now = due;
+        let tick = async move {
+            if publishing {
+                tokio::time::sleep_until(due_now).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let rate_changed = async {
+            match rate.as_mut() {
+                Some(r) => r.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            m = ws.next() => {
+                let m = match m {
+                    Some(Ok(Message::Close(frame))) => {
+                        return End::Failed(anyhow!("closed by the server: {frame:?}"))
+                    }
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return End::Failed(e.into()),
+                    None => return End::Failed(anyhow!("connection ended")),
+                };
+                wire.decode(&m, chans, &mut events);
+                for e in events.drain(..) {
+                    if let Err(e) = handle(run, state, ws, e).await {
+                        return End::Failed(e);
+                    }
+                }
+            }
+            () = tick => {
+                let channel = plan.publishes[turn % plan.publishes.len()];
+                turn += 1;
+                let seq = run.channels.published[channel].fetch_add(1, Ordering::AcqRel);
+                let t = u64::try_from(due.saturating_duration_since(stats::epoch()).as_micros()).unwrap_or(0);
+                let payload = Payload { t, s: seq, p: plan.number }.encode(run.pad);
+                let message = wire.publish(run.channels.name(channel), &payload);
+                if let Err(e) = ws.send(message).await {
+                    return End::Failed(e.into());
+                }
+                run.counters.published.fetch_add(1, Ordering::Relaxed);
+                due += Duration::from_secs_f64(1.0 / per_second);
+            }
+            ok = rate_changed => {
+                if ok {
+                    per_second = rate.as_ref().map_or(0.0, |r| *r.borrow());
+                    due = first_due(per_second);
+                } else {
+                    *rate = None;
+                    per_second = 0.0;
+                }
+            }
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return End::Stop;
+                }
+                let command = *control.borrow_and_update();
+                match command {
+                    Command::Stop => return End::Stop,
+                    Command::Reconnect(n) if n != *seen_reconnect => {
+                        *seen_reconnect = n;
+                        if plan.publishes.is_empty() {
+                            return End::Reconnect;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
