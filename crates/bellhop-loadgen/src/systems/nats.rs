@@ -700,21 +700,3 @@ mod tests {
         assert!(clustered.contains("\"nats-route://127.0.0.1:16224\""));
     }
 }
-
-/// The nats-server configuration file of the benchmark (placeholder until written).
-pub fn server_config(client_port: u16, ws_port: u16, cluster: Option<(u16, Vec<u16>)>) -> String {
-    let mut s = format!(
-        "host: 127.0.0.1\nport: {client_port}\nwebsocket {{\n  host: 127.0.0.1\n  port: {ws_port}\n  no_tls: true\n}}\n"
-    );
-    if let Some((own, routes)) = cluster {
-        let routes: Vec<String> = routes
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect();
-        s.push_str(&format!(
-            "cluster {{\n  name: bench\n  host: 127.0.0.1\n  port: {own}\n  routes: [{}]\n}}\n",
-            routes.join(", ")
-        ));
-    }
-    s
-}
