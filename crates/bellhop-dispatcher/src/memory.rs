@@ -29,7 +29,9 @@ pub struct MemoryConfig {
     pub retention: Duration,
     /// Most messages kept per channel; older ones are trimmed first (10,000).
     pub max_messages_per_channel: usize,
-    /// Events buffered per channel for a live subscriber before it is told it has a gap (4,096).
+    /// Events buffered per channel for a live subscriber before it is told it has a gap (32).
+    /// The buffer is allocated in full for every channel with a subscriber, so it is small: a
+    /// node's hub drains it at once, and a subscriber that falls behind re-reads the log.
     pub subscriber_buffer: usize,
 }
 
@@ -38,7 +40,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             retention: Duration::from_secs(24 * 3600),
             max_messages_per_channel: 10_000,
-            subscriber_buffer: 4096,
+            subscriber_buffer: 32,
         }
     }
 }

@@ -195,7 +195,9 @@ pub struct RedisConfig {
     pub reconnect_min_delay: Duration,
     /// Longest delay between reconnect attempts (10 s).
     pub reconnect_max_delay: Duration,
-    /// Events buffered per channel for a live subscriber before it is told it has a gap (4,096).
+    /// Events buffered per channel for a live subscriber before it is told it has a gap (32).
+    /// The buffer is allocated in full for every channel with a subscriber, so it is small: a
+    /// node's hub drains it at once, and a subscriber that falls behind re-reads the log.
     pub subscriber_buffer: usize,
     /// Pub/sub messages buffered between the subscriber connection and the task that routes them
     /// to channels, before every channel is told it has a gap (16,384).
@@ -222,7 +224,7 @@ impl Default for RedisConfig {
             retry_after: Duration::from_secs(1),
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(10),
-            subscriber_buffer: 4096,
+            subscriber_buffer: 32,
             pubsub_buffer: 16_384,
             probe_interval: Duration::from_secs(15),
             probe_timeout: Duration::from_secs(5),

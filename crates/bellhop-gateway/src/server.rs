@@ -289,7 +289,10 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
                 return;
             }
         };
+        // tungstenite's default read buffer is 128 KiB per connection, allocated up front; clients
+        // send small frames, and the buffer grows for a large one (up to the frame limit).
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let ws =
@@ -320,6 +323,9 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
     }
     response
 }
+
+/// Initial read buffer of a WebSocket connection.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// Whether a request's `Origin` may open a connection: any when no list is configured; a
 /// request without `Origin` (not a browser) is allowed.
