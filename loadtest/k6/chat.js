@@ -30,7 +30,6 @@ const delivery = new Trend('chat_delivery_ms', true);
 const ackTime = new Trend('publish_ack_ms', true);
 const success = new Rate('delivery_success');
 const disorder = new Counter('order_violations');
-const received = new Counter('chat_messages_received');
 
 export const options = {
   scenarios: {
@@ -167,7 +166,6 @@ export default function (data) {
           if (ended.every((c) => c !== undefined)) finish(false);
           break;
         }
-        received.add(1);
         delivery.add(Date.now() - p.sentAt);
         if (p.seq !== nextSeq[from] || got[from].has(p.seq)) {
           disorder.add(1);

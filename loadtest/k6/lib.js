@@ -6,7 +6,8 @@ import encoding from 'k6/encoding';
 import { WebSocket } from 'k6/experimental/websockets';
 import { Counter } from 'k6/metrics';
 
-export const URL = __ENV.URL || 'ws://127.0.0.1:3001/ws';
+/** URL may list several nodes, comma-separated: each connection picks one at random. */
+const URLS = (__ENV.URL || 'ws://127.0.0.1:3001/ws').split(',').map((u) => u.trim()).filter((u) => u);
 export const PROP = __ENV.PROP || 'h1';
 const SECRET = __ENV.JWT_SECRET;
 
@@ -29,7 +30,8 @@ export function token(sub, role, extra = {}) {
  * frames are counted and logged (and still passed on). `onClose(event)` runs when it closes.
  */
 export function connect(tok, who, onFrame, onClose) {
-  const ws = new WebSocket(`${URL}?token=${tok}`);
+  const url = URLS[Math.floor(Math.random() * URLS.length)];
+  const ws = new WebSocket(`${url}?token=${tok}`);
   ws.onmessage = (event) => {
     const f = JSON.parse(event.data);
     if (f.type === 'error') {

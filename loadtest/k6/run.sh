@@ -70,5 +70,14 @@ if [ "$SCENARIO" = smoke ]; then
   k6 run --quiet -e URL="$URL" -e STAFF_TOKEN="$STAFF" -e GUEST_TOKEN="$GUEST" loadtest/k6/smoke.js
 else
   # k6 passes the environment to the script (__ENV): JWT_SECRET, URL and the scenario's knobs.
-  k6 run --quiet "loadtest/k6/$SCENARIO.js"
+  STATUS=0
+  k6 run --quiet "loadtest/k6/$SCENARIO.js" || STATUS=$?
+  # Where the load landed: on a small machine k6 itself is often the bottleneck.
+  if [ -n "${NODE:-}" ]; then
+    NODE_CPU=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$NODE/stat" 2>/dev/null || echo "?")
+    times >"$LOG.times" # in this shell: a subshell would report its own children
+    echo "k6: CPU used: node ${NODE_CPU} s; k6 (user, system) $(sed -n 2p "$LOG.times")"
+    rm -f "$LOG.times"
+  fi
+  exit "$STATUS"
 fi
