@@ -64,7 +64,7 @@ k6-smoke: ## a short k6 run against a node it starts: a guest's requests reach h
 	$(CARGO) build -q -p bellhop
 	@loadtest/k6/smoke.sh $(TARGET_DIR)/debug/bellhop
 
-k6: deps ## the k6 scenarios: chat, fan-out, connect storm against a node it starts (loadtest/k6/, about 3 minutes)
+k6: deps ## the k6 scenarios: chat, fan-out, connect storm against a node it starts (loadtest/k6/, about 2 minutes once built)
 	$(CARGO) build --release -p bellhop
 	@status=0; for s in chat fanout connect-storm; do \
 	  loadtest/k6/run.sh $$s $(TARGET_DIR)/release/bellhop || { status=1; echo "k6: $$s FAILED"; }; \
