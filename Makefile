@@ -4,11 +4,13 @@ BIN := target/release/bellhop
 # Seconds each fuzz target runs in `make fuzz`, and in the short run `make test` does.
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 15
+# Where cargo puts binaries, for the k6 targets (honours CARGO_TARGET_DIR).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test lint unit k6-smoke conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
+.PHONY: run test lint unit k6-smoke k6 conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 deps: ## check for (and install, where missing) what building and testing need
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (https://rustup.rs) first"; exit 1; }
@@ -60,7 +62,13 @@ conformance: ## a short fuzz run of every target and the Autobahn WebSocket suit
 
 k6-smoke: ## a short k6 run against a node it starts: a guest's requests reach housekeeping, with the delivery thresholds (loadtest/k6/)
 	$(CARGO) build -q -p bellhop
-	@loadtest/k6/smoke.sh target/debug/bellhop
+	@loadtest/k6/smoke.sh $(TARGET_DIR)/debug/bellhop
+
+k6: deps ## the k6 scenarios: chat, fan-out, connect storm against a node it starts (loadtest/k6/, about 2 minutes once built)
+	$(CARGO) build --release -p bellhop
+	@status=0; for s in chat fanout connect-storm; do \
+	  loadtest/k6/run.sh $$s $(TARGET_DIR)/release/bellhop || { status=1; echo "k6: $$s FAILED"; }; \
+	done; exit $$status
 
 test: lint unit conformance k6-smoke ## everything CI runs: lint, every test suite, the conformance runs, a k6 smoke
 
