@@ -7,7 +7,7 @@ FUZZ_SMOKE_SECONDS ?= 15
 # Where cargo puts binaries, for the k6 targets (honours CARGO_TARGET_DIR).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test lint unit k6-smoke k6 conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
+.PHONY: run test lint unit k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -69,6 +69,19 @@ k6: deps ## the k6 scenarios: chat, fan-out, connect storm against a node it sta
 	@status=0; for s in chat fanout connect-storm; do \
 	  loadtest/k6/run.sh $$s $(TARGET_DIR)/release/bellhop || { status=1; echo "k6: $$s FAILED"; }; \
 	done; exit $$status
+
+bench-deps: test-deps ## what `make bench` needs: redis-server, nats-server (apt), Socket.IO and its Redis adapter (npm ci in bench/peers/socketio)
+	@bench/peers/install.sh
+
+bench: bench-deps ## the side-by-side benchmark: Bellhop, NATS and Socket.IO on every workload; rewrites docs/BENCHMARKS.md (about 15 minutes)
+	$(CARGO) build --release -p bellhop -p bellhop-loadgen
+	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop $(BENCH_ARGS)
+
+bench-quick: bench-deps ## the same benchmark with small workloads (about 3 minutes), written to target/bench-quick/ instead of docs/
+	$(CARGO) build --release -p bellhop -p bellhop-loadgen
+	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop --doc target/bench-quick/BENCHMARKS.md --out target/bench-quick/bench \
+	  --idle-connections 2000 --fanout-subscribers 200 --fanout-rates 50,200 --fanout-step-seconds 2 \
+	  --chat-rooms 200 --chat-rate 1000 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
 
 test: lint unit conformance k6-smoke ## everything CI runs: lint, every test suite, the conformance runs, a k6 smoke
 

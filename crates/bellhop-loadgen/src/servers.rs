@@ -55,9 +55,9 @@ impl Drop for Servers {
 }
 
 impl Servers {
-    /// Stops every process and waits for them to exit.
+    /// Stops every process and waits for them to exit, the nodes before the Redis they use.
     pub async fn stop(mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().rev() {
             let _ = c.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
         }
