@@ -81,7 +81,7 @@ bench-quick: bench-deps ## the same benchmark with small workloads (about 3 minu
 	$(CARGO) build --release -p bellhop -p bellhop-loadgen
 	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop --doc target/bench-quick/BENCHMARKS.md --out target/bench-quick/bench \
 	  --idle-connections 2000 --fanout-subscribers 200 --fanout-rates 50,200 --fanout-step-seconds 2 \
-	  --chat-rooms 200 --chat-rate 1000 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
+	  --chat-rooms 200 --chat-rates 1000,2500 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
 
 test: lint unit conformance k6-smoke ## everything CI runs: lint, every test suite, the conformance runs, a k6 smoke
 

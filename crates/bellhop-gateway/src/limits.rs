@@ -126,6 +126,9 @@ pub(crate) struct Limits {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_user: DefaultKeyedRateLimiter<(String, String)>,
     frame_quota: Quota,
+    /// One clock for every limiter: creating a quanta clock calibrates it (CPUID and a
+    /// measurement), which cost more than the rest of a connection's limiter setup together.
+    clock: DefaultClock,
     /// Banned IPs and when each ban ends.
     bans: Mutex<HashMap<IpAddr, Instant>>,
     /// Refusals per IP in the current window: (window start, count).
@@ -155,10 +158,12 @@ impl Limits {
             .allow_burst(nonzero(config.publishes_per_user_per_minute / 10));
         let frame_quota = Quota::per_second(nonzero(config.frames_per_second))
             .allow_burst(nonzero(config.frames_per_second.saturating_mul(2)));
+        let clock = DefaultClock::default();
         Limits {
-            per_ip: RateLimiter::keyed(per_ip),
-            per_user: RateLimiter::keyed(per_user),
+            per_ip: RateLimiter::dashmap_with_clock(per_ip, clock.clone()),
+            per_user: RateLimiter::dashmap_with_clock(per_user, clock.clone()),
             frame_quota,
+            clock,
             bans: Mutex::new(HashMap::new()),
             strikes: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
@@ -210,7 +215,7 @@ impl Limits {
         match self.per_ip.check_key(&ip) {
             Ok(()) => Ok(()),
             Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let wait = not_until.wait_time_from(self.clock.now());
                 Err(Refusal::RateLimited(wait.max(Duration::from_millis(1))))
             }
         }
@@ -263,7 +268,7 @@ impl Limits {
             .check_key(&(property.to_owned(), user.to_owned()))
             .map_err(|not_until| {
                 not_until
-                    .wait_time_from(DefaultClock::default().now())
+                    .wait_time_from(self.clock.now())
                     .max(Duration::from_millis(1))
             })
     }
@@ -271,7 +276,7 @@ impl Limits {
     /// A fresh frame limiter for one connection.
     pub(crate) fn frame_limiter(&self) -> FrameLimiter {
         FrameLimiter {
-            limiter: RateLimiter::direct(self.frame_quota),
+            limiter: RateLimiter::direct_with_clock(self.frame_quota, self.clock.clone()),
             strikes: 0,
             last_refusal: None,
             strikes_before_close: self.config.strikes_before_close,
@@ -364,7 +369,7 @@ impl FrameLimiter {
                 if self.strikes > self.strikes_before_close {
                     return FrameVerdict::Close;
                 }
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
                 FrameVerdict::Refuse(wait.max(Duration::from_millis(1)))
             }
         }

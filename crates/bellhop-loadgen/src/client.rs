@@ -261,9 +261,23 @@ async fn open(
             wire.decode(&m, &chans, &mut events);
             for e in events.drain(..) {
                 match e {
-                    Event::Subscribed { index, recovered } => {
+                    Event::Subscribed {
+                        index,
+                        recovered,
+                        offset,
+                    } => {
                         if let Some(c) = confirmed.get_mut(index) {
                             *c = true;
+                        }
+                        // Resume from the subscription's position when no message arrived
+                        // since (a quiet channel): otherwise what is published while the client
+                        // is away would be skipped by a plain subscribe.
+                        if let Some(offset) = offset {
+                            if let Some(slot) = state.offsets.lock().get_mut(index) {
+                                if slot.is_none() {
+                                    *slot = Some(offset);
+                                }
+                            }
                         }
                         let resumed = subs.get(index).is_some_and(|s| s.since.is_some());
                         if resumed && recovered == Some(false) {
@@ -290,16 +304,37 @@ async fn connect_from(url: &str, local: IpAddr) -> anyhow::Result<TcpStream> {
     let ip: IpAddr = host
         .parse()
         .with_context(|| format!("{host} is not an IP address (loopback only)"))?;
-    let socket = TcpSocket::new_v4()?;
-    socket
-        .bind(SocketAddr::new(local, 0))
-        .with_context(|| format!("binding to {local}"))?;
+    let socket = bind_source(local)?;
     let stream = socket
         .connect(SocketAddr::new(ip, port))
         .await
         .with_context(|| format!("connecting to {ip}:{port} from {local}"))?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Source ports are handed out in turn from this range rather than left to the kernel: binding
+/// to port 0 makes the kernel search its bind table for a free port, and with tens of thousands
+/// of sockets on one address that search cost more CPU than the rest of a handshake (the
+/// profile in docs/BENCHMARKS.md). A port still in use (or in TIME_WAIT) is skipped.
+const SOURCE_PORTS: std::ops::Range<u16> = 10_000..60_000;
+
+fn bind_source(local: IpAddr) -> anyhow::Result<TcpSocket> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let span = u64::from(SOURCE_PORTS.end - SOURCE_PORTS.start);
+    let mut last = None;
+    for _ in 0..256 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = SOURCE_PORTS.start + u16::try_from(offset).unwrap_or(0);
+        let socket = TcpSocket::new_v4()?;
+        match socket.bind(SocketAddr::new(local, port)) {
+            Ok(()) => return Ok(socket),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow!(
+        "no free source port on {local} after 256 tries: {last:?}"
+    ))
 }
 
 async fn next(ws: &mut Ws) -> anyhow::Result<Message> {

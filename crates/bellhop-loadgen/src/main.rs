@@ -58,7 +58,7 @@ struct Params {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "25,50,100,200,400,800,1600"
+        default_value = "5,10,25,50,100,200,400,800,1600"
     )]
     fanout_rates: Vec<f64>,
     /// fanout: seconds measured per step (after one second of warm-up).
@@ -70,11 +70,11 @@ struct Params {
     /// chat: members per room, each a connection that publishes.
     #[arg(long, default_value_t = 4)]
     chat_members: usize,
-    /// chat: total messages per second.
-    #[arg(long, default_value_t = 10_000.0)]
-    chat_rate: f64,
-    /// chat: seconds measured (after two seconds of warm-up).
-    #[arg(long, default_value_t = 10)]
+    /// chat: total messages per second, one step each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000,10000")]
+    chat_rates: Vec<f64>,
+    /// chat: seconds measured per step (after a warm-up).
+    #[arg(long, default_value_t = 5)]
     chat_seconds: u64,
     /// storm: clients that drop and reconnect at once.
     #[arg(long, default_value_t = 10_000)]
@@ -104,8 +104,8 @@ impl Params {
         m.insert(
             "chat".into(),
             format!(
-                "{} rooms x {} members, every member publishing; {} messages/s in all, measured {} s after 2 s warm-up",
-                self.chat_rooms, self.chat_members, self.chat_rate, self.chat_seconds
+                "{} rooms x {} members, every member publishing; {:?} messages/s in all, {} s per step after a warm-up",
+                self.chat_rooms, self.chat_members, self.chat_rates, self.chat_seconds
             ),
         );
         m.insert(
@@ -234,7 +234,7 @@ async fn run_scenario(
                 target,
                 rooms,
                 p.chat_members,
-                p.chat_rate,
+                &p.chat_rates,
                 Duration::from_secs(p.chat_seconds),
             )
             .await;

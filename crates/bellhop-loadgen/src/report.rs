@@ -86,6 +86,36 @@ fn cores(v: f64) -> String {
     format!("{v:.2}")
 }
 
+/// The chat rate of the headline: one every system carries on this machine.
+const CHAT_HEADLINE: f64 = 2500.0;
+/// The rate the issue names.
+const CHAT_TARGET: f64 = 10_000.0;
+
+fn at(c: &ChatResult, rate: f64) -> Option<&crate::scenarios::Step> {
+    c.steps
+        .iter()
+        .find(|s| (s.target_publish_rate - rate).abs() < 0.5)
+}
+
+/// The fan-out step of the per-delivery CPU figure: 50,000 deliveries/s, which every system
+/// carries here.
+const FANOUT_CPU_RATE: f64 = 25.0;
+
+fn fan_at(f: &FanoutResult, rate: f64) -> Option<&crate::scenarios::Step> {
+    f.steps
+        .iter()
+        .find(|s| (s.target_publish_rate - rate).abs() < 0.5)
+}
+
+/// Server CPU time per delivery, µs.
+fn cpu_per_delivery(s: &crate::scenarios::Step) -> Option<f64> {
+    (s.deliveries_per_second > 0.0).then(|| s.server_cores * 1e6 / s.deliveries_per_second)
+}
+
+fn us(v: f64) -> String {
+    format!("{v:.1} µs")
+}
+
 fn rows() -> Vec<Row> {
     vec![
         Row {
@@ -124,46 +154,124 @@ fn rows() -> Vec<Row> {
             format: per_s,
         },
         Row {
-            workload: "chat, 1 node",
-            metric: "p50 latency",
-            better: Better::Lower,
-            value: |r| r.chat_single.as_ref().map(|c| c.step.latency.p50_ms),
-            format: ms,
-        },
-        Row {
-            workload: "chat, 1 node",
+            workload: "fanout, 50k deliveries/s",
             metric: "p99 latency",
             better: Better::Lower,
-            value: |r| r.chat_single.as_ref().map(|c| c.step.latency.p99_ms),
+            value: |r| {
+                r.fanout
+                    .as_ref()
+                    .and_then(|f| fan_at(f, FANOUT_CPU_RATE))
+                    .map(|s| s.latency.p99_ms)
+            },
             format: ms,
         },
         Row {
-            workload: "chat, 1 node",
-            metric: "server CPU (cores)",
+            workload: "fanout, 50k deliveries/s",
+            metric: "server CPU per delivery",
             better: Better::Lower,
-            value: |r| r.chat_single.as_ref().map(|c| c.step.server_cores),
+            value: |r| {
+                r.fanout
+                    .as_ref()
+                    .and_then(|f| fan_at(f, FANOUT_CPU_RATE))
+                    .and_then(cpu_per_delivery)
+            },
+            format: us,
+        },
+        Row {
+            workload: "chat, 1 node, 2,500 msg/s",
+            metric: "p50 latency",
+            better: Better::Lower,
+            value: |r| {
+                r.chat_single
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_HEADLINE))
+                    .map(|s| s.latency.p50_ms)
+            },
+            format: ms,
+        },
+        Row {
+            workload: "chat, 1 node, 2,500 msg/s",
+            metric: "p99 latency",
+            better: Better::Lower,
+            value: |r| {
+                r.chat_single
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_HEADLINE))
+                    .map(|s| s.latency.p99_ms)
+            },
+            format: ms,
+        },
+        Row {
+            workload: "chat, 1 node, 2,500 msg/s",
+            metric: "server CPU per delivery",
+            better: Better::Lower,
+            value: |r| {
+                r.chat_single
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_HEADLINE))
+                    .map(|s| s.server_cores)
+            },
             format: cores,
         },
         Row {
-            workload: "chat, cluster",
+            workload: "chat, cluster, 2,500 msg/s",
             metric: "p50 latency",
             better: Better::Lower,
-            value: |r| r.chat_cluster.as_ref().map(|c| c.step.latency.p50_ms),
+            value: |r| {
+                r.chat_cluster
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_HEADLINE))
+                    .map(|s| s.latency.p50_ms)
+            },
             format: ms,
         },
         Row {
-            workload: "chat, cluster",
+            workload: "chat, cluster, 2,500 msg/s",
             metric: "p99 latency",
             better: Better::Lower,
-            value: |r| r.chat_cluster.as_ref().map(|c| c.step.latency.p99_ms),
+            value: |r| {
+                r.chat_cluster
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_HEADLINE))
+                    .map(|s| s.latency.p99_ms)
+            },
             format: ms,
         },
         Row {
-            workload: "chat, cluster",
-            metric: "server CPU (cores)",
+            workload: "chat, cluster, 2,500 msg/s",
+            metric: "server CPU per delivery",
             better: Better::Lower,
-            value: |r| r.chat_cluster.as_ref().map(|c| c.step.server_cores),
+            value: |r| {
+                r.chat_cluster
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_HEADLINE))
+                    .map(|s| s.server_cores)
+            },
             format: cores,
+        },
+        Row {
+            workload: "chat, 1 node, 10,000 msg/s",
+            metric: "p99 latency",
+            better: Better::Lower,
+            value: |r| {
+                r.chat_single
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_TARGET))
+                    .map(|s| s.latency.p99_ms)
+            },
+            format: ms,
+        },
+        Row {
+            workload: "chat, cluster, 10,000 msg/s",
+            metric: "p99 latency",
+            better: Better::Lower,
+            value: |r| {
+                r.chat_cluster
+                    .as_ref()
+                    .and_then(|c| at(c, CHAT_TARGET))
+                    .map(|s| s.latency.p99_ms)
+            },
+            format: ms,
         },
         Row {
             workload: "storm",
@@ -290,14 +398,14 @@ pub fn markdown(report: &Report) -> String {
         md,
         "\n### fanout\n\n![p99 latency over deliveries per second](bench/fanout-latency.svg)\n"
     );
-    let _ = writeln!(md, "| system | subscribers | publishes/s | deliveries/s | p50 | p99 | p99.9 | server CPU | lost | dup |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| system | subscribers | publishes/s | deliveries/s | p50 | p99 | p99.9 | server CPU (cores) | CPU per delivery | lost | dup |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for s in ORDER {
         if let Some(f) = get(report, s).and_then(|r| r.fanout.as_ref()) {
             for st in &f.steps {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} |",
+                    "| {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
                     s.label(),
                     f.connected,
                     st.publish_rate,
@@ -306,6 +414,7 @@ pub fn markdown(report: &Report) -> String {
                     ms(st.latency.p99_ms),
                     ms(st.latency.p999_ms),
                     st.server_cores,
+                    cpu_per_delivery(st).map_or("—".to_owned(), us),
                     f.losses.lost,
                     f.losses.duplicated
                 );
@@ -322,24 +431,26 @@ pub fn markdown(report: &Report) -> String {
     for s in ORDER {
         let Some(r) = get(report, s) else { continue };
         for c in [&r.chat_single, &r.chat_cluster].into_iter().flatten() {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.0} MiB | {} | {} | {} | {} |",
-                s.label(),
-                c.topology,
-                c.connected,
-                c.step.publish_rate,
-                per_s(c.step.deliveries_per_second),
-                ms(c.step.latency.p50_ms),
-                ms(c.step.latency.p99_ms),
-                ms(c.step.latency.p999_ms),
-                c.step.server_cores,
-                c.step.server_rss as f64 / 1048576.0,
-                c.losses.lost,
-                c.losses.duplicated,
-                c.losses.out_of_order,
-                c.errors
-            );
+            for st in &c.steps {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.0} MiB | {} | {} | {} | {} |",
+                    s.label(),
+                    c.topology,
+                    c.connected,
+                    st.publish_rate,
+                    per_s(st.deliveries_per_second),
+                    ms(st.latency.p50_ms),
+                    ms(st.latency.p99_ms),
+                    ms(st.latency.p999_ms),
+                    st.server_cores,
+                    st.server_rss as f64 / 1048576.0,
+                    c.losses.lost,
+                    c.losses.duplicated,
+                    c.losses.out_of_order,
+                    c.errors
+                );
+            }
         }
     }
 

@@ -477,8 +477,8 @@ pub struct ChatResult {
     pub members: usize,
     /// Connections that were subscribed when publishing began.
     pub connected: u64,
-    /// The measured window.
-    pub step: Step,
+    /// One measured window per total rate.
+    pub steps: Vec<Step>,
     /// Counted once publishing stopped.
     pub losses: Losses,
     /// Errors seen.
@@ -487,12 +487,13 @@ pub struct ChatResult {
     pub error_samples: Vec<String>,
 }
 
-/// `chat`: `rooms` rooms of `members`, every member publishing so that the total is `rate`.
+/// `chat`: `rooms` rooms of `members`, every member publishing so that the total is each of
+/// `rates` in turn.
 pub async fn chat(
     target: &Target,
     rooms: usize,
     members: usize,
-    rate: f64,
+    rates: &[f64],
     length: Duration,
 ) -> ChatResult {
     let n = rooms * members;
@@ -510,16 +511,19 @@ pub async fn chat(
     clients.wait_ready(n, Duration::from_secs(180), &b).await;
     b.finish_and_clear();
     let connected = clients.ready();
-    let step = measure(
-        &clients,
-        target,
-        rate / n as f64,
-        Duration::from_secs(2),
-        length,
-    )
-    .await;
-    let mut step = step;
-    step.target_publish_rate = rate;
+    let mut steps = Vec::new();
+    let ramp = bar(
+        rates.len() as u64,
+        &format!("{} chat", target.system.label()),
+    );
+    for (i, rate) in rates.iter().enumerate() {
+        let warmup = Duration::from_secs(if i == 0 { 2 } else { 1 });
+        let mut step = measure(&clients, target, rate / n as f64, warmup, length).await;
+        step.target_publish_rate = *rate;
+        ramp.inc(1);
+        steps.push(step);
+    }
+    ramp.finish_and_clear();
     let _ = clients.rate.send(0.0);
     let losses = clients.drain(&make(), Duration::from_secs(30)).await;
     let (errors, error_samples) = clients.errors();
@@ -529,7 +533,7 @@ pub async fn chat(
         rooms,
         members,
         connected,
-        step,
+        steps,
         losses,
         errors,
         error_samples,

@@ -84,6 +84,9 @@ pub enum Event {
         index: usize,
         /// Whether a `since` was honoured (Bellhop); `None` elsewhere.
         recovered: Option<bool>,
+        /// The channel's position at subscribe time (Bellhop, when offsets are tracked): where
+        /// to resume from if no message arrives before a reconnect.
+        offset: Option<String>,
     },
     /// A message published by the load generator arrived.
     Delivery(Delivery),

@@ -112,6 +112,7 @@ impl NatsWire {
                         out.extend((0..count).map(|index| Event::Subscribed {
                             index,
                             recovered: None,
+                            offset: None,
                         }))
                     }
                     // Not an answer to any PING of ours: nothing to confirm.
@@ -556,9 +557,11 @@ mod tests {
             [Event::Ready, Event::Subscribed {
                 index: 0,
                 recovered: None,
+                ..
             }, Event::Subscribed {
                 index: 1,
                 recovered: None,
+                ..
             }] => {}
             other => panic!("unexpected {other:?}"),
         }

@@ -72,6 +72,7 @@ impl SocketIoWire {
                     Ok((true,)) => out.extend((0..count).map(|index| Event::Subscribed {
                         index,
                         recovered: None,
+                        offset: None,
                     })),
                     _ => out.push(Event::Error(format!(
                         "socket.io: sub refused: {}",
@@ -289,7 +290,8 @@ mod tests {
             decode(&mut wire, "431[true]").as_slice(),
             [Event::Subscribed {
                 index: 0,
-                recovered: None
+                recovered: None,
+                ..
             }]
         ));
         assert!(matches!(
