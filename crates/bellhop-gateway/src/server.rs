@@ -324,8 +324,9 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
     response
 }
 
-/// Initial read buffer of a WebSocket connection.
-const READ_BUFFER_BYTES: usize = 4096;
+/// Read buffer of a WebSocket connection, and how much one read asks the socket for: client
+/// frames are small, and a large one only takes more reads (the buffer grows to hold it).
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Whether a request's `Origin` may open a connection: any when no list is configured; a
 /// request without `Origin` (not a browser) is allowed.

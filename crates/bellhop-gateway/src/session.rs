@@ -70,13 +70,15 @@ where
         subscriptions: HashSet::new(),
         counted: None,
     };
+    // The futures of the rare steps are boxed: a connection's task is as large as its largest
+    // step, and most of its life it only waits for the next frame (docs/BENCHMARKS.md).
     if let Some(p) = opening.principal {
-        session.welcome(None, p).await;
+        Box::pin(session.welcome(None, p)).await;
     }
     session.read_loop(&mut stream).await;
     // The peer may have simply gone away: make sure the writer finishes either way.
     outbound.close(close::NORMAL, "");
-    session.leave_all().await;
+    Box::pin(session.leave_all()).await;
     if let Some((property, user)) = session.counted.take() {
         node.limits.remove_user_connection(&property, &user);
     }
@@ -178,7 +180,7 @@ impl Session {
                         None => ("authentication timed out", close::UNAUTHORIZED),
                         Some(_) => ("token expired: reconnect with a fresh token", close::UNAUTHORIZED),
                     };
-                    self.error(None, ErrorCode::Unauthorized, message).await;
+                    Box::pin(self.error(None, ErrorCode::Unauthorized, message)).await;
                     self.outbound.close(code, message);
                     return;
                 }
@@ -195,7 +197,7 @@ impl Session {
                         None => return,
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                             match self.admit(&mut frames) {
-                                Some(true) => self.data(message).await,
+                                Some(true) => Box::pin(self.data(message)).await,
                                 Some(false) => {}
                                 None => return,
                             }
