@@ -53,7 +53,8 @@ lint: deps ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: test-deps ## the test suites only
+unit: test-deps ## the test suites only (the load generator's peer tests use nats-server and the Socket.IO peer: installed here, skipped where they cannot be)
+	@bench/peers/install.sh >/dev/null 2>&1 || echo "bench peers could not be installed: the load generator's peer tests will say SKIPPED"
 	$(CARGO) test --workspace
 
 conformance: ## a short fuzz run of every target and the Autobahn WebSocket suite; each skips with a message where its tools cannot be had
