@@ -82,9 +82,6 @@ fn kib(v: f64) -> String {
 fn count(v: f64) -> String {
     format!("{v:.0}")
 }
-fn cores(v: f64) -> String {
-    format!("{v:.2}")
-}
 
 /// The chat rate of the headline: one every system carries on this machine.
 const CHAT_HEADLINE: f64 = 2500.0;
@@ -154,6 +151,13 @@ fn rows() -> Vec<Row> {
             format: per_s,
         },
         Row {
+            workload: "fanout",
+            metric: "server busy after the subscribers joined",
+            better: Better::Lower,
+            value: |r| r.fanout.as_ref().map(|f| f.settle_ms),
+            format: ms,
+        },
+        Row {
             workload: "fanout, 50k deliveries/s",
             metric: "p99 latency",
             better: Better::Lower,
@@ -209,9 +213,9 @@ fn rows() -> Vec<Row> {
                 r.chat_single
                     .as_ref()
                     .and_then(|c| at(c, CHAT_HEADLINE))
-                    .map(|s| s.server_cores)
+                    .and_then(cpu_per_delivery)
             },
-            format: cores,
+            format: us,
         },
         Row {
             workload: "chat, cluster, 2,500 msg/s",
@@ -245,9 +249,9 @@ fn rows() -> Vec<Row> {
                 r.chat_cluster
                     .as_ref()
                     .and_then(|c| at(c, CHAT_HEADLINE))
-                    .map(|s| s.server_cores)
+                    .and_then(cpu_per_delivery)
             },
-            format: cores,
+            format: us,
         },
         Row {
             workload: "chat, 1 node, 10,000 msg/s",

@@ -230,6 +230,23 @@ impl Clients {
     }
 }
 
+/// Waits until the server is quiet (under 5 % of a core over a quarter of a second; at most
+/// 60 s) before a measurement begins, so that work left over from the connection phase (for
+/// Bellhop: presence notices to everyone already in the channel) is not measured as latency.
+/// Returns how long the server stayed busy, in ms: a figure of its own.
+async fn settle(procs: &ProcSet) -> f64 {
+    let start = Instant::now();
+    let mut previous = procs.sample();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = procs.sample();
+        if now.cores_since(&previous) < 0.05 || start.elapsed() > Duration::from_secs(60) {
+            return start.elapsed().as_secs_f64() * 1000.0;
+        }
+        previous = now;
+    }
+}
+
 /// Messages lost, duplicated or reordered, counted per subscriber.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Losses {
@@ -305,6 +322,7 @@ pub async fn idle(target: &Target, n: usize) -> IdleResult {
     let connect_seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let connected = clients.ready();
+    settle(&target.procs).await;
     let rss_after = target.procs.sample().rss;
     curve.push((connected, rss_after));
     let (errors, error_samples) = clients.errors();
@@ -375,6 +393,8 @@ pub struct FanoutResult {
     pub subscribers: usize,
     /// Subscribers that connected.
     pub connected: u64,
+    /// How long the server stayed busy after every subscriber had joined, ms.
+    pub settle_ms: f64,
     /// The ramp.
     pub steps: Vec<Step>,
     /// The most deliveries per second of a step whose p99 stayed under 50 ms.
@@ -426,6 +446,7 @@ pub async fn fanout(
         .await;
     b.finish_and_clear();
     let connected = clients.ready().saturating_sub(1);
+    let settle_ms = settle(&target.procs).await;
     let mut steps = Vec::new();
     let ramp = bar(
         rates.len() as u64,
@@ -458,6 +479,7 @@ pub async fn fanout(
     FanoutResult {
         subscribers,
         connected,
+        settle_ms,
         steps,
         best_deliveries_under_50ms: best,
         losses,
@@ -477,6 +499,8 @@ pub struct ChatResult {
     pub members: usize,
     /// Connections that were subscribed when publishing began.
     pub connected: u64,
+    /// How long the server stayed busy after every member had joined, ms.
+    pub settle_ms: f64,
     /// One measured window per total rate.
     pub steps: Vec<Step>,
     /// Counted once publishing stopped.
@@ -511,6 +535,7 @@ pub async fn chat(
     clients.wait_ready(n, Duration::from_secs(180), &b).await;
     b.finish_and_clear();
     let connected = clients.ready();
+    let settle_ms = settle(&target.procs).await;
     let mut steps = Vec::new();
     let ramp = bar(
         rates.len() as u64,
@@ -533,6 +558,7 @@ pub async fn chat(
         rooms,
         members,
         connected,
+        settle_ms,
         steps,
         losses,
         errors,
@@ -598,6 +624,7 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
         .wait_ready(n + 1, Duration::from_secs(180), &b)
         .await;
     b.finish_and_clear();
+    settle(&target.procs).await;
     let _ = clients.rate.send(rate);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dropped = Instant::now();

@@ -77,8 +77,14 @@ async fn chat_delivers_every_message_once_in_order(backend: Backend) {
     let step = &r.steps[0];
     assert!(step.publish_rate > 100.0, "{backend:?}: {step:?}");
     // Every message reaches the 4 members of its room, its publisher included.
-    assert!(step.deliveries_per_second > 3.0 * step.publish_rate, "{step:?}");
-    assert!(step.latency.count > 0 && step.latency.p50_ms > 0.0, "{step:?}");
+    assert!(
+        step.deliveries_per_second > 3.0 * step.publish_rate,
+        "{step:?}"
+    );
+    assert!(
+        step.latency.count > 0 && step.latency.p50_ms > 0.0,
+        "{step:?}"
+    );
     assert_eq!(r.losses.lost, 0, "{backend:?}");
     assert_eq!(r.losses.duplicated, 0, "{backend:?}");
     assert_eq!(r.losses.out_of_order, 0, "{backend:?}");
