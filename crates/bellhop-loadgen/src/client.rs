@@ -316,17 +316,28 @@ async fn connect_from(url: &str, local: IpAddr) -> anyhow::Result<TcpStream> {
 /// Source ports are handed out in turn from this range rather than left to the kernel: binding
 /// to port 0 makes the kernel search its bind table for a free port, and with tens of thousands
 /// of sockets on one address that search cost more CPU than the rest of a handshake (the
-/// profile in docs/BENCHMARKS.md). A port still in use (or in TIME_WAIT) is skipped.
+/// profile in docs/BENCHMARKS.md). `SO_REUSEADDR` lets a port whose last connection is in
+/// TIME_WAIT be bound again (every scenario talks to fresh servers on new ports, so the old
+/// connection's addresses never repeat); a port still in use is skipped.
 const SOURCE_PORTS: std::ops::Range<u16> = 10_000..60_000;
 
 fn bind_source(local: IpAddr) -> anyhow::Result<TcpSocket> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static NEXT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    // Each run starts at another point of the range, away from the ports the previous run
+    // left in TIME_WAIT.
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()));
+        AtomicU64::new(nanos ^ u64::from(std::process::id()).wrapping_mul(7919))
+    });
     let span = u64::from(SOURCE_PORTS.end - SOURCE_PORTS.start);
     let mut last = None;
     for _ in 0..256 {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let offset = next.fetch_add(1, Ordering::Relaxed) % span;
         let port = SOURCE_PORTS.start + u16::try_from(offset).unwrap_or(0);
         let socket = TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
         match socket.bind(SocketAddr::new(local, port)) {
             Ok(()) => return Ok(socket),
             Err(e) => last = Some(e),
