@@ -110,6 +110,8 @@ pub struct Plan {
 /// What a client's task shares with the scenario.
 #[derive(Debug, Default)]
 pub struct State {
+    /// The channel ids it subscribes to (`Plan::subs`).
+    pub subs: Vec<usize>,
     /// Per subscribed channel, in `Plan::subs` order.
     pub trackers: Mutex<Vec<Tracker>>,
     /// The last offset received per subscribed channel (Bellhop, when tracked).
@@ -121,11 +123,12 @@ pub struct State {
 }
 
 impl State {
-    /// Fresh state for `subs` channels.
-    pub fn new(subs: usize) -> Self {
+    /// Fresh state for a client subscribing to the channel ids `subs`.
+    pub fn new(subs: &[usize]) -> Self {
         Self {
-            trackers: Mutex::new((0..subs).map(|_| Tracker::default()).collect()),
-            offsets: Mutex::new(vec![None; subs]),
+            subs: subs.to_vec(),
+            trackers: Mutex::new(subs.iter().map(|_| Tracker::default()).collect()),
+            offsets: Mutex::new(vec![None; subs.len()]),
             ..Self::default()
         }
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::scenarios::{ChatResult, FanoutResult, IdleResult, StormResult};
+use crate::scenarios::{ChatResult, FanoutResult, IdleResult, Step, StormResult};
 use crate::systems::System;
 
 /// Everything one system produced in a run.
@@ -88,24 +88,36 @@ const CHAT_HEADLINE: f64 = 2500.0;
 /// The rate the issue names.
 const CHAT_TARGET: f64 = 10_000.0;
 
-fn at(c: &ChatResult, rate: f64) -> Option<&crate::scenarios::Step> {
-    c.steps
+/// The step of `steps` at the publish rate `rate`.
+fn step_at(steps: &[Step], rate: f64) -> Option<&Step> {
+    steps
         .iter()
         .find(|s| (s.target_publish_rate - rate).abs() < 0.5)
+}
+
+/// `chat` on one node at `rate`.
+fn single(r: &SystemResults, rate: f64) -> Option<&Step> {
+    r.chat_single.as_ref().and_then(|c| step_at(&c.steps, rate))
+}
+
+/// `chat` on several nodes at `rate`.
+fn cluster(r: &SystemResults, rate: f64) -> Option<&Step> {
+    r.chat_cluster
+        .as_ref()
+        .and_then(|c| step_at(&c.steps, rate))
 }
 
 /// The fan-out step of the per-delivery CPU figure: 50,000 deliveries/s, which every system
 /// carries here.
 const FANOUT_CPU_RATE: f64 = 25.0;
 
-fn fan_at(f: &FanoutResult, rate: f64) -> Option<&crate::scenarios::Step> {
-    f.steps
-        .iter()
-        .find(|s| (s.target_publish_rate - rate).abs() < 0.5)
+/// `fanout` at the publish rate `rate`.
+fn fanout_at(r: &SystemResults, rate: f64) -> Option<&Step> {
+    r.fanout.as_ref().and_then(|f| step_at(&f.steps, rate))
 }
 
 /// Server CPU time per delivery, µs.
-fn cpu_per_delivery(s: &crate::scenarios::Step) -> Option<f64> {
+fn cpu_per_delivery(s: &Step) -> Option<f64> {
     (s.deliveries_per_second > 0.0).then(|| s.server_cores * 1e6 / s.deliveries_per_second)
 }
 
@@ -161,120 +173,70 @@ fn rows() -> Vec<Row> {
             workload: "fanout, 50k deliveries/s",
             metric: "p99 latency",
             better: Better::Lower,
-            value: |r| {
-                r.fanout
-                    .as_ref()
-                    .and_then(|f| fan_at(f, FANOUT_CPU_RATE))
-                    .map(|s| s.latency.p99_ms)
-            },
+            value: |r| fanout_at(r, FANOUT_CPU_RATE).map(|s| s.latency.p99_ms),
             format: ms,
         },
         Row {
             workload: "fanout, 50k deliveries/s",
             metric: "server CPU per delivery",
             better: Better::Lower,
-            value: |r| {
-                r.fanout
-                    .as_ref()
-                    .and_then(|f| fan_at(f, FANOUT_CPU_RATE))
-                    .and_then(cpu_per_delivery)
-            },
+            value: |r| fanout_at(r, FANOUT_CPU_RATE).and_then(cpu_per_delivery),
             format: us,
         },
         Row {
             workload: "chat, 1 node, 2,500 msg/s",
             metric: "p50 latency",
             better: Better::Lower,
-            value: |r| {
-                r.chat_single
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_HEADLINE))
-                    .map(|s| s.latency.p50_ms)
-            },
+            value: |r| single(r, CHAT_HEADLINE).map(|s| s.latency.p50_ms),
             format: ms,
         },
         Row {
             workload: "chat, 1 node, 2,500 msg/s",
             metric: "p99 latency",
             better: Better::Lower,
-            value: |r| {
-                r.chat_single
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_HEADLINE))
-                    .map(|s| s.latency.p99_ms)
-            },
+            value: |r| single(r, CHAT_HEADLINE).map(|s| s.latency.p99_ms),
             format: ms,
         },
         Row {
             workload: "chat, 1 node, 2,500 msg/s",
             metric: "server CPU per delivery",
             better: Better::Lower,
-            value: |r| {
-                r.chat_single
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_HEADLINE))
-                    .and_then(cpu_per_delivery)
-            },
+            value: |r| single(r, CHAT_HEADLINE).and_then(cpu_per_delivery),
             format: us,
         },
         Row {
             workload: "chat, cluster, 2,500 msg/s",
             metric: "p50 latency",
             better: Better::Lower,
-            value: |r| {
-                r.chat_cluster
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_HEADLINE))
-                    .map(|s| s.latency.p50_ms)
-            },
+            value: |r| cluster(r, CHAT_HEADLINE).map(|s| s.latency.p50_ms),
             format: ms,
         },
         Row {
             workload: "chat, cluster, 2,500 msg/s",
             metric: "p99 latency",
             better: Better::Lower,
-            value: |r| {
-                r.chat_cluster
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_HEADLINE))
-                    .map(|s| s.latency.p99_ms)
-            },
+            value: |r| cluster(r, CHAT_HEADLINE).map(|s| s.latency.p99_ms),
             format: ms,
         },
         Row {
             workload: "chat, cluster, 2,500 msg/s",
             metric: "server CPU per delivery",
             better: Better::Lower,
-            value: |r| {
-                r.chat_cluster
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_HEADLINE))
-                    .and_then(cpu_per_delivery)
-            },
+            value: |r| cluster(r, CHAT_HEADLINE).and_then(cpu_per_delivery),
             format: us,
         },
         Row {
             workload: "chat, 1 node, 10,000 msg/s",
             metric: "p99 latency",
             better: Better::Lower,
-            value: |r| {
-                r.chat_single
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_TARGET))
-                    .map(|s| s.latency.p99_ms)
-            },
+            value: |r| single(r, CHAT_TARGET).map(|s| s.latency.p99_ms),
             format: ms,
         },
         Row {
             workload: "chat, cluster, 10,000 msg/s",
             metric: "p99 latency",
             better: Better::Lower,
-            value: |r| {
-                r.chat_cluster
-                    .as_ref()
-                    .and_then(|c| at(c, CHAT_TARGET))
-                    .map(|s| s.latency.p99_ms)
-            },
+            value: |r| cluster(r, CHAT_TARGET).map(|s| s.latency.p99_ms),
             format: ms,
         },
         Row {

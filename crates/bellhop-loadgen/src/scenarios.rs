@@ -16,7 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{self, Channels, Command, Plan, Run, State};
-use crate::stats::{self, Counters, Percentiles, ProcSet};
+use crate::stats::{self, Counters, Percentiles, ProcSet, Tracker};
 use crate::systems::{System, User, WireOptions};
 
 /// The property every load-generator token names.
@@ -118,7 +118,7 @@ fn start(
             subs: spec.subs,
             publishes: spec.publishes,
         };
-        let state = Arc::new(State::new(plan.subs.len()));
+        let state = Arc::new(State::new(&plan.subs));
         states.push(state.clone());
         tasks.spawn(client::run(run.clone(), plan, state));
     }
@@ -172,41 +172,37 @@ impl Clients {
         }
     }
 
-    /// Sum over subscribers of messages published on their channels but not (yet) received.
-    fn missing(&self, plans: &[PlanSpec]) -> (u64, u64, u64) {
-        let (mut missing, mut dup, mut ooo) = (0, 0, 0);
-        for (state, spec) in self.states.iter().zip(plans) {
+    /// Calls `f` with every subscriber's tracker of every channel it subscribes to, and how many
+    /// messages were published on that channel.
+    fn for_each_tracker(&self, mut f: impl FnMut(&Tracker, u64)) {
+        for state in &self.states {
             let trackers = state.trackers.lock();
-            for (t, ch) in trackers.iter().zip(&spec.subs) {
-                let published = self.run.channels.published(*ch);
-                missing += published.saturating_sub(t.distinct());
-                dup += t.duplicated;
-                ooo += t.out_of_order;
+            for (t, ch) in trackers.iter().zip(&state.subs) {
+                f(t, self.run.channels.published(*ch));
             }
         }
-        (missing, dup, ooo)
     }
 
     /// Waits (with a deadline) until nothing published is missing; exact losses afterwards.
-    async fn drain(&self, plans: &[PlanSpec], within: Duration) -> Losses {
+    async fn drain(&self, within: Duration) -> Losses {
         let deadline = Instant::now() + within;
-        while self.missing(plans).0 > 0 && Instant::now() < deadline {
+        loop {
+            let mut behind = 0;
+            self.for_each_tracker(|t, published| {
+                behind += published.saturating_sub(t.distinct());
+            });
+            if behind == 0 || Instant::now() >= deadline {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let (mut lost, mut duplicated, mut out_of_order) = (0, 0, 0);
-        for (state, spec) in self.states.iter().zip(plans) {
-            let trackers = state.trackers.lock();
-            for (t, ch) in trackers.iter().zip(&spec.subs) {
-                lost += t.missing(self.run.channels.published(*ch));
-                duplicated += t.duplicated;
-                out_of_order += t.out_of_order;
-            }
-        }
-        Losses {
-            lost,
-            duplicated,
-            out_of_order,
-        }
+        let mut losses = Losses::default();
+        self.for_each_tracker(|t, published| {
+            losses.lost += t.missing(published);
+            losses.duplicated += t.duplicated;
+            losses.out_of_order += t.out_of_order;
+        });
+        losses
     }
 
     async fn stop(mut self) {
@@ -424,13 +420,6 @@ pub async fn fanout(
         subs: Vec::new(),
         publishes: vec![0],
     });
-    let spec_copy: Vec<PlanSpec> = specs
-        .iter()
-        .map(|s| PlanSpec {
-            subs: s.subs.clone(),
-            publishes: s.publishes.clone(),
-        })
-        .collect();
     let clients = start(
         target,
         vec!["room:fanout".to_owned()],
@@ -468,7 +457,7 @@ pub async fn fanout(
     }
     ramp.finish_and_clear();
     let _ = clients.rate.send(0.0);
-    let losses = clients.drain(&spec_copy, Duration::from_secs(30)).await;
+    let losses = clients.drain(Duration::from_secs(30)).await;
     let best = steps
         .iter()
         .filter(|s| s.latency.p99_ms < 50.0 && s.latency.count > 0)
@@ -522,15 +511,13 @@ pub async fn chat(
 ) -> ChatResult {
     let n = rooms * members;
     let names: Vec<String> = (0..rooms).map(|r| format!("room:c{r}")).collect();
-    let make = || -> Vec<PlanSpec> {
-        (0..n)
-            .map(|i| PlanSpec {
-                subs: vec![i / members],
-                publishes: vec![i / members],
-            })
-            .collect()
-    };
-    let clients = start(target, names, WireOptions::default(), make());
+    let specs: Vec<PlanSpec> = (0..n)
+        .map(|i| PlanSpec {
+            subs: vec![i / members],
+            publishes: vec![i / members],
+        })
+        .collect();
+    let clients = start(target, names, WireOptions::default(), specs);
     let b = bar(n as u64, &format!("{} chat connect", target.system.label()));
     clients.wait_ready(n, Duration::from_secs(180), &b).await;
     b.finish_and_clear();
@@ -550,7 +537,7 @@ pub async fn chat(
     }
     ramp.finish_and_clear();
     let _ = clients.rate.send(0.0);
-    let losses = clients.drain(&make(), Duration::from_secs(30)).await;
+    let losses = clients.drain(Duration::from_secs(30)).await;
     let (errors, error_samples) = clients.errors();
     clients.stop().await;
     ChatResult {
@@ -595,26 +582,23 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
     let rooms = n.div_ceil(4);
     let mut names: Vec<String> = (0..rooms).map(|r| format!("room:s{r}")).collect();
     names.extend((0..n).map(|i| format!("user:lg-{i}")));
-    let make = || -> Vec<PlanSpec> {
-        let mut specs: Vec<PlanSpec> = (0..n)
-            .map(|i| PlanSpec {
-                subs: vec![i / 4, rooms + i],
-                publishes: Vec::new(),
-            })
-            .collect();
-        specs.push(PlanSpec {
-            subs: Vec::new(),
-            publishes: (0..rooms).collect(),
-        });
-        specs
-    };
+    let mut specs: Vec<PlanSpec> = (0..n)
+        .map(|i| PlanSpec {
+            subs: vec![i / 4, rooms + i],
+            publishes: Vec::new(),
+        })
+        .collect();
+    specs.push(PlanSpec {
+        subs: Vec::new(),
+        publishes: (0..rooms).collect(),
+    });
     let clients = start(
         target,
         names,
         WireOptions {
             track_offsets: true,
         },
-        make(),
+        specs,
     );
     let b = bar(
         n as u64 + 1,
@@ -655,7 +639,6 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     b.finish_and_clear();
-    let plans = make();
     let snapshot: Vec<u64> = (0..clients.run.channels.len())
         .map(|c| clients.run.channels.published(c))
         .collect();
@@ -663,11 +646,11 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
     if reconnect_ms.is_some() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let behind = clients.states.iter().zip(&plans).take(n).any(|(s, spec)| {
+            let behind = clients.states.iter().any(|s| {
                 let trackers = s.trackers.lock();
                 trackers
                     .iter()
-                    .zip(&spec.subs)
+                    .zip(&s.subs)
                     .any(|(t, ch)| t.prefix() < snapshot[*ch])
             });
             if !behind {
@@ -679,7 +662,7 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = clients.rate.send(0.0);
-    let losses = clients.drain(&plans, Duration::from_secs(15)).await;
+    let losses = clients.drain(Duration::from_secs(15)).await;
     let (errors, error_samples) = clients.errors();
     let not_recovered = Counters::get(&clients.run.counters.not_recovered);
     clients.stop().await;
