@@ -48,8 +48,8 @@ use tokio::time::Instant;
 #[doc(hidden)]
 pub use config::SessionMode;
 pub use config::{
-    AuthConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig, TlsVersion,
-    MAX_LEEWAY,
+    AuthConfig, GatewayConfig, HotelPolicy, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig,
+    TlsVersion, DEFAULT_DEPARTMENTS, MAX_LEEWAY,
 };
 pub use ipnet::IpNet;
 pub use limits::RateLimitConfig;

@@ -94,6 +94,24 @@ impl From<PublishError> for RequestError {
     }
 }
 
+/// A stored (or, for a repeated idempotency key, earlier stored) publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Acked {
+    pub(crate) message_id: String,
+    pub(crate) offset: Offset,
+    /// The publish repeated an earlier one's idempotency key: nothing new was stored.
+    pub(crate) duplicate: bool,
+}
+
+/// One page of a `history` reply.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HistoryPage {
+    /// Oldest first.
+    pub(crate) messages: Vec<HistoryEntry>,
+    /// Newer messages follow the last one: read again with `since` set to its offset.
+    pub(crate) more: bool,
+}
+
 /// Everything a node shares among its connections.
 #[derive(Debug)]
 pub(crate) struct Node {
@@ -213,7 +231,7 @@ impl Node {
         &self,
         p: &Principal,
         frame: PublishFrame,
-    ) -> Result<(String, Offset), RequestError> {
+    ) -> Result<Acked, RequestError> {
         validate::publish(&frame, &self.config.limits)?;
         policy::check(p, Access::Publish, &frame.channel)?;
         if let Err(wait) = self.limits.check_publish(&p.property, &p.user_id) {
@@ -264,17 +282,23 @@ impl Node {
             .messages_in
             .with_label_values(&[priority.as_str()])
             .inc();
-        Ok((message_id, offset))
+        Ok(Acked {
+            message_id,
+            offset,
+            duplicate: false,
+        })
     }
 
-    /// Reads stored messages of a channel the principal may read.
+    /// Reads stored messages of a channel the principal may read: at most `limit` of them, and
+    /// at most `HISTORY_MAX_BYTES` in their largest encoding, so that every page fits in a
+    /// connection's outbound budget whatever its codec. A page cut short says `more`.
     pub(crate) async fn history(
         &self,
         p: &Principal,
         channel: &Channel,
         since: Option<Offset>,
         limit: Option<u32>,
-    ) -> Result<Vec<HistoryEntry>, RequestError> {
+    ) -> Result<HistoryPage, RequestError> {
         policy::check(p, Access::Read, channel)?;
         let limit = validate::history_limit(limit, &self.config.limits)?;
         let read = self
@@ -282,14 +306,33 @@ impl Node {
             .broker()
             .read(&Self::key(p, channel), since, limit)
             .await?;
-        Ok(read
-            .messages
-            .into_iter()
-            .map(|m| HistoryEntry {
+        let budget = self
+            .config
+            .history_max_bytes
+            .min(self.config.outbound.max_bytes);
+        let mut used = 0usize;
+        let mut messages = Vec::with_capacity(read.messages.len());
+        let mut cut = false;
+        for m in read.messages {
+            let entry = HistoryEntry {
                 offset: m.offset,
                 message: m.envelope,
-            })
-            .collect())
+            };
+            let (json, msgpack) = validate::encoded_sizes(&entry);
+            let size = json.max(msgpack);
+            // The first entry always goes: a stored message fits the budget by construction
+            // (`max_payload_bytes` is validated below `history_max_bytes`).
+            if !messages.is_empty() && used + size > budget {
+                cut = true;
+                break;
+            }
+            used += size;
+            messages.push(entry);
+        }
+        // Without `since`, `read.more` would say older messages exist (there is no paging
+        // backwards); the page is the newest ones, and `more` says only that it was cut.
+        let more = cut || (since.is_some() && read.more);
+        Ok(HistoryPage { messages, more })
     }
 
     /// The users on a channel the principal may read.
