@@ -164,9 +164,6 @@ where
 enum Work {
     /// A decoded request (never a `ping` once authenticated: the reader answers those).
     Request(Request),
-    /// A data frame to send back as it is (the Autobahn echo mode).
-    #[cfg(feature = "autobahn")]
-    Echo(Message),
 }
 
 /// The hand-over between a connection's reader and its handler: the bounded request queue, and
@@ -327,6 +324,13 @@ impl Reader<'_> {
                     last_seen = Instant::now();
                     match incoming {
                         None => return,
+                        #[cfg(feature = "autobahn")]
+                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_))))
+                            if self.node.config.session_mode == crate::config::SessionMode::Echo =>
+                        {
+                            // Conformance builds only: echo, with the writer's back-pressure.
+                            outbound.send(Class::Control, message).await;
+                        }
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                             if !self.data(message, authenticated) {
                                 return;
@@ -358,16 +362,6 @@ impl Reader<'_> {
     /// Takes one data frame: refused over the frame rate, answered here when it is a `ping` or
     /// cannot be decoded, otherwise queued for the handler. False when the connection must end.
     fn data(&mut self, message: Message, authenticated: bool) -> bool {
-        #[cfg(feature = "autobahn")]
-        if self.node.config.session_mode == crate::config::SessionMode::Echo {
-            let len = message.len();
-            if !self.inbox.offer(Work::Echo(message), len) {
-                self.outbound
-                    .close(close::POLICY_VIOLATION, "echo queue full");
-                return false;
-            }
-            return true;
-        }
         let (codec, bytes): (Codec, &[u8]) = match &message {
             Message::Text(text) => (Codec::Json, text.as_bytes()),
             Message::Binary(bytes) => (Codec::MsgPack, bytes),
@@ -526,10 +520,6 @@ impl Session<'_> {
     async fn work(&mut self, work: Work) {
         match work {
             Work::Request(request) => self.handle(request).await,
-            #[cfg(feature = "autobahn")]
-            Work::Echo(message) => {
-                self.outbound.send(Class::Control, message).await;
-            }
         }
     }
 
