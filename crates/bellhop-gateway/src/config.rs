@@ -104,6 +104,10 @@ pub struct HotelPolicy {
     pub guest_emergencies_per_window: u32,
     /// The window of `guest_emergencies_per_window` (10 minutes).
     pub guest_emergency_window: Duration,
+    /// Bytes of payload (in their largest encoding) one user may publish per minute on one node
+    /// (`PUBLISH_BYTES_PER_USER_PER_MINUTE`, 1 MiB), beside the count limit: what a user can
+    /// make the node store for 24 hours.
+    pub publish_bytes_per_user_per_minute: u32,
 }
 
 impl Default for HotelPolicy {
@@ -114,6 +118,7 @@ impl Default for HotelPolicy {
             guest_emergency_channel: bellhop_protocol::Channel::Dept("frontdesk".into()),
             guest_emergencies_per_window: 3,
             guest_emergency_window: Duration::from_secs(600),
+            publish_bytes_per_user_per_minute: 1 << 20,
         }
     }
 }
@@ -447,6 +452,12 @@ impl GatewayConfig {
             || self.hotel.guest_emergency_window.is_zero()
         {
             return Err("the guest emergency limit must allow at least one per window".into());
+        }
+        if (self.hotel.publish_bytes_per_user_per_minute as usize) < self.limits.max_payload_bytes {
+            return Err(format!(
+                "PUBLISH_BYTES_PER_USER_PER_MINUTE must allow at least one largest message ({} bytes)",
+                self.limits.max_payload_bytes
+            ));
         }
         if self.auth.auth_timeout.is_zero() {
             return Err("AUTH_TIMEOUT_SECONDS must be at least 1".into());

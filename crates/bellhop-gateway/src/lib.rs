@@ -22,6 +22,7 @@
 mod api;
 pub mod auth;
 mod config;
+mod fairness;
 mod hub;
 mod limits;
 mod metrics;

@@ -133,6 +133,8 @@ pub(crate) struct Node {
     pub(crate) ready: AtomicBool,
     /// Rate limiters, bans and per-user connection counts.
     pub(crate) limits: crate::limits::Limits,
+    /// Byte budgets, guest emergencies, typing and presence notice coalescing.
+    pub(crate) fairness: crate::fairness::Fairness,
 }
 
 impl Node {
@@ -156,6 +158,7 @@ impl Node {
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
             limits: crate::limits::Limits::new(config.rate_limits.clone()),
+            fairness: crate::fairness::Fairness::new(config.hotel.clone()),
             config,
         }
     }
@@ -225,6 +228,71 @@ impl Node {
             .inc();
     }
 
+    /// Whether `p` may `access` `channel`: the channel must exist (a department outside
+    /// `DEPARTMENTS` does not) and the policy must allow it.
+    pub(crate) fn authorize(
+        &self,
+        p: &Principal,
+        access: Access,
+        channel: &Channel,
+    ) -> Result<(), RequestError> {
+        if let Channel::Dept(d) = channel {
+            if !self.config.departments.iter().any(|known| known == d) {
+                return Err(RequestError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "unknown department {channel}: this property's departments are {}",
+                        self.config.departments.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(policy::check(p, access, channel)?)
+    }
+
+    /// Announces that `user` joined or left `key`, coalesced (see `fairness`): a deferred notice
+    /// is sent by a short task when its interval ends.
+    pub(crate) async fn announce_presence(
+        self: &Arc<Self>,
+        key: &ChannelKey,
+        user: &str,
+        present: bool,
+    ) {
+        use crate::fairness::Announce;
+        match self
+            .fairness
+            .presence_changed(key, user, present, tokio::time::Instant::now())
+        {
+            Announce::Now(state) => self.publish_presence(key, user, state).await,
+            Announce::At(when) => {
+                let node = self.clone();
+                let (key, user) = (key.clone(), user.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(when).await;
+                    let due = node
+                        .fairness
+                        .presence_due(&key, &user, tokio::time::Instant::now());
+                    if let Some(state) = due {
+                        node.publish_presence(&key, &user, state).await;
+                    }
+                });
+            }
+            Announce::Nothing => {}
+        }
+    }
+
+    async fn publish_presence(&self, key: &ChannelKey, user: &str, present: bool) {
+        let user_id = user.to_owned();
+        let event = if present {
+            bellhop_dispatcher::ChannelEvent::Join { user_id }
+        } else {
+            bellhop_dispatcher::ChannelEvent::Leave { user_id }
+        };
+        if let Err(e) = self.dispatcher.broker().publish_ephemeral(key, event).await {
+            tracing::debug!(error = %e, channel = %key, "could not announce presence");
+        }
+    }
+
     /// Validates, authorizes, stores and acknowledges one publish. Returns the message id and
     /// offset once the broker confirmed the write.
     pub(crate) async fn publish(
@@ -233,7 +301,26 @@ impl Node {
         frame: PublishFrame,
     ) -> Result<Acked, RequestError> {
         validate::publish(&frame, &self.config.limits)?;
-        policy::check(p, Access::Publish, &frame.channel)?;
+        self.authorize(p, Access::Publish, &frame.channel)?;
+        let desk = &self.config.hotel.guest_emergency_channel;
+        if policy::guest_emergency(p, &frame.event, &frame.channel, desk)? {
+            if let Err(wait) = self.fairness.take_emergency(&p.property, &p.user_id) {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["guest_emergency"])
+                    .inc();
+                let h = &self.config.hotel;
+                return Err(RequestError {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "at most {} emergency alerts per {} minutes from one guest: call the front desk",
+                        h.guest_emergencies_per_window,
+                        h.guest_emergency_window.as_secs() / 60
+                    ),
+                    retry_after_ms: Some(ms_ceil(wait.0)),
+                });
+            }
+        }
         if let Err(wait) = self.limits.check_publish(&p.property, &p.user_id) {
             self.metrics
                 .rate_limited
@@ -246,6 +333,24 @@ impl Node {
                     self.config.rate_limits.publishes_per_user_per_minute
                 ),
                 retry_after_ms: Some(ms_ceil(wait)),
+            });
+        }
+        let (json, msgpack) = validate::encoded_sizes(&frame.payload);
+        if let Err(wait) = self
+            .fairness
+            .spend_bytes(&p.property, &p.user_id, json.max(msgpack))
+        {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["publish_bytes"])
+                .inc();
+            return Err(RequestError {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "too many bytes published: at most {} a minute per user",
+                    self.config.hotel.publish_bytes_per_user_per_minute
+                ),
+                retry_after_ms: Some(ms_ceil(wait.0)),
             });
         }
         let priority = policy::priority(p, &frame.event, frame.priority)?;
@@ -299,7 +404,7 @@ impl Node {
         since: Option<Offset>,
         limit: Option<u32>,
     ) -> Result<HistoryPage, RequestError> {
-        policy::check(p, Access::Read, channel)?;
+        self.authorize(p, Access::Read, channel)?;
         let limit = validate::history_limit(limit, &self.config.limits)?;
         let read = self
             .dispatcher
@@ -341,7 +446,7 @@ impl Node {
         p: &Principal,
         channel: &Channel,
     ) -> Result<Vec<String>, RequestError> {
-        policy::check(p, Access::Read, channel)?;
+        self.authorize(p, Access::Presence, channel)?;
         Ok(self
             .dispatcher
             .broker()

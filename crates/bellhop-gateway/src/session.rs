@@ -39,8 +39,10 @@ use crate::policy::{self, Access};
 
 /// Messages per broker read while replaying a subscription.
 const REPLAY_PAGE: usize = 500;
-/// Requests the reader may hand to a busy handler before it refuses more with `rate_limited`.
-const MAX_QUEUED_REQUESTS: usize = 32;
+/// Requests the reader may hand to a busy handler before it refuses more with `rate_limited`:
+/// above the frame limiter's burst (twice `RATE_LIMIT_FRAMES_PER_SECOND`, 100 by default), so a
+/// client within the frame rate (resubscribing to many channels at once, say) never meets it.
+const MAX_QUEUED_REQUESTS: usize = 128;
 /// Bytes (of the frames they came in) of the requests queued for the handler, at most.
 const MAX_QUEUED_BYTES: usize = 256 << 10;
 /// What `retryAfterMs` says when a request finds the handler's queue full.
@@ -740,7 +742,7 @@ impl Session<'_> {
         channel: Channel,
         since: Option<Offset>,
     ) -> Result<(), RequestError> {
-        policy::check(p, Access::Read, &channel)?;
+        self.node.authorize(p, Access::Read, &channel)?;
         if self.subscriptions.contains(&channel) {
             return Err(RequestError::new(
                 ErrorCode::BadRequest,
@@ -755,39 +757,47 @@ impl Session<'_> {
             ));
         }
         let key = Node::key(p, &channel);
-        let broker = self.node.dispatcher.broker().clone();
         let subscriber = Subscriber {
             conn_id: self.conn_id,
             user_id: p.user_id.clone(),
             codec: self.codec,
             outbound: self.outbound.clone(),
+            sees_presence: policy::check(p, Access::Presence, &channel).is_ok(),
         };
         self.node.hub.join(&key, subscriber).await?;
         self.subscriptions.insert(channel.clone());
         self.node.metrics.subscriptions.inc();
-        let replayed = self.replay(id, p, &key, since).await;
-        let mut cursor = match replayed {
-            Ok(cursor) => cursor,
-            Err(e) => {
-                self.leave(p, &channel, false).await;
-                return Err(e);
-            }
-        };
-        while self.node.hub.activate(&key, self.conn_id, cursor) == Activation::Reread {
-            cursor = self.replay_pages(&key, cursor).await?;
+        // Everything that can fail after the join is rolled back, `subscribed` sent or not: the
+        // client's `error` (same id) means "not subscribed", and a retry starts clean.
+        if let Err(e) = self.start_delivery(id, p, &key, since).await {
+            self.leave(p, &channel, false).await;
+            return Err(e);
         }
-        if broker
+        // Presence is best-effort: a failure to record or announce it must not undo a
+        // subscription whose messages are already flowing.
+        let broker = self.node.dispatcher.broker();
+        match broker
             .presence_join(&key, &p.user_id, &self.session_id)
-            .await?
+            .await
         {
-            broker
-                .publish_ephemeral(
-                    &key,
-                    ChannelEvent::Join {
-                        user_id: p.user_id.clone(),
-                    },
-                )
-                .await?;
+            Ok(true) => self.node.announce_presence(&key, &p.user_id, true).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, channel = %key, "presence join failed"),
+        }
+        Ok(())
+    }
+
+    /// Replays what the client missed and hands the subscription over to live delivery.
+    async fn start_delivery(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        key: &ChannelKey,
+        since: Option<Offset>,
+    ) -> Result<(), RequestError> {
+        let mut cursor = self.replay(id, p, key, since).await?;
+        while self.node.hub.activate(key, self.conn_id, cursor) == Activation::Reread {
+            cursor = self.replay_pages(key, cursor).await?;
         }
         Ok(())
     }
@@ -898,14 +908,7 @@ impl Session<'_> {
             .presence_leave(&key, &p.user_id, &self.session_id)
             .await
         {
-            Ok(true) if announce => {
-                let leave = ChannelEvent::Leave {
-                    user_id: p.user_id.clone(),
-                };
-                if let Err(e) = broker.publish_ephemeral(&key, leave).await {
-                    tracing::debug!(error = %e, "could not announce leave");
-                }
-            }
+            Ok(true) if announce => self.node.announce_presence(&key, &p.user_id, false).await,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, channel = %key, "presence leave failed"),
         }
@@ -922,8 +925,21 @@ impl Session<'_> {
     }
 
     async fn typing(&self, p: &Principal, channel: Channel) -> Result<(), RequestError> {
-        policy::check(p, Access::Publish, &channel)?;
+        self.node.authorize(p, Access::Publish, &channel)?;
         let key = Node::key(p, &channel);
+        // Coalesced where it arrives: a typist costs the audience one notice per interval.
+        if !self
+            .node
+            .fairness
+            .typing_allowed(&key, &p.user_id, Instant::now())
+        {
+            self.node
+                .metrics
+                .queue_drops
+                .with_label_values(&["typing_coalesced"])
+                .inc();
+            return Ok(());
+        }
         let event = ChannelEvent::Typing {
             user_id: p.user_id.clone(),
         };
@@ -942,7 +958,7 @@ impl Session<'_> {
         channel: Channel,
         offset: Offset,
     ) -> Result<(), RequestError> {
-        policy::check(p, Access::Read, &channel)?;
+        self.node.authorize(p, Access::Read, &channel)?;
         let key = Node::key(p, &channel);
         let (marker, unread) = self
             .node

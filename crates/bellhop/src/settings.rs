@@ -87,6 +87,9 @@ pub(crate) struct FileSettings {
     heartbeat_seconds: Option<u64>,
     auth_timeout_seconds: Option<u64>,
     log_format: Option<String>,
+    departments: Option<String>,
+    publish_bytes_per_user_per_minute: Option<u32>,
+    history_max_bytes: Option<usize>,
 }
 
 /// Values given on the command line (they win over everything else).
@@ -538,6 +541,22 @@ pub(crate) fn serve_settings(
     }
     if let Some(secs) = s.parse::<u64>("AUTH_TIMEOUT_SECONDS", file.auth_timeout_seconds)? {
         gateway.auth.auth_timeout = Duration::from_secs(secs);
+    }
+    if let Some(list) = s.string("DEPARTMENTS", &file.departments) {
+        gateway.departments = list
+            .split(',')
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .collect();
+    }
+    if let Some(n) = s.parse(
+        "PUBLISH_BYTES_PER_USER_PER_MINUTE",
+        file.publish_bytes_per_user_per_minute,
+    )? {
+        gateway.hotel.publish_bytes_per_user_per_minute = n;
+    }
+    if let Some(n) = s.parse("HISTORY_MAX_BYTES", file.history_max_bytes)? {
+        gateway.history_max_bytes = n;
     }
     gateway.validate().map_err(anyhow::Error::msg)?;
     // Read the key file now, so a missing or bad one stops the node with its setting named.
