@@ -19,13 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bellhop_protocol::{Envelope, Offset, Priority};
+use bellhop_protocol::Priority;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, Outcome};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Publish, Published};
 use crate::queue::PriorityQueue;
 
 /// What `retryAfterMs` says after a broker call timed out while the breaker stays closed.
@@ -102,9 +102,9 @@ pub enum PublishError {
 #[derive(Debug)]
 struct Pending {
     /// The message to store.
-    envelope: Arc<Envelope>,
+    publish: Publish,
     /// Where the stored offset (or the failure) goes.
-    reply: oneshot::Sender<Result<Offset, PublishError>>,
+    reply: oneshot::Sender<Result<Published, PublishError>>,
 }
 
 /// State shared by the handle and the worker.
@@ -173,7 +173,7 @@ impl Dispatcher {
 
     /// Queues a message by its priority and waits until the broker stored it. Fails at once while
     /// the circuit breaker is open or the queue is full.
-    pub async fn publish(&self, envelope: Arc<Envelope>) -> Result<Offset, PublishError> {
+    pub async fn publish(&self, publish: Publish) -> Result<Published, PublishError> {
         self.shared
             .breaker
             .lock()
@@ -190,8 +190,8 @@ impl Dispatcher {
                     retry_after: self.config.overload_retry_after,
                 });
             }
-            let priority: Priority = envelope.priority;
-            queue.push(priority, Pending { envelope, reply });
+            let priority: Priority = publish.envelope.priority;
+            queue.push(priority, Pending { publish, reply });
         }
         self.shared.wake.notify_one();
         rx.await.unwrap_or(Err(PublishError::ShuttingDown))
@@ -227,7 +227,7 @@ async fn worker(
             continue;
         }
         let (envelopes, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.envelope, p.reply)).unzip();
+            batch.into_iter().map(|p| (p.publish, p.reply)).unzip();
         let acquired = shared.breaker.lock().try_acquire(Instant::now());
         let permit = match acquired {
             Ok(permit) => permit,
@@ -274,7 +274,7 @@ async fn worker(
         let mut results = results.into_iter();
         for reply in replies {
             let result = match results.next() {
-                Some(Ok(offset)) => Ok(offset),
+                Some(Ok(published)) => Ok(published),
                 Some(Err(BrokerError::Unavailable {
                     reason,
                     retry_after,
@@ -300,11 +300,12 @@ mod tests {
     use crate::broker::{ChannelEvent, ChannelKey, ReadResult, Subscription};
     use crate::{MemoryBroker, MemoryConfig};
     use async_trait::async_trait;
-    use bellhop_protocol::{Channel, Role, Sender};
+    use bellhop_protocol::{Channel, Envelope, Offset, Role, Sender};
     use tokio::sync::Semaphore;
 
-    fn envelope(id: &str, priority: Priority) -> Arc<Envelope> {
-        Arc::new(Envelope {
+    /// A publish (without an idempotency key) of a message recognisable by its `id`.
+    fn envelope(id: &str, priority: Priority) -> Publish {
+        Publish::new(Arc::new(Envelope {
             message_id: id.into(),
             event: "CHAT_MESSAGE".into(),
             namespace: "h1".into(),
@@ -317,7 +318,7 @@ mod tests {
             },
             priority,
             correlation_id: None,
-        })
+        }))
     }
 
     /// How [`GatedBroker::publish_batch`] fails, when told to.
@@ -361,13 +362,13 @@ mod tests {
 
     #[async_trait]
     impl Broker for GatedBroker {
-        async fn publish_batch(
-            &self,
-            batch: Vec<Arc<Envelope>>,
-        ) -> Vec<Result<Offset, BrokerError>> {
-            self.batches
-                .lock()
-                .push(batch.iter().map(|e| e.message_id.clone()).collect());
+        async fn publish_batch(&self, batch: Vec<Publish>) -> Vec<Result<Published, BrokerError>> {
+            self.batches.lock().push(
+                batch
+                    .iter()
+                    .map(|p| p.envelope.message_id.clone())
+                    .collect(),
+            );
             self.gate.acquire().await.expect("gate open").forget();
             let fault = self.fault.lock().clone();
             match fault {
@@ -462,10 +463,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         broker.gate.add_permits(1000);
-        let urgent_offset = urgent.await.unwrap().unwrap();
+        let urgent_offset = urgent.await.unwrap().unwrap().offset;
         let mut normal_offsets = Vec::new();
         for h in handles {
-            normal_offsets.push(h.await.unwrap().unwrap());
+            normal_offsets.push(h.await.unwrap().unwrap().offset);
         }
         // The urgent message was the first of the backlog to be stored: only the message already
         // in flight precedes it.
@@ -532,7 +533,8 @@ mod tests {
                 dispatcher
                     .publish(envelope(&format!("m{i}"), Priority::Normal))
                     .await
-                    .unwrap(),
+                    .unwrap()
+                    .offset,
             );
         }
         let key = ChannelKey::new("h1", Channel::Room("101".into()));
@@ -552,7 +554,7 @@ mod tests {
     }
 
     /// The retry hint of a failed publish, if it is `unavailable` of either kind.
-    fn retry_after(result: &Result<Offset, PublishError>) -> Option<Duration> {
+    fn retry_after(result: &Result<Published, PublishError>) -> Option<Duration> {
         match result {
             Err(PublishError::CircuitOpen { retry_after })
             | Err(PublishError::Broker(BrokerError::Unavailable { retry_after, .. })) => {
