@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bellhop_dispatcher::{BreakerState, BrokerError, ChannelKey, Dispatcher, PublishError};
+use bellhop_dispatcher::{
+    BreakerState, BrokerError, ChannelKey, Dispatcher, Publish, PublishError,
+};
 use bellhop_protocol::validate::{self, ValidationError};
 use bellhop_protocol::{Channel, Envelope, ErrorCode, HistoryEntry, Offset, PublishFrame, Sender};
 use parking_lot::Mutex;
@@ -370,8 +372,12 @@ impl Node {
         };
         let message_id = envelope.message_id.clone();
         let started = tokio::time::Instant::now();
-        let offset = match self.dispatcher.publish(Arc::new(envelope)).await {
-            Ok(offset) => offset,
+        let offset = match self
+            .dispatcher
+            .publish(Publish::new(Arc::new(envelope)))
+            .await
+        {
+            Ok(published) => published.offset,
             Err(e) => {
                 if matches!(e, PublishError::CircuitOpen { .. }) {
                     self.metrics.breaker_rejections.inc();

@@ -760,8 +760,8 @@ impl FaultyBroker {
 impl Broker for FaultyBroker {
     async fn publish_batch(
         &self,
-        batch: Vec<Arc<bellhop_protocol::Envelope>>,
-    ) -> Vec<Result<bellhop_protocol::Offset, bellhop_dispatcher::BrokerError>> {
+        batch: Vec<bellhop_dispatcher::Publish>,
+    ) -> Vec<Result<bellhop_dispatcher::Published, bellhop_dispatcher::BrokerError>> {
         let failure = self.publish_error.lock().clone();
         match failure {
             Some(e) => batch.iter().map(|_| Err(e.clone())).collect(),
