@@ -41,6 +41,10 @@ pub struct Metrics {
     pub broker_live: IntGauge,
     /// Publishes refused because the circuit breaker was open.
     pub breaker_rejections: IntCounter,
+    /// Publishes answered with an earlier ack because they repeated its idempotency key.
+    pub idempotent_repeats: IntCounter,
+    /// Times the dispatcher's worker died and was restarted (read from the dispatcher).
+    pub worker_restarts: IntGauge,
     /// Requests refused by a rate limit, by what was limited (`connection`, `banned`, `frame`,
     /// `publish`, `user_connections`) and connections closed for flooding (`flood_close`).
     pub rate_limited: IntCounterVec,
@@ -161,6 +165,28 @@ impl Metrics {
                 "Requests refused by a rate limit, by what was limited.",
                 &["what"],
             ),
+            idempotent_repeats: {
+                let c = IntCounter::new(
+                    "bellhop_idempotent_repeats_total",
+                    "Publishes that repeated an idempotency key: answered with the original ack, nothing stored.",
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            worker_restarts: {
+                let g = IntGauge::new(
+                    "bellhop_dispatcher_worker_restarts",
+                    "Times the dispatcher's worker task died and was restarted since the node started.",
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             bans: {
                 let c = IntCounter::new(
                     "bellhop_bans_total",

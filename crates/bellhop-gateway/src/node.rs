@@ -209,6 +209,9 @@ impl Node {
     pub(crate) fn breaker_state(&self) -> BreakerState {
         let state = self.dispatcher.breaker_state();
         self.metrics.breaker_state.set(state.as_gauge());
+        // Read at the same moments (every scrape and readiness probe).
+        let restarts = i64::try_from(self.dispatcher.worker_restarts()).unwrap_or(i64::MAX);
+        self.metrics.worker_restarts.set(restarts);
         state
     }
 
@@ -370,14 +373,15 @@ impl Node {
             priority,
             correlation_id: frame.correlation_id,
         };
-        let message_id = envelope.message_id.clone();
         let started = tokio::time::Instant::now();
-        let offset = match self
-            .dispatcher
-            .publish(Publish::new(Arc::new(envelope)))
-            .await
-        {
-            Ok(published) => published.offset,
+        // Scoped to the user: two users' keys never collide (the backend adds the property and
+        // the channel).
+        let publish = match frame.idempotency_key {
+            Some(key) => Publish::with_key(Arc::new(envelope), format!("{}:{key}", p.user_id)),
+            None => Publish::new(Arc::new(envelope)),
+        };
+        let published = match self.dispatcher.publish(publish).await {
+            Ok(published) => published,
             Err(e) => {
                 if matches!(e, PublishError::CircuitOpen { .. }) {
                     self.metrics.breaker_rejections.inc();
@@ -385,18 +389,22 @@ impl Node {
                 return Err(e.into());
             }
         };
-        self.metrics
-            .publish_seconds
-            .with_label_values(&[priority.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .messages_in
-            .with_label_values(&[priority.as_str()])
-            .inc();
+        if published.duplicate {
+            self.metrics.idempotent_repeats.inc();
+        } else {
+            self.metrics
+                .publish_seconds
+                .with_label_values(&[priority.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .messages_in
+                .with_label_values(&[priority.as_str()])
+                .inc();
+        }
         Ok(Acked {
-            message_id,
-            offset,
-            duplicate: false,
+            message_id: published.message_id,
+            offset: published.offset,
+            duplicate: published.duplicate,
         })
     }
 

@@ -1177,8 +1177,9 @@ mod tests {
             })
             .collect();
         for chunk in envelopes.chunks(500) {
+            let batch = chunk.iter().cloned().map(bellhop_dispatcher::Publish::new);
             let stored =
-                bellhop_dispatcher::Broker::publish_batch(broker.as_ref(), chunk.to_vec()).await;
+                bellhop_dispatcher::Broker::publish_batch(broker.as_ref(), batch.collect()).await;
             assert!(stored.iter().all(Result::is_ok));
         }
         let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));

@@ -45,7 +45,70 @@ suite!(
     a_subscribe_toggle_storm_costs_the_audience_at_most_a_few_notices,
     guests_see_no_other_guests_on_broadcast,
     a_guest_emergency_goes_to_the_front_desk_urgent_and_rarely,
+    a_retried_publish_with_its_idempotency_key_is_stored_once,
 );
+
+/// Issue 10 C.6: a client that retries after a timeout must not create a second message.
+async fn a_retried_publish_with_its_idempotency_key_is_stored_once(backend: Backend) {
+    let node = TestNode::start(backend).await;
+    let mut listener = node.connect(&staff("s1", &["housekeeping"])).await;
+    listener.subscribe("dept:housekeeping").await;
+    let mut g = node.connect(&guest("g1", &["101"])).await;
+    let frame = json!({"type": "publish", "channel": "dept:housekeeping", "event": "SERVICE_REQUEST",
+        "payload": {"text": "towels"}, "idempotencyKey": "req-7"});
+    let first = g.request(frame.clone()).await;
+    assert_eq!(first["type"], "ack", "{first}");
+    assert!(first.get("duplicate").is_none(), "{first}");
+    let again = g.request(frame.clone()).await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(
+        (&again["messageId"], &again["offset"]),
+        (&first["messageId"], &first["offset"])
+    );
+    // The same key from another user is another message.
+    let mut other = node.connect(&guest("g2", &["102"])).await;
+    let theirs = other.request(frame.clone()).await;
+    assert!(theirs.get("duplicate").is_none(), "{theirs}");
+    // Over HTTP, with the header: its own key space (the service user), repeated once.
+    let body = json!({"channel": "dept:housekeeping", "event": "SERVICE_REQUEST", "payload": {"text": "pms"}});
+    let auth = format!("Bearer {}", service("pms"));
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "pms-1"),
+    ];
+    let body = body.to_string();
+    let mut acks = Vec::new();
+    for _ in 0..2 {
+        let (status, _, text) = http(
+            node.addr,
+            "POST",
+            "/api/v1/publish",
+            &headers,
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        acks.push(serde_json::from_str::<Value>(&text).unwrap());
+    }
+    assert_eq!(acks[0]["messageId"], acks[1]["messageId"]);
+    assert_eq!(acks[1]["duplicate"], true, "{}", acks[1]);
+    // The listener got exactly three messages: the first, the other guest's, the PMS's.
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = listener.wait_type("message").await;
+        got.push(m["message"]["messageId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got[0], first["messageId"].as_str().unwrap());
+    let h = listener
+        .request(json!({"type": "history", "channel": "dept:housekeeping"}))
+        .await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 3, "{h}");
+    let bad = g
+        .request(json!({"type": "publish", "channel": "dept:housekeeping", "event": "SERVICE_REQUEST", "idempotencyKey": "has space"}))
+        .await;
+    assert_eq!(bad["code"], "bad_request", "{bad}");
+}
 
 /// A payload of `strings` strings of 10,000 U+0001 each: 10 KB apiece as MessagePack, 60 KB
 /// as JSON.

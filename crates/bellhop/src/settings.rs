@@ -90,6 +90,7 @@ pub(crate) struct FileSettings {
     departments: Option<String>,
     publish_bytes_per_user_per_minute: Option<u32>,
     history_max_bytes: Option<usize>,
+    idempotency_window_seconds: Option<u64>,
 }
 
 /// Values given on the command line (they win over everything else).
@@ -568,12 +569,23 @@ pub(crate) fn serve_settings(
         }
         retention = Duration::from_secs(hours * 3600);
     }
+    let mut idempotency_window = Duration::from_secs(600);
+    if let Some(secs) = s.parse::<u64>(
+        "IDEMPOTENCY_WINDOW_SECONDS",
+        file.idempotency_window_seconds,
+    )? {
+        if secs == 0 || secs > 24 * 3600 {
+            bail!("IDEMPOTENCY_WINDOW_SECONDS must be between 1 and 86400");
+        }
+        idempotency_window = Duration::from_secs(secs);
+    }
     let broker = match redis_url {
         None if redis_cluster => {
             bail!("REDIS_CLUSTER=true needs REDIS_URL (or REDIS_HOST): any one node of the cluster")
         }
         None => BrokerSettings::Embedded(MemoryConfig {
             retention,
+            idempotency_window,
             ..MemoryConfig::default()
         }),
         Some(url) => {
@@ -584,6 +596,7 @@ pub(crate) fn serve_settings(
                     .string("REDIS_TLS_CA_PATH", &file.redis_tls_ca_path)
                     .map(Into::into),
                 retention,
+                idempotency_window,
                 ..RedisConfig::default()
             };
             config.validate().map_err(anyhow::Error::msg)?;
