@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use crate::http::{decode_path_segment, error_response, json, query_pairs, request_token, Body};
 use crate::node::{Node, RequestError};
-use crate::server::{error_response, json, request_token, Body};
 
 /// Answers one API request.
 pub(crate) async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
@@ -103,7 +103,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
                     "method not allowed: use GET",
                 ));
             }
-            let channel: Channel = percent_decode(channel)
+            let channel: Channel = decode_path_segment(channel)
                 .parse()
                 .map_err(|e| bad_request(format!("{e}")))?;
             if *what == "presence" {
@@ -115,9 +115,8 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
             }
             let mut since = None;
             let mut limit = None;
-            for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
-                let v = percent_decode(v);
-                match k {
+            for (k, v) in query_pairs(&query) {
+                match k.as_str() {
                     "since" => {
                         since = Some(
                             v.parse::<Offset>()
@@ -166,44 +165,5 @@ async fn read_body(node: &Node, req: Request<Incoming>) -> Result<bytes::Bytes, 
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large().into()),
         Err(e) => Err(bad_request(format!("cannot read body: {e}"))),
-    }
-}
-
-/// Decodes `%XX` escapes (and `+` as space) in a query value or path segment; invalid escapes
-/// are kept as they are.
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("room%3A101"), "room:101");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%4"), "%4");
     }
 }

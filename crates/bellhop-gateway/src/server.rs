@@ -23,47 +23,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::AuthError;
+use crate::http::{error_response, json, request_token, with_status, Body};
 use crate::limits::Refusal;
 use crate::node::{ms_ceil, Node};
 use crate::session::{self, Opening};
 use crate::tls::Terminator;
-
-/// The response body type of every handler.
-pub(crate) type Body = Full<Bytes>;
-
-/// A JSON response.
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// A JSON error body: `{"error": {"code": "...", "message": "..."}}` with the code's status.
-pub(crate) fn error_response(
-    node: &Node,
-    code: ErrorCode,
-    message: &str,
-    retry_after_ms: Option<u64>,
-) -> Response<Body> {
-    node.count_error(code);
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = serde_json::json!({"error": {"code": code, "message": message}});
-    if let Some(ms) = retry_after_ms {
-        body["error"]["retryAfterMs"] = ms.into();
-    }
-    let mut response = json(status, &body);
-    if let Some(ms) = retry_after_ms {
-        if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
-    response
-}
 
 /// Accepts connections on `listener` until `stop` turns true, serving each with `handler`, over
 /// TLS when `tls` is given. Each connection runs in its own task from the moment it is accepted:
@@ -149,39 +113,10 @@ pub(crate) async fn main_handler(
     if path.starts_with("/api/") {
         return crate::api::handle(node, req).await;
     }
-    error_response(&node, ErrorCode::BadRequest, "not found", None)
-        .map_status(StatusCode::NOT_FOUND)
-}
-
-trait MapStatus {
-    fn map_status(self, status: StatusCode) -> Self;
-}
-
-impl MapStatus for Response<Body> {
-    fn map_status(mut self, status: StatusCode) -> Self {
-        *self.status_mut() = status;
-        self
-    }
-}
-
-/// The bearer token of a request: `Authorization: Bearer`, else `?token=`.
-pub(crate) fn request_token(req: &Request<Incoming>) -> Option<String> {
-    if let Some(value) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let value = value.trim();
-        if value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(value[7..].trim().to_owned());
-        }
-    }
-    req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| crate::api::percent_decode(v))
-    })
+    with_status(
+        error_response(&node, ErrorCode::BadRequest, "not found", None),
+        StatusCode::NOT_FOUND,
+    )
 }
 
 /// Validates a WebSocket upgrade, answers 101, and runs the session on the upgraded socket.
@@ -239,13 +174,30 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
             "expected a WebSocket upgrade request",
         );
     };
-    if !is_upgrade || !version_ok {
+    if !is_upgrade {
         return reject(
             &node,
             "bad_request",
             ErrorCode::BadRequest,
             "expected a WebSocket upgrade (version 13)",
         );
+    }
+    if !version_ok {
+        // RFC 6455 §4.2.2: 426 with the versions the server speaks, so the client can retry.
+        let mut response = with_status(
+            reject(
+                &node,
+                "bad_request",
+                ErrorCode::BadRequest,
+                "unsupported WebSocket version: this server speaks version 13",
+            ),
+            StatusCode::UPGRADE_REQUIRED,
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
     }
     let principal = match request_token(&req) {
         Some(token) => match node.verifier.verify(&token) {

@@ -569,3 +569,36 @@ async fn subscriptions_per_connection_are_capped() {
         .await;
     c.subscribe("room:3").await;
 }
+
+#[tokio::test]
+async fn an_unsupported_websocket_version_gets_426_naming_version_13() {
+    let node = TestNode::start(Backend::Memory).await;
+    let upgrade = |version: Option<&str>| {
+        let mut head = String::from(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        );
+        if let Some(v) = version {
+            head.push_str(&format!("Sec-WebSocket-Version: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "Authorization: Bearer {}\r\n\r\n",
+            staff("s1", &[])
+        ));
+        head
+    };
+    for version in [Some("8"), Some("14"), None] {
+        let (status, headers) = raw_request(node.addr, upgrade(version).as_bytes()).await;
+        assert_eq!(status, 426, "version {version:?}");
+        assert_eq!(
+            header(&headers, "sec-websocket-version"),
+            Some("13"),
+            "{headers:?}"
+        );
+    }
+    // Version 13 is accepted, and a request that is no upgrade at all is still a 400.
+    let (status, _) = raw_request(node.addr, upgrade(Some("13")).as_bytes()).await;
+    assert_eq!(status, 101);
+    let (status, _) = raw_request(node.addr, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 400);
+}

@@ -820,3 +820,51 @@ impl Broker for FaultyBroker {
         self.inner.unread(key, u).await
     }
 }
+
+/// Sends `request` (raw bytes: a request head, perhaps a body) over a fresh socket and reads the
+/// response head: the status (0 when the node closed without one) and the headers (lower-case
+/// names). Does not wait for the connection to end, so keep-alive responses work too.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, Vec<(String, String)>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The node may answer (and close) before all of a large request is written.
+    let _ = stream.write_all(request).await;
+    read_head(&mut stream).await
+}
+
+/// Reads a response head from `stream` (deadline: [`DEADLINE`]); status 0 when the stream ended
+/// (or was reset) first.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, Vec<(String, String)>) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a response head (or the end of the connection) within the deadline");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+/// The value of header `name` (lower case) in `headers`.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
