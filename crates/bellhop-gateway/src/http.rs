@@ -10,7 +10,42 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 
+use crate::limits::LogThrottle;
 use crate::node::Node;
+
+/// Refusals logged at the default level (`info`), with the client address, what the client got
+/// (`answer`: a status, or a closed connection), the reason and the message; at most [`REFUSALS_LOGGED_PER_SECOND`] lines a second,
+/// the next line saying how many were left out (`suppressed`).
+#[derive(Debug)]
+pub(crate) struct RefusalLog {
+    throttle: LogThrottle,
+}
+
+/// Refusal log lines a second, at most.
+pub(crate) const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
+
+impl RefusalLog {
+    pub(crate) fn new() -> Self {
+        RefusalLog {
+            throttle: LogThrottle::new(REFUSALS_LOGGED_PER_SECOND),
+        }
+    }
+
+    /// Logs one refusal of `what` (`connection`, `upgrade`, `HTTP API request`), unless this
+    /// second's lines are used up.
+    pub(crate) fn log(
+        &self,
+        what: &'static str,
+        client: std::net::IpAddr,
+        answer: &dyn std::fmt::Display,
+        reason: &str,
+        detail: &str,
+    ) {
+        if let Some(suppressed) = self.throttle.admit() {
+            tracing::info!(%client, %answer, reason, detail, suppressed, "{what} refused");
+        }
+    }
+}
 
 /// The response body type of every handler.
 pub(crate) type Body = Full<Bytes>;

@@ -49,8 +49,8 @@ use tokio::time::Instant;
 #[doc(hidden)]
 pub use config::SessionMode;
 pub use config::{
-    AuthConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig, TlsVersion,
-    MAX_LEEWAY,
+    AuthConfig, EdgeConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig,
+    TlsVersion, MAX_LEEWAY,
 };
 pub use ipnet::IpNet;
 pub use limits::RateLimitConfig;
@@ -152,7 +152,7 @@ impl Gateway {
             None => None,
         };
         let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
-        let timeout = config.header_read_timeout;
+        let http = server::HttpSettings::of(config);
         let (stop_main, main_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -192,13 +192,14 @@ impl Gateway {
                 }
             }));
         }
-        let n = node.clone();
+        let edge = server::Edge::new(node.clone());
         tasks.push(tokio::spawn(server::accept_loop(
             listener,
             main_rx,
-            timeout,
+            http,
             terminator,
-            move |req, remote| server::main_handler(n.clone(), req, remote),
+            Some(edge.clone()),
+            move |req, remote| server::main_handler(edge.clone(), req, remote),
         )));
         if let Some((admin, _)) = admin {
             // Plain HTTP on purpose: Prometheus and the kubelet's probes reach it from inside the
@@ -207,7 +208,8 @@ impl Gateway {
             tasks.push(tokio::spawn(server::accept_loop(
                 admin,
                 admin_rx,
-                timeout,
+                http,
+                None,
                 None,
                 move |req, _| server::admin_handler(n.clone(), req),
             )));

@@ -147,6 +147,8 @@ pub fn config() -> GatewayConfig {
     c.rate_limits.publishes_per_user_per_minute = 10_000_000;
     c.rate_limits.frames_per_second = 1_000_000;
     c.rate_limits.connections_per_ip_per_minute = 1_000_000;
+    // Every test client comes from 127.0.0.1; tests/limits.rs checks the pending caps.
+    c.edge.max_pending_per_ip = 100_000;
     c
 }
 
@@ -394,6 +396,22 @@ impl TestNode {
         assert!(
             waited.is_ok(),
             "metric {name_and_labels} never reached {value}"
+        );
+    }
+}
+
+impl TestNode {
+    /// Waits (with a deadline) until a metric is at most `value`.
+    pub async fn wait_metric_at_most(&self, name_and_labels: &str, value: f64) {
+        let waited = tokio::time::timeout(DEADLINE, async {
+            while self.metric(name_and_labels).await > value {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "metric {name_and_labels} stayed above {value}"
         );
     }
 }
@@ -738,6 +756,8 @@ pub async fn http_json(
 pub struct FaultyBroker {
     pub inner: MemoryBroker,
     pub publish_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    /// While true, presence reads never answer (a broker that hangs).
+    pub presence_hangs: std::sync::atomic::AtomicBool,
 }
 
 impl FaultyBroker {
@@ -745,6 +765,7 @@ impl FaultyBroker {
         Arc::new(FaultyBroker {
             inner: MemoryBroker::new(MemoryConfig::default()),
             publish_error: Default::default(),
+            presence_hangs: Default::default(),
         })
     }
 }
@@ -802,6 +823,12 @@ impl Broker for FaultyBroker {
         &self,
         key: &bellhop_dispatcher::ChannelKey,
     ) -> Result<Vec<String>, bellhop_dispatcher::BrokerError> {
+        if self
+            .presence_hangs
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            std::future::pending::<()>().await;
+        }
         self.inner.presence(key).await
     }
     async fn mark_read(
@@ -827,6 +854,17 @@ impl Broker for FaultyBroker {
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, Vec<(String, String)>) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     // The node may answer (and close) before all of a large request is written.
+    let _ = stream.write_all(request).await;
+    read_head(&mut stream).await
+}
+
+/// [`raw_request`] from the loopback address `source`.
+pub async fn raw_request_from(
+    source: &str,
+    addr: SocketAddr,
+    request: &[u8],
+) -> (u16, Vec<(String, String)>) {
+    let mut stream = tcp_from(source, addr).await.expect("connect");
     let _ = stream.write_all(request).await;
     read_head(&mut stream).await
 }
@@ -867,4 +905,67 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (any 127.x.y.z works on
+/// Linux), so one test can be several clients the node tells apart by address.
+pub async fn tcp_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0))?;
+    socket.connect(addr).await
+}
+
+/// A TLS handshake with `node` (a TLS node) over a connection from `source`.
+pub async fn tls_from(
+    node: &TestNode,
+    source: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tcp_from(source, node.addr).await?;
+    let config = node.tls.as_ref().expect("a TLS node").client.clone();
+    let name = rustls::pki_types::ServerName::IpAddress(node.addr.ip().into());
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// One HTTP/1.1 request from `source` over a fresh connection: the status and the JSON body
+/// (`Null` when there is none), or status 0 when the node closed without answering.
+pub async fn http_from(
+    source: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Value) {
+    let Ok(stream) = tcp_from(source, addr).await else {
+        return (0, Vec::new(), Value::Null);
+    };
+    let mut stream = stream;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .expect("a response (or the end of the connection) within the deadline");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (
+        status,
+        headers,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
