@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// Largest HTTP API request body (64 KiB).
     pub max_body_bytes: usize,
+    /// What a connection may cost before it is a WebSocket session: pending connections, request
+    /// heads and bodies, request deadlines, and CORS for the HTTP API.
+    pub edge: EdgeConfig,
     /// TLS on the main port (`SSL_ENABLED`); `None` serves plain `ws`/`http`. The admin port is
     /// always plain HTTP: it is scraped and probed from inside the cluster.
     pub tls: Option<TlsConfig>,
@@ -121,6 +124,100 @@ impl Default for HotelPolicy {
             publish_bytes_per_user_per_minute: 1 << 20,
         }
     }
+}
+
+/// Limits of the main port before a connection becomes a WebSocket session (see
+/// `docs/SECURITY.md`, "Attacks and limits"). A connection is *pending* from the moment it is
+/// accepted until it is upgraded to a WebSocket (then `MAX_CONNECTIONS` counts it) or closed;
+/// HTTP API connections stay pending for their whole life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeConfig {
+    /// Most pending connections on the port (`MAX_PENDING_CONNECTIONS`, 1,024). At the cap the
+    /// node stops accepting until one ends; the kernel's backlog holds the rest.
+    pub max_pending: usize,
+    /// Most pending connections from one client address (`MAX_PENDING_PER_IP`, 32), checked
+    /// when the connection is accepted, before TLS and before any byte is read. Connections from
+    /// `TRUSTED_PROXIES` are not capped by address (their clients are told apart by
+    /// `X-Forwarded-For`, which is only known after the request head).
+    pub max_pending_per_ip: usize,
+    /// Largest request head, request line and headers together (`MAX_HEADER_BYTES`, 16 KiB):
+    /// larger gets 431 and the connection is closed. The node never buffers more than this (or
+    /// 8 KiB, whichever is larger) of an unfinished head.
+    pub max_header_bytes: usize,
+    /// An HTTP API request body must arrive whole within this time of its head
+    /// (`HTTP_BODY_TIMEOUT_SECONDS`, 10 s); otherwise 408 and the connection is closed.
+    pub body_timeout: std::time::Duration,
+    /// An HTTP API request must be answered within this time of its head, body included
+    /// (`HTTP_REQUEST_TIMEOUT_SECONDS`, 30 s); otherwise 503 `unavailable`.
+    pub request_timeout: std::time::Duration,
+    /// Origins whose browser pages may call the HTTP API (`CORS_ALLOWED_ORIGINS`, comma
+    /// separated, none by default; `*` allows any). Separate from `allowed_origins`, which
+    /// guards WebSocket upgrades.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            max_pending: 1024,
+            max_pending_per_ip: 32,
+            max_header_bytes: 16 * 1024,
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Smallest `MAX_HEADER_BYTES`: room for a request line with a `?token=` and the usual headers.
+pub(crate) const MIN_HEADER_BYTES: usize = 4 * 1024;
+/// Largest `MAX_HEADER_BYTES`.
+pub(crate) const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+impl EdgeConfig {
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_pending == 0 {
+            return Err("MAX_PENDING_CONNECTIONS must be at least 1".into());
+        }
+        if self.max_pending_per_ip == 0 {
+            return Err("MAX_PENDING_PER_IP must be at least 1".into());
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return Err(format!(
+                "MAX_HEADER_BYTES must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"
+            ));
+        }
+        if self.body_timeout.is_zero() {
+            return Err("HTTP_BODY_TIMEOUT_SECONDS must be at least 1".into());
+        }
+        if self.request_timeout < self.body_timeout {
+            return Err(
+                "HTTP_REQUEST_TIMEOUT_SECONDS must be at least HTTP_BODY_TIMEOUT_SECONDS".into(),
+            );
+        }
+        if let Some(bad) = self
+            .cors_allowed_origins
+            .iter()
+            .find(|o| o.as_str() != "*" && !is_origin(o))
+        {
+            return Err(format!(
+                "CORS_ALLOWED_ORIGINS: {bad:?} is not an origin like https://app.hotel.example (scheme://host[:port], no path) or *"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` looks like a serialized origin: `http://` or `https://`, a host, perhaps a port,
+/// nothing after it.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' ', ','])
 }
 
 /// What a session does with the data messages it reads (test builds only).
@@ -392,6 +489,7 @@ impl GatewayConfig {
             drain_period: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
+            edge: EdgeConfig::default(),
             tls: None,
             rate_limits: crate::RateLimitConfig::default(),
             allowed_origins: Vec::new(),
@@ -412,6 +510,7 @@ impl GatewayConfig {
             ));
         }
         self.rate_limits.validate()?;
+        self.edge.validate()?;
         if self.max_connections == 0 {
             return Err("MAX_CONNECTIONS must be at least 1".into());
         }
@@ -499,6 +598,45 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn edge_settings_are_checked() {
+        let check = |tweak: fn(&mut EdgeConfig)| {
+            let mut c = GatewayConfig::new("s");
+            tweak(&mut c.edge);
+            c.validate()
+        };
+        assert!(check(|_| {}).is_ok());
+        type Tweak = fn(&mut EdgeConfig);
+        let cases: [(Tweak, &str); 7] = [
+            (|e| e.max_pending = 0, "MAX_PENDING_CONNECTIONS"),
+            (|e| e.max_pending_per_ip = 0, "MAX_PENDING_PER_IP"),
+            (|e| e.max_header_bytes = 1000, "MAX_HEADER_BYTES"),
+            (|e| e.max_header_bytes = 2 << 20, "MAX_HEADER_BYTES"),
+            (
+                |e| e.body_timeout = Duration::ZERO,
+                "HTTP_BODY_TIMEOUT_SECONDS",
+            ),
+            (
+                |e| e.request_timeout = Duration::from_secs(5),
+                "HTTP_REQUEST_TIMEOUT_SECONDS",
+            ),
+            (
+                |e| e.cors_allowed_origins = vec!["https://app.example/path".into()],
+                "CORS_ALLOWED_ORIGINS",
+            ),
+        ];
+        for (tweak, name) in cases {
+            let err = check(tweak).unwrap_err();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+        assert!(check(|e| e.cors_allowed_origins = vec![
+            "*".into(),
+            "http://localhost:5173".into(),
+            "https://app.hotel.example".into()
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -13,8 +13,11 @@ pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections (authenticated or not).
     pub connections: IntGauge,
+    /// Connections on the main port accepted and not yet upgraded to a WebSocket or closed:
+    /// TLS handshakes, request heads being read, HTTP API connections.
+    pub pending_connections: IntGauge,
     /// Connections refused before or at the upgrade, by reason (`capacity`, `unauthorized`,
-    /// `bad_request`, `draining`).
+    /// `bad_request`, `draining`, `origin`, `rate_limited`, `pending`).
     pub connections_rejected: IntCounterVec,
     /// Channel subscriptions held by local connections.
     pub subscriptions: IntGauge,
@@ -126,6 +129,10 @@ impl Metrics {
             .expect("unique metric");
         Metrics {
             connections: gauge("bellhop_connections", "Open WebSocket connections."),
+            pending_connections: gauge(
+                "bellhop_pending_connections",
+                "Main-port connections accepted and not yet upgraded or closed.",
+            ),
             connections_rejected: counter_vec(
                 "bellhop_connections_rejected_total",
                 "Upgrades refused, by reason.",

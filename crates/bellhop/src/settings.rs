@@ -70,6 +70,12 @@ pub(crate) struct FileSettings {
     max_connections_per_user: Option<usize>,
     trusted_proxies: Option<String>,
     allowed_origins: Option<String>,
+    cors_allowed_origins: Option<String>,
+    max_pending_connections: Option<usize>,
+    max_pending_per_ip: Option<usize>,
+    max_header_bytes: Option<usize>,
+    http_body_timeout_seconds: Option<u64>,
+    http_request_timeout_seconds: Option<u64>,
     message_retention_hours: Option<u64>,
     enable_metrics: Option<bool>,
     metrics_port: Option<u16>,
@@ -170,6 +176,15 @@ fn parse_networks(list: &str) -> Result<Vec<bellhop_gateway::IpNet>> {
                     )
                 })
         })
+        .collect()
+}
+
+/// A comma-separated list of origins (`ALLOWED_ORIGINS`, `CORS_ALLOWED_ORIGINS`): trimmed, without
+/// a trailing `/`, empty entries dropped.
+fn origin_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
         .collect()
 }
 
@@ -515,11 +530,31 @@ pub(crate) fn serve_settings(
         limits.trusted_proxies = parse_networks(&list)?;
     }
     if let Some(list) = s.string("ALLOWED_ORIGINS", &file.allowed_origins) {
-        gateway.allowed_origins = list
-            .split(',')
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect();
+        gateway.allowed_origins = origin_list(&list);
+    }
+    let edge = &mut gateway.edge;
+    if let Some(list) = s.string("CORS_ALLOWED_ORIGINS", &file.cors_allowed_origins) {
+        edge.cors_allowed_origins = origin_list(&list);
+    }
+    if let Some(n) = s.parse("MAX_PENDING_CONNECTIONS", file.max_pending_connections)? {
+        edge.max_pending = n;
+    }
+    if let Some(n) = s.parse("MAX_PENDING_PER_IP", file.max_pending_per_ip)? {
+        edge.max_pending_per_ip = n;
+    }
+    if let Some(n) = s.parse("MAX_HEADER_BYTES", file.max_header_bytes)? {
+        edge.max_header_bytes = n;
+    }
+    if let Some(secs) =
+        s.parse::<u64>("HTTP_BODY_TIMEOUT_SECONDS", file.http_body_timeout_seconds)?
+    {
+        edge.body_timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = s.parse::<u64>(
+        "HTTP_REQUEST_TIMEOUT_SECONDS",
+        file.http_request_timeout_seconds,
+    )? {
+        edge.request_timeout = Duration::from_secs(secs);
     }
     gateway.node_id = s
         .string("NODE_ID", &file.node_id)
@@ -972,6 +1007,67 @@ mod tests {
         let plain =
             settings(&[("REDIS_URL", "redis://r"), ("REDIS_TLS_CA_PATH", "/ca.pem")]).unwrap_err();
         assert!(plain.to_string().contains("REDIS_TLS_CA_PATH"), "{plain}");
+    }
+
+    #[test]
+    fn edge_limits_and_cors_are_read_with_their_defaults() {
+        let defaults = settings(&[]).unwrap().gateway.edge;
+        assert_eq!(defaults, bellhop_gateway::EdgeConfig::default());
+        assert_eq!(defaults.max_pending, 1024);
+        assert_eq!(defaults.max_pending_per_ip, 32);
+        assert_eq!(defaults.max_header_bytes, 16 * 1024);
+        assert_eq!(defaults.body_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+        assert!(defaults.cors_allowed_origins.is_empty());
+        let s = settings(&[
+            ("MAX_PENDING_CONNECTIONS", "500"),
+            ("MAX_PENDING_PER_IP", "8"),
+            ("MAX_HEADER_BYTES", "8192"),
+            ("HTTP_BODY_TIMEOUT_SECONDS", "5"),
+            ("HTTP_REQUEST_TIMEOUT_SECONDS", "20"),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://app.hotel.example/, http://localhost:5173",
+            ),
+            ("ALLOWED_ORIGINS", "https://guest.hotel.example"),
+        ])
+        .unwrap()
+        .gateway;
+        assert_eq!(
+            (
+                s.edge.max_pending,
+                s.edge.max_pending_per_ip,
+                s.edge.max_header_bytes
+            ),
+            (500, 8, 8192)
+        );
+        assert_eq!(s.edge.body_timeout, Duration::from_secs(5));
+        assert_eq!(s.edge.request_timeout, Duration::from_secs(20));
+        assert_eq!(
+            s.edge.cors_allowed_origins,
+            ["https://app.hotel.example", "http://localhost:5173"]
+        );
+        assert_eq!(
+            s.allowed_origins,
+            ["https://guest.hotel.example"],
+            "separate lists"
+        );
+        let file: FileSettings =
+            toml::from_str("cors_allowed_origins = \"*\"\nmax_header_bytes = 32768").unwrap();
+        let s = serve_settings(&env(&[]), &file, &Overrides::default()).unwrap();
+        assert_eq!(s.gateway.edge.cors_allowed_origins, ["*"]);
+        assert_eq!(s.gateway.edge.max_header_bytes, 32768);
+        for (k, v) in [
+            ("MAX_PENDING_CONNECTIONS", "0"),
+            ("MAX_PENDING_PER_IP", "none"),
+            ("MAX_HEADER_BYTES", "100"),
+            ("HTTP_BODY_TIMEOUT_SECONDS", "0"),
+            ("HTTP_REQUEST_TIMEOUT_SECONDS", "1"),
+            ("CORS_ALLOWED_ORIGINS", "app.hotel.example"),
+        ] {
+            let err = settings(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{k}={v}: {err}");
+        }
     }
 
     #[test]
