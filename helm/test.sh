@@ -7,7 +7,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-deploy/tools.sh helm kubernetes-validate prometheus k8s-models
+deploy/tools.sh helm kubernetes-validate pyyaml prometheus k8s-models
 HELM="$PWD/.tools/bin/helm"
 CHART=helm/bellhop
 KUBE_VERSIONS=(1.30.0 1.35.0)
