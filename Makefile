@@ -8,7 +8,7 @@ FUZZ_SMOKE_SECONDS ?= 15
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: run test lint unit k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help \
-	image image-smoke deploy-test dockerfile-lint chart-test rules-test observability-test
+	image image-smoke manifest-run deploy-test dockerfile-lint chart-test rules-test observability-test
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -93,6 +93,10 @@ image: deps ## the container image bellhop:dev (deploy/Dockerfile): release buil
 
 image-smoke: image ## run the image and serve a client through it (deploy/image-smoke.sh)
 	@deploy/image-smoke.sh
+
+manifest-run: image ## the chart's rendered Deployment container run by docker as the kubelet would, timed to its probes, serving a client (deploy/checks/manifest-run.py)
+	@deploy/tools.sh helm pyyaml redis
+	@python3 deploy/checks/manifest-run.py --image $${IMAGE:-bellhop:dev} --bellhop $(TARGET_DIR)/release/bellhop
 
 deploy-test: dockerfile-lint chart-test rules-test observability-test ## the deployment checks: Dockerfile lint, Helm chart, alert rules, dashboard and alerts against a live node (tools installed into .tools/)
 
