@@ -579,11 +579,40 @@ fn broker_error(error: &FredError, retry_after: Duration) -> BrokerError {
         .any(|p| error.details().starts_with(p));
     if transient {
         BrokerError::Unavailable {
-            reason: format!("redis: {error}"),
+            reason: format!("redis: {}", in_words(error)),
             retry_after,
         }
     } else {
-        BrokerError::Internal(format!("redis: {error}"))
+        BrokerError::Internal(format!("redis: {}", in_words(error)))
+    }
+}
+
+/// A client error as an operator reads it. fred keeps an I/O error only as its debug text
+/// (`Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }`), so the message
+/// is taken back out of it; and a command that timed out while the connection is down is said
+/// to be that, not a bare "Request timed out".
+fn in_words(error: &FredError) -> String {
+    let details = error.details();
+    match error.kind() {
+        ErrorKind::IO => {
+            let message = details
+                .split_once("message: \"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(m, _)| m);
+            let code = details
+                .split_once("code: ")
+                .and_then(|(_, rest)| rest.split_once(','))
+                .map(|(c, _)| c);
+            match (message, code) {
+                (Some(m), Some(c)) => format!("cannot reach Redis: {m} (os error {c})"),
+                (Some(m), None) => format!("cannot reach Redis: {m}"),
+                _ => format!("cannot reach Redis: {}", details.trim_end_matches('.')),
+            }
+        }
+        ErrorKind::Timeout => "no reply within the command timeout: Redis is down, unreachable \
+             or overloaded (the node keeps reconnecting)"
+            .into(),
+        _ => error.to_string(),
     }
 }
 
@@ -1701,6 +1730,28 @@ mod tests {
         }
         let typing = serde_json::to_string(&Live::Typing { u: "u2".into() }).unwrap();
         assert_eq!(typing, r#"{"k":"typing","u":"u2"}"#);
+    }
+
+    #[test]
+    fn client_errors_are_printed_in_words() {
+        let refused = FredError::new(
+            ErrorKind::IO,
+            r#"Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }"#,
+        );
+        assert_eq!(
+            in_words(&refused),
+            "cannot reach Redis: Connection refused (os error 111)"
+        );
+        let closed = FredError::new(ErrorKind::IO, "Connection closed.");
+        assert_eq!(in_words(&closed), "cannot reach Redis: Connection closed");
+        let timeout = in_words(&FredError::new(ErrorKind::Timeout, "Request timed out."));
+        assert!(
+            timeout.starts_with("no reply within the command timeout"),
+            "{timeout}"
+        );
+        assert!(!timeout.contains("Request timed out"), "{timeout}");
+        let reply = FredError::new(ErrorKind::Unknown, "ERR syntax error");
+        assert!(in_words(&reply).contains("ERR syntax error"));
     }
 
     #[test]

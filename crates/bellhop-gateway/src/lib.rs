@@ -295,6 +295,7 @@ impl Gateway {
     pub async fn shutdown(self) {
         let node = self.node.clone();
         node.ready.store(false, Ordering::Release);
+        node.metrics.ready.set(0);
         let _ = self.stop_main.send(true);
         let connections: Vec<_> = node.connections.lock().values().cloned().collect();
         let period = node.config.drain_period;

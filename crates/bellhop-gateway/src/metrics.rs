@@ -58,6 +58,12 @@ pub struct Metrics {
     pub jwt_key_reloads: IntCounterVec,
     /// Verification keys in use (1 for a secret or a PEM key, the usable keys of a JWKS).
     pub jwt_keys: IntGauge,
+    /// 1 while `/readyz` answers 200, 0 once draining has begun (the admin port keeps serving
+    /// `/metrics` until the process exits, so a node stuck unready can be alerted on).
+    pub ready: IntGauge,
+    /// The configured `MAX_CONNECTIONS`, so dashboards and alerts can compare
+    /// `bellhop_connections` with it.
+    pub max_connections: IntGauge,
 }
 
 impl Metrics {
@@ -211,6 +217,14 @@ impl Metrics {
                 &["result"],
             ),
             jwt_keys: gauge("bellhop_jwt_keys", "JWT verification keys in use."),
+            max_connections: gauge(
+                "bellhop_connections_max",
+                "MAX_CONNECTIONS: most open WebSocket connections this node accepts.",
+            ),
+            ready: gauge(
+                "bellhop_ready",
+                "1 while the node is ready for new connections (/readyz 200), 0 while draining.",
+            ),
             slow_consumers,
             breaker_state,
             broker_live,

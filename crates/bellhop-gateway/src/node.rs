@@ -149,6 +149,10 @@ impl Node {
         metrics
             .jwt_keys
             .set(i64::try_from(verifier.key_count()).unwrap_or(i64::MAX));
+        metrics.ready.set(1);
+        metrics
+            .max_connections
+            .set(i64::try_from(config.max_connections).unwrap_or(i64::MAX));
         Node {
             verifier,
             hub: Hub::new(dispatcher.broker().clone(), metrics.clone()),

@@ -232,6 +232,9 @@ pub(crate) struct ServeSettings {
     pub(crate) dev_secret: bool,
     /// Log output format.
     pub(crate) log_format: LogFormat,
+    /// True when the node binds loopback only because the development secret is in use and no
+    /// address was configured (`BIND_ADDR`, `bind_addr`, `--bind`); the binary says so.
+    pub(crate) loopback_for_dev_secret: bool,
     /// True when `SSL_CERT_PATH` or `SSL_KEY_PATH` is set but `SSL_ENABLED` is not true: the node
     /// serves plain `ws`/`http`, and says so loudly, since that is rarely what was meant.
     pub(crate) tls_paths_ignored: bool,
@@ -480,8 +483,15 @@ pub(crate) fn serve_settings(
         (None, None, Some(text)) => text.parse().map_err(|e| {
             anyhow::anyhow!("bind_addr = {text:?} in the config file is invalid: {e}")
         })?,
+        // Nothing said where to listen: every interface, except with the public development
+        // secret, with which anyone who can reach the node can mint tokens for it.
+        (None, None, None) if dev_secret => IpAddr::from([127, 0, 0, 1]),
         (None, None, None) => IpAddr::from([0, 0, 0, 0]),
     };
+    let loopback_for_dev_secret = dev_secret
+        && flags.bind_addr.is_none()
+        && env.get("BIND_ADDR").is_none()
+        && file.bind_addr.is_none();
     let ws_port = flags
         .ws_port
         .or(s.parse("WS_PORT", file.ws_port)?)
@@ -645,6 +655,7 @@ pub(crate) fn serve_settings(
         Some(other) => bail!("LOG_FORMAT={other:?} is invalid: use text or json"),
     };
     Ok(ServeSettings {
+        loopback_for_dev_secret,
         tls_paths_ignored,
         gateway,
         broker,
@@ -679,6 +690,30 @@ mod tests {
         assert_eq!(s.broker.retention(), Duration::from_secs(24 * 3600));
         assert!(s.dev_secret);
         assert_eq!(s.environment, Environment::Development);
+    }
+
+    #[test]
+    fn the_development_secret_binds_loopback_unless_an_address_is_given() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.gateway.listen.ip(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            s.gateway.admin_listen.unwrap().ip(),
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert!(s.loopback_for_dev_secret);
+        let s = settings(&[("JWT_SECRET", DEV_SECRET)]).unwrap();
+        assert!(s.loopback_for_dev_secret && s.gateway.listen.ip().is_loopback());
+        // A real secret, or an address asked for, keeps every interface.
+        let s = settings(&[("JWT_SECRET", "s3cret")]).unwrap();
+        assert!(s.gateway.listen.ip().is_unspecified() && !s.loopback_for_dev_secret);
+        let s = settings(&[("BIND_ADDR", "0.0.0.0")]).unwrap();
+        assert!(s.gateway.listen.ip().is_unspecified() && !s.loopback_for_dev_secret);
+        let flags = Overrides {
+            bind_addr: Some(IpAddr::from([0, 0, 0, 0])),
+            ..Default::default()
+        };
+        let s = serve_settings(&env(&[]), &FileSettings::default(), &flags).unwrap();
+        assert!(s.gateway.listen.ip().is_unspecified() && !s.loopback_for_dev_secret);
     }
 
     #[test]
