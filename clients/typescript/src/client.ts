@@ -191,6 +191,8 @@ interface Conn {
   token: string;
   /** An `error` frame received before the close (tells why: token expired, auth failed). */
   lastError: ErrorFrame | undefined;
+  /** When the last frame arrived (`Date.now()`): a timeout with nothing received since means a dead connection. */
+  lastFrameAt: number;
   timers: Set<ReturnType<typeof setTimeout>>;
 }
 
@@ -537,6 +539,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
       welcome: undefined,
       token,
       lastError: undefined,
+      lastFrameAt: 0,
       timers: new Set(),
     };
     this.#conn = conn;
@@ -617,6 +620,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
 
   #onData(conn: Conn, data: unknown): void {
     if (this.#conn !== conn) return;
+    conn.lastFrameAt = Date.now();
     let frame: ServerFrame | undefined;
     try {
       frame = asServerFrame(decodeFrame(data));
@@ -841,9 +845,15 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
         return;
       }
       const p: Pending = { resolve, reject, timer: undefined };
+      const sentAt = Date.now();
       p.timer = setTimeout(() => {
         conn.pending.delete(id);
         reject(new BellhopError("timeout", `no reply to ${frame.type} within ${timeoutMs} ms`));
+        // Not a slow reply but a silent connection (a stopped node, a dead link): drop it, so
+        // the retry goes out on a new one.
+        if (conn.welcome && conn.lastFrameAt < sentAt) {
+          this.#abandon(conn, CloseCode.abnormal, `nothing received within ${timeoutMs} ms`);
+        }
       }, timeoutMs);
       conn.pending.set(id, p);
     });
