@@ -7,7 +7,7 @@ FUZZ_SMOKE_SECONDS ?= 15
 # Where cargo puts binaries, for the k6 targets (honours CARGO_TARGET_DIR).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test lint unit k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
+.PHONY: run test lint unit sdk-ts k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -61,6 +61,11 @@ conformance: ## a short fuzz run of every target and the Autobahn WebSocket suit
 	@fuzz/run.sh --smoke $(FUZZ_SMOKE_SECONDS)
 	@tests/autobahn/run.sh --optional
 
+sdk-ts: test-deps ## the TypeScript SDK (clients/typescript): npm ci, build, type check and its tests against debug nodes it starts
+	@command -v node >/dev/null 2>&1 && node -e 'process.exit(parseInt(process.versions.node, 10) < 20 ? 1 : 0)' || { echo "the TypeScript SDK needs Node.js 20 or newer (node --version: $$(node --version 2>/dev/null || echo none))"; exit 1; }
+	$(CARGO) build -q -p bellhop
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && BELLHOP_BIN=$(abspath $(TARGET_DIR))/debug/bellhop npm test
+
 k6-smoke: ## a short k6 run against a node it starts: a guest's requests reach housekeeping, with the delivery thresholds (loadtest/k6/)
 	$(CARGO) build -q -p bellhop
 	@loadtest/k6/smoke.sh $(TARGET_DIR)/debug/bellhop
@@ -84,7 +89,7 @@ bench-quick: bench-deps ## the same benchmark with small workloads (about 3 minu
 	  --idle-connections 2000 --fanout-subscribers 200 --fanout-rates 50,200 --fanout-step-seconds 2 \
 	  --chat-rooms 200 --chat-rates 1000,2500 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
 
-test: lint unit conformance k6-smoke ## everything CI runs: lint, every test suite, the conformance runs, a k6 smoke
+test: lint unit sdk-ts conformance k6-smoke ## everything CI runs: lint, every test suite, the TypeScript SDK's tests, the conformance runs, a k6 smoke
 
 fuzz: ## run every fuzz target for FUZZ_SECONDS (60) each; needs a nightly toolchain, installs cargo-fuzz (docs/FUZZING.md)
 	fuzz/run.sh $(FUZZ_SECONDS)

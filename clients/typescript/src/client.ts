@@ -160,6 +160,17 @@ export interface ErrorContext {
   error: BellhopError;
 }
 
+export interface RetryContext {
+  /** The request type being retried (`publish`, `history`, ...). */
+  request: ClientFrame["type"];
+  /** Sends so far. */
+  attempt: number;
+  /** Why the last send failed. */
+  error: BellhopError;
+  /** How long the client waits before sending again (then also for a connection, if needed). */
+  delayMs: number;
+}
+
 export type ClientEvents = {
   state: (ctx: StateContext) => void;
   connecting: (ctx: ConnectingContext) => void;
@@ -173,6 +184,8 @@ export type ClientEvents = {
   token: (ctx: { exp: number | undefined }) => void;
   /** Every message any subscription delivered. */
   message: (ctx: MessageContext) => void;
+  /** A request failed in a way worth retrying and will be sent again. */
+  retry: (ctx: RetryContext) => void;
 };
 
 interface Pending {
@@ -191,8 +204,8 @@ interface Conn {
   token: string;
   /** An `error` frame received before the close (tells why: token expired, auth failed). */
   lastError: ErrorFrame | undefined;
-  /** When the last frame arrived (`Date.now()`): a timeout with nothing received since means a dead connection. */
-  lastFrameAt: number;
+  /** Frames received so far: a timeout with nothing received since the request means a dead connection. */
+  received: number;
   timers: Set<ReturnType<typeof setTimeout>>;
 }
 
@@ -539,7 +552,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
       welcome: undefined,
       token,
       lastError: undefined,
-      lastFrameAt: 0,
+      received: 0,
       timers: new Set(),
     };
     this.#conn = conn;
@@ -620,7 +633,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
 
   #onData(conn: Conn, data: unknown): void {
     if (this.#conn !== conn) return;
-    conn.lastFrameAt = Date.now();
+    conn.received += 1;
     let frame: ServerFrame | undefined;
     try {
       frame = asServerFrame(decodeFrame(data));
@@ -845,13 +858,13 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
         return;
       }
       const p: Pending = { resolve, reject, timer: undefined };
-      const sentAt = Date.now();
+      const receivedBefore = conn.received;
       p.timer = setTimeout(() => {
         conn.pending.delete(id);
         reject(new BellhopError("timeout", `no reply to ${frame.type} within ${timeoutMs} ms`));
         // Not a slow reply but a silent connection (a stopped node, a dead link): drop it, so
         // the retry goes out on a new one.
-        if (conn.welcome && conn.lastFrameAt < sentAt) {
+        if (conn.welcome && conn.received === receivedBefore) {
           this.#abandon(conn, CloseCode.abnormal, `nothing received within ${timeoutMs} ms`);
         }
       }, timeoutMs);
@@ -882,6 +895,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
           error.retryAfterMs ??
           (error.code === "disconnected" ? 0 : backoffDelay(attempts - 1, { baseMs: 100, capMs: 5_000 }, this.#opts.random));
         if (Date.now() + wait >= deadline) throw error;
+        this.emit("retry", { request: frame.type, attempt: attempts, error, delayMs: wait });
         if (wait > 0) await this.#sleep(wait);
       }
     }

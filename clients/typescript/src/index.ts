@@ -14,6 +14,7 @@ export type {
   ErrorContext,
   ReconnectingContext,
   ReconnectOptions,
+  RetryContext,
   StateContext,
   WebSocketConstructor,
   WebSocketLike,

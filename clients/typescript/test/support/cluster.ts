@@ -5,7 +5,7 @@
  */
 
 import { spawn, execFile, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -207,6 +207,30 @@ export class BellhopNode {
   /** SIGKILL: no drain, no close frames; the kernel resets the sockets. */
   kill(): Promise<void> {
     return killChild(this.child, "SIGKILL");
+  }
+
+  /**
+   * SIGSTOP, and waits until every thread of the process is stopped (a signal is delivered
+   * asynchronously): its sockets stay open and nothing answers.
+   */
+  async pause(): Promise<void> {
+    const pid = this.child.pid!;
+    this.child.kill("SIGSTOP");
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const tasks = readdirSync(`/proc/${pid}/task`);
+      const states = tasks.map((t) => {
+        try {
+          const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+          return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+        } catch {
+          return "T"; // the thread is gone
+        }
+      });
+      if (states.every((st) => st === "T" || st === "t")) return;
+      if (Date.now() > deadline) throw new Error(`${this.nodeId}: not stopped within 5 s (${states.join("")})`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
   }
 
   /** SIGTERM: the node drains (1012 to each connection over DRAIN_SECONDS) and exits. */
