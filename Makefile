@@ -61,7 +61,7 @@ conformance: ## a short fuzz run of every target and the Autobahn WebSocket suit
 	@fuzz/run.sh --smoke $(FUZZ_SMOKE_SECONDS)
 	@tests/autobahn/run.sh --optional
 
-sdk-ts: test-deps ## the TypeScript SDK (clients/typescript): npm ci, build, type check and its tests against debug nodes it starts (and Debian's chromium for the page test)
+sdk-ts: test-deps ## the TypeScript SDK (clients/typescript): npm ci, build, type check, its tests against debug nodes it starts (Debian's chromium for the page test), docs/asyncapi.yaml and docs/openapi.yaml through their official parsers
 	@command -v node >/dev/null 2>&1 && node -e 'process.exit(parseInt(process.versions.node, 10) < 20 ? 1 : 0)' || { echo "the TypeScript SDK needs Node.js 20 or newer (node --version: $$(node --version 2>/dev/null || echo none))"; exit 1; }
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "chromium is missing: installing it (the SDK's example page is tested in a real browser)"; \
