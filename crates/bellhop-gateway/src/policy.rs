@@ -7,11 +7,13 @@
 //! member of the property and let a guest watch them come and go. The table (see
 //! `docs/PROTOCOL.md`):
 //!
-//! | role | reads | publishes |
-//! |---|---|---|
-//! | guest | `user:<self>`, its `rooms`, `broadcast` | its `rooms`, any `dept:` |
-//! | staff | `user:<self>`, its `depts`, any `room:`, `broadcast` | any `room:`, its `depts`, any `user:` |
-//! | manager, admin, service | everything in the property | everything in the property |
+//! | role | reads | publishes | presence |
+//! |---|---|---|---|
+//! | guest | `user:<self>`, its `rooms`, `broadcast` | its `rooms`, any `dept:` | `user:<self>`, its `rooms` |
+//! | staff | `user:<self>`, its `depts`, any `room:`, `broadcast` | any `room:`, its `depts`, any `user:` | as reads |
+//! | manager, admin, service | everything in the property | everything in the property | everything |
+//!
+//! Whether a `dept:` exists at all (`DEPARTMENTS`) is the node's check, before this one.
 //!
 //! The property is never part of a channel name: it always comes from the token, so nobody can
 //! name a channel of another property.
