@@ -9,36 +9,7 @@ mod support;
 use serde_json::{json, Value};
 use support::*;
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::RedisCluster).await
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+backend_suite!(
     control_characters_cannot_wedge_a_staff_history,
     departments_outside_the_list_do_not_exist,
     typing_is_coalesced_per_user_and_channel,

@@ -10,36 +10,7 @@ use bellhop_protocol::Role;
 use serde_json::{json, Value};
 use support::*;
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::RedisCluster).await
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+backend_suite!(
     a_guest_service_request_reaches_housekeeping,
     an_urgent_message_never_overtakes_its_own_channel,
     resume_replays_missed_messages_then_goes_live_without_gap_or_duplicate,

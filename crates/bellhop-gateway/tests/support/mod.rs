@@ -5,6 +5,38 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+/// Runs each named `async fn(Backend)` once per broker backend: the embedded broker, one Redis
+/// server and a 3-master Redis Cluster (the same suite on every backend).
+#[macro_export]
+macro_rules! backend_suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Memory).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Redis).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::RedisCluster).await
+                }
+            )*
+        }
+    };
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -717,6 +749,12 @@ pub async fn http_over<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .expect("response in time")
         .unwrap();
+    parse_response(&raw)
+}
+
+/// An HTTP/1.1 response read to its end: the status (0 when there is none), the headers (names
+/// in lower case) and the body.
+pub fn parse_response(raw: &[u8]) -> (u16, Vec<(String, String)>, String) {
     let text = String::from_utf8_lossy(&raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -966,21 +1004,10 @@ pub async fn http_from(
     let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
         .await
         .expect("a response (or the end of the connection) within the deadline");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let (status, headers, body) = parse_response(&raw);
     (
         status,
         headers,
-        serde_json::from_str(body).unwrap_or(Value::Null),
+        serde_json::from_str(&body).unwrap_or(Value::Null),
     )
 }
