@@ -219,14 +219,33 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
                     "method not allowed: use POST",
                 ));
             }
+            let header_key = match req.headers().get("idempotency-key") {
+                None => None,
+                Some(v) => Some(
+                    v.to_str()
+                        .map_err(|_| bad_request("Idempotency-Key must be plain ASCII"))?
+                        .to_owned(),
+                ),
+            };
             let body = read_body(node, req).await?;
-            let frame: PublishFrame = serde_json::from_slice(&body)
+            let mut frame: PublishFrame = serde_json::from_slice(&body)
                 .map_err(|e| bad_request(format!("invalid publish body: {e}")))?;
-            let (message_id, offset) = node.publish(&principal, frame).await?;
-            Ok(json(
-                StatusCode::OK,
-                &json!({"messageId": message_id, "offset": offset}),
-            ))
+            if let Some(key) = header_key {
+                match &frame.idempotency_key {
+                    Some(in_body) if *in_body != key => {
+                        return Err(bad_request(
+                            "the Idempotency-Key header and the body's idempotencyKey differ",
+                        ))
+                    }
+                    _ => frame.idempotency_key = Some(key),
+                }
+            }
+            let acked = node.publish(&principal, frame).await?;
+            let mut body = json!({"messageId": acked.message_id, "offset": acked.offset});
+            if acked.duplicate {
+                body["duplicate"] = true.into();
+            }
+            Ok(json(StatusCode::OK, &body))
         }
         ["api", "v1", "channels", channel, what @ ("history" | "presence")] => {
             if method != Method::GET {
@@ -264,11 +283,12 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
                     _ => {}
                 }
             }
-            let messages = node.history(&principal, &channel, since, limit).await?;
-            Ok(json(
-                StatusCode::OK,
-                &json!({"channel": channel, "messages": messages}),
-            ))
+            let page = node.history(&principal, &channel, since, limit).await?;
+            let mut body = json!({"channel": channel, "messages": page.messages});
+            if page.more {
+                body["more"] = true.into();
+            }
+            Ok(json(StatusCode::OK, &body))
         }
         _ => Err(with_status(
             StatusCode::NOT_FOUND,

@@ -57,6 +57,15 @@ pub struct GatewayConfig {
     /// `https://app.hotel.example`); empty allows any. Browsers send `Origin`; other clients
     /// usually do not, and a request without one is allowed.
     pub allowed_origins: Vec<String>,
+    /// Most bytes of messages in one `history` reply, in their largest encoding (1 MiB); a page
+    /// cut short says `more`. At least one largest stored message; a page is also never larger
+    /// than the outbound budget.
+    pub history_max_bytes: usize,
+    /// The property's departments (`DEPARTMENTS`, comma separated): `dept:<name>` outside the
+    /// list does not exist, and every request naming it is refused with `bad_request`.
+    pub departments: Vec<String>,
+    /// The hotel-floor policies that bound what one user makes the node do for others.
+    pub hotel: HotelPolicy,
     /// Test-only, and only in builds with the `autobahn` feature (never a product build):
     /// sessions send no `welcome` and echo every text and binary message back unchanged instead
     /// of decoding it as a protocol frame, so the Autobahn testsuite can check the WebSocket
@@ -65,6 +74,56 @@ pub struct GatewayConfig {
     #[cfg(feature = "autobahn")]
     #[doc(hidden)]
     pub session_mode: SessionMode,
+}
+
+/// The departments a property has unless `DEPARTMENTS` says otherwise.
+pub const DEFAULT_DEPARTMENTS: &[&str] = &[
+    "frontdesk",
+    "concierge",
+    "housekeeping",
+    "laundry",
+    "maintenance",
+    "engineering",
+    "roomservice",
+    "kitchen",
+    "security",
+    "spa",
+    "management",
+];
+
+/// Limits on what one user's frames cost everyone else (see `docs/SECURITY.md`).
+#[derive(Clone, Debug)]
+pub struct HotelPolicy {
+    /// One `typing` notice per user and channel reaches the others at most this often (2 s);
+    /// the rest are dropped on the node where they arrive.
+    pub typing_interval: Duration,
+    /// Join and leave notices of one user on one channel reach the others at most this often
+    /// (2 s); a subscribe/unsubscribe storm is coalesced into the state it ends in.
+    pub presence_notice_interval: Duration,
+    /// Where a guest's `EMERGENCY_ALERT` may go (`dept:frontdesk`): a guest emergency keeps its
+    /// urgent priority, but only to the desk that answers it.
+    pub guest_emergency_channel: bellhop_protocol::Channel,
+    /// Guest emergencies one guest may raise per window (3 per 10 minutes).
+    pub guest_emergencies_per_window: u32,
+    /// The window of `guest_emergencies_per_window` (10 minutes).
+    pub guest_emergency_window: Duration,
+    /// Bytes of payload (in their largest encoding) one user may publish per minute on one node
+    /// (`PUBLISH_BYTES_PER_USER_PER_MINUTE`, 1 MiB), beside the count limit: what a user can
+    /// make the node store for 24 hours.
+    pub publish_bytes_per_user_per_minute: u32,
+}
+
+impl Default for HotelPolicy {
+    fn default() -> Self {
+        HotelPolicy {
+            typing_interval: Duration::from_secs(2),
+            presence_notice_interval: Duration::from_secs(2),
+            guest_emergency_channel: bellhop_protocol::Channel::Dept("frontdesk".into()),
+            guest_emergencies_per_window: 3,
+            guest_emergency_window: Duration::from_secs(600),
+            publish_bytes_per_user_per_minute: 1 << 20,
+        }
+    }
 }
 
 /// Limits of the main port before a connection becomes a WebSocket session (see
@@ -434,6 +493,9 @@ impl GatewayConfig {
             tls: None,
             rate_limits: crate::RateLimitConfig::default(),
             allowed_origins: Vec::new(),
+            history_max_bytes: 1 << 20,
+            departments: DEFAULT_DEPARTMENTS.iter().map(|d| d.to_string()).collect(),
+            hotel: HotelPolicy::default(),
             #[cfg(feature = "autobahn")]
             session_mode: SessionMode::Protocol,
         }
@@ -465,6 +527,36 @@ impl GatewayConfig {
             return Err(
                 "the outbound queue must hold at least 16 frames and one maximum-size frame".into(),
             );
+        }
+        // A stored message is at most `max_payload_bytes` plus its envelope's bounded fields.
+        let largest_entry = self.limits.max_payload_bytes + 4096;
+        if self.history_max_bytes < largest_entry {
+            return Err(format!(
+                "HISTORY_MAX_BYTES must be at least {largest_entry} (one largest message)"
+            ));
+        }
+        if self.departments.is_empty() {
+            return Err("DEPARTMENTS must name at least one department".into());
+        }
+        if let Some(bad) = self.departments.iter().find(|d| {
+            format!("dept:{d}")
+                .parse::<bellhop_protocol::Channel>()
+                .is_err()
+        }) {
+            return Err(format!(
+                "DEPARTMENTS: {bad:?} is not a department name ([A-Za-z0-9_.-]{{1,64}})"
+            ));
+        }
+        if self.hotel.guest_emergencies_per_window == 0
+            || self.hotel.guest_emergency_window.is_zero()
+        {
+            return Err("the guest emergency limit must allow at least one per window".into());
+        }
+        if (self.hotel.publish_bytes_per_user_per_minute as usize) < self.limits.max_payload_bytes {
+            return Err(format!(
+                "PUBLISH_BYTES_PER_USER_PER_MINUTE must allow at least one largest message ({} bytes)",
+                self.limits.max_payload_bytes
+            ));
         }
         if self.auth.auth_timeout.is_zero() {
             return Err("AUTH_TIMEOUT_SECONDS must be at least 1".into());

@@ -22,6 +22,7 @@
 mod api;
 pub mod auth;
 mod config;
+mod fairness;
 mod http;
 mod hub;
 mod limits;
@@ -49,8 +50,8 @@ use tokio::time::Instant;
 #[doc(hidden)]
 pub use config::SessionMode;
 pub use config::{
-    AuthConfig, EdgeConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig,
-    TlsVersion, MAX_LEEWAY,
+    AuthConfig, EdgeConfig, GatewayConfig, HotelPolicy, JwtAlgorithm, KeySource, OutboundConfig,
+    TlsConfig, TlsVersion, DEFAULT_DEPARTMENTS, MAX_LEEWAY,
 };
 pub use ipnet::IpNet;
 pub use limits::RateLimitConfig;
@@ -294,6 +295,7 @@ impl Gateway {
     pub async fn shutdown(self) {
         let node = self.node.clone();
         node.ready.store(false, Ordering::Release);
+        node.metrics.ready.set(0);
         let _ = self.stop_main.send(true);
         let connections: Vec<_> = node.connections.lock().values().cloned().collect();
         let period = node.config.drain_period;

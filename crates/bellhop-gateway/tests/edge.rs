@@ -365,6 +365,8 @@ async fn drain_closes_everyone_with_1012_and_readiness_turns_false() {
     }
     let (status, _, _) = http(node.admin, "GET", "/readyz", &[], b"").await;
     assert_eq!(status, 200);
+    assert_eq!(node.metric("bellhop_ready").await, 1.0);
+    assert_eq!(node.metric("bellhop_connections_max").await, 10_000.0);
     let gateway = node.gateway.take().unwrap();
     let drain = tokio::spawn(gateway.shutdown());
     // The last close is due 200 ms into the drain; the admin port answers until the drain ends.
@@ -379,6 +381,13 @@ async fn drain_closes_everyone_with_1012_and_readiness_turns_false() {
     .await
     .expect("/readyz turns 503 while draining");
     assert!(not_ready.contains("draining"), "{not_ready}");
+    let (_, _, metrics) = http(node.admin, "GET", "/metrics", &[], b"").await;
+    assert!(metrics.contains("bellhop_ready{"), "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "bellhop_ready"),
+        0.0,
+        "the readiness gauge follows /readyz"
+    );
     let mut codes = Vec::new();
     for c in &mut clients {
         let (code, reason, _) = c.closed().await;

@@ -147,6 +147,7 @@ pub fn config() -> GatewayConfig {
     c.rate_limits.publishes_per_user_per_minute = 10_000_000;
     c.rate_limits.frames_per_second = 1_000_000;
     c.rate_limits.connections_per_ip_per_minute = 1_000_000;
+    c.hotel.publish_bytes_per_user_per_minute = u32::MAX;
     // Every test client comes from 127.0.0.1; tests/limits.rs checks the pending caps.
     c.edge.max_pending_per_ip = 100_000;
     c
@@ -756,6 +757,10 @@ pub async fn http_json(
 pub struct FaultyBroker {
     pub inner: MemoryBroker,
     pub publish_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    /// When set, `presence_join` fails with it.
+    pub presence_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    /// When set, reads with a `since` fail with it (a replay fails after `subscribed`).
+    pub read_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
     /// While true, presence reads never answer (a broker that hangs).
     pub presence_hangs: std::sync::atomic::AtomicBool,
 }
@@ -765,6 +770,8 @@ impl FaultyBroker {
         Arc::new(FaultyBroker {
             inner: MemoryBroker::new(MemoryConfig::default()),
             publish_error: Default::default(),
+            presence_error: Default::default(),
+            read_error: Default::default(),
             presence_hangs: Default::default(),
         })
     }
@@ -774,8 +781,8 @@ impl FaultyBroker {
 impl Broker for FaultyBroker {
     async fn publish_batch(
         &self,
-        batch: Vec<Arc<bellhop_protocol::Envelope>>,
-    ) -> Vec<Result<bellhop_protocol::Offset, bellhop_dispatcher::BrokerError>> {
+        batch: Vec<bellhop_dispatcher::Publish>,
+    ) -> Vec<Result<bellhop_dispatcher::Published, bellhop_dispatcher::BrokerError>> {
         let failure = self.publish_error.lock().clone();
         match failure {
             Some(e) => batch.iter().map(|_| Err(e.clone())).collect(),
@@ -801,6 +808,11 @@ impl Broker for FaultyBroker {
         since: Option<bellhop_protocol::Offset>,
         limit: usize,
     ) -> Result<bellhop_dispatcher::ReadResult, bellhop_dispatcher::BrokerError> {
+        if since.is_some() {
+            if let Some(e) = self.read_error.lock().clone() {
+                return Err(e);
+            }
+        }
         self.inner.read(key, since, limit).await
     }
     async fn presence_join(
@@ -809,6 +821,9 @@ impl Broker for FaultyBroker {
         u: &str,
         s: &str,
     ) -> Result<bool, bellhop_dispatcher::BrokerError> {
+        if let Some(e) = self.presence_error.lock().clone() {
+            return Err(e);
+        }
         self.inner.presence_join(key, u, s).await
     }
     async fn presence_leave(
