@@ -3,8 +3,12 @@
 //! on hyper, and the WebSocket handshake.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bellhop_dispatcher::BreakerState;
@@ -43,6 +47,8 @@ pub(crate) struct HttpSettings {
     pub(crate) max_header_bytes: usize,
     /// Most connections accepted and not yet upgraded or closed (`MAX_PENDING_CONNECTIONS`).
     pub(crate) max_pending: usize,
+    /// Longest a response write may make no progress before the connection is dropped.
+    pub(crate) write_timeout: Duration,
 }
 
 impl HttpSettings {
@@ -51,6 +57,7 @@ impl HttpSettings {
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.edge.max_header_bytes,
             max_pending: config.edge.max_pending,
+            write_timeout: config.write_timeout,
         }
     }
 }
@@ -335,6 +342,13 @@ async fn serve_connection<S, F, Fut>(
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler(req, remote).await) }
     });
+    let upgraded = Arc::new(AtomicBool::new(false));
+    let stream = WriteDeadline {
+        io: stream,
+        timeout: settings.write_timeout,
+        stalled: None,
+        upgraded: upgraded.clone(),
+    };
     // hyper checks the header size of a complete head only; the buffer's cap is what bounds
     // an unfinished one (hyper's default is ~400 KB, and 8 KiB its smallest).
     let served = hyper::server::conn::http1::Builder::new()
@@ -345,8 +359,106 @@ async fn serve_connection<S, F, Fut>(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
+    // From here a WebSocket session (if any) writes with its own timeouts.
+    upgraded.store(true, Ordering::Relaxed);
     if let Err(e) = served {
         tracing::debug!(error = %e, %remote, "http connection ended with an error");
+    }
+}
+
+/// A connection's IO before it is upgraded: a write or flush that makes no progress for
+/// `timeout` fails, so a client that stops reading (say, after pipelining thousands of requests,
+/// no token needed) cannot hold its connection and its pending place forever. hyper has no write
+/// timeout of its own, and the head timeout does not run while a response is being written.
+/// After an upgrade it only passes through: the session has its own write timeout (close 4008).
+struct WriteDeadline<S> {
+    io: S,
+    timeout: Duration,
+    /// Armed when a write is first left pending, disarmed by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set once hyper handed the connection over to a WebSocket session.
+    upgraded: Arc<AtomicBool>,
+}
+
+impl<S: AsyncWrite + Unpin> WriteDeadline<S> {
+    /// What to answer for a write that made no progress now.
+    fn pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.upgraded.load(Ordering::Relaxed) {
+            self.stalled = None;
+            return Poll::Pending;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading: write timed out",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(
+        &mut self,
+        result: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        match result {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.pending(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(result, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(result, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.progress(result, cx)
     }
 }
 

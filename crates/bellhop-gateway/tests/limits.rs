@@ -663,3 +663,38 @@ async fn behind_a_trusted_proxy_each_api_request_counts_for_the_forwarded_client
     assert_eq!(get("203.0.113.5").await, 429);
     assert_eq!(get("203.0.113.6").await, 200, "another client of the proxy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_responses_is_dropped_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Pipelined requests (no token needed: 404s will do), and never a byte read: the node's
+    // answers fill the socket buffers and its writes stall.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let (_read, mut write) = stream.into_split();
+    let pipeline = "GET /x HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200_000);
+    let writer = tokio::spawn(async move {
+        // Blocks once the node stops reading; ends with an error when the node drops us.
+        let _ = write.write_all(pipeline.as_bytes()).await;
+        write
+    });
+    node.wait_metric("bellhop_pending_connections", 1.0).await;
+    let started = Instant::now();
+    // The node gives up on it: it is no longer pending (nor open).
+    node.wait_metric_at_most("bellhop_pending_connections", 0.0)
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    // Others are served meanwhile and after.
+    let mut good = node.connect(&staff("good", &[])).await;
+    assert_eq!(good.request(json!({"type": "ping"})).await["type"], "pong");
+    drop(writer);
+}
