@@ -755,7 +755,7 @@ pub async fn http_over<S: AsyncRead + AsyncWrite + Unpin>(
 /// An HTTP/1.1 response read to its end: the status (0 when there is none), the headers (names
 /// in lower case) and the body.
 pub fn parse_response(raw: &[u8]) -> (u16, Vec<(String, String)>, String) {
-    let text = String::from_utf8_lossy(&raw).to_string();
+    let text = String::from_utf8_lossy(raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines
