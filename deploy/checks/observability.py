@@ -216,8 +216,12 @@ class Check:
         }
         self.node = self.spawn("node", [self.bellhop, "serve"], env=env)
         admin = f"http://127.0.0.1:{p['admin']}"
-        wait_for("the node's /readyz", lambda: self.node.poll() is None and http_get(admin + "/readyz")[0] == 200
-                 or (self.node.poll() is not None and sys.exit(f"the node exited:\n{self.log_tail('node')}")))
+        def node_ready():
+            if self.node.poll() is not None:
+                raise AssertionError(f"the node exited:\n{self.log_tail('node')}")
+            return http_get(admin + "/readyz")[0] == 200
+
+        wait_for("the node's /readyz", node_ready)
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", p["webhook"]), Webhook)
         threading.Thread(target=server.serve_forever, daemon=True).start()

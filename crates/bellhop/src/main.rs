@@ -151,7 +151,11 @@ impl From<RoleArg> for Role {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The Redis client's own warnings print its errors as debug structs
+        // (`Some(Error { details: "Connection closed.", kind: IO })`); the node says the same in
+        // words (`watch_live_delivery`, and the errors publishes get). LOG_LEVEL=info,fred=warn
+        // brings them back.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fred=error"));
     // Colours only for a person at a terminal: not in files, pipes or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -313,6 +317,9 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
         }
     };
     let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
+    if backend == "redis" {
+        watch_live_delivery(dispatcher.clone());
+    }
     // The error names what failed: the address that could not be bound, or the TLS file.
     let gateway = Gateway::bind(settings.gateway.clone(), dispatcher).await?;
     let addr = gateway.local_addr();
@@ -345,6 +352,35 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
     tracing::info!("shutdown requested: draining");
     gateway.shutdown().await;
     Ok(())
+}
+
+/// How often the node looks at its live delivery from Redis, to log when it goes and comes back.
+const LIVE_DELIVERY_CHECK: Duration = Duration::from_secs(1);
+
+/// Logs, in words, when live delivery from Redis stops (the subscriber connection is down or its
+/// probes do not come back) and when it works again. `bellhop_broker_live_healthy` and `/readyz`
+/// show the same; the log says when, on the node's own timeline.
+fn watch_live_delivery(dispatcher: Arc<Dispatcher>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LIVE_DELIVERY_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut healthy = true;
+        loop {
+            tick.tick().await;
+            let now = dispatcher.broker().live_healthy();
+            if now == healthy {
+                continue;
+            }
+            healthy = now;
+            if healthy {
+                tracing::info!("live delivery from Redis works again; every channel is re-read from the last offset delivered");
+            } else {
+                tracing::warn!(
+                    "live delivery from Redis is down: Redis cannot be reached or its subscriber connection is silent; the node keeps reconnecting, and publishes fail with unavailable meanwhile"
+                );
+            }
+        }
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C. Installs the handlers when called, so call it before the

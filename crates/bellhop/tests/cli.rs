@@ -980,3 +980,98 @@ async fn bellhop_connect_shows_why_the_server_refused_the_upgrade() {
         "the verifier's reason: {stderr}"
     );
 }
+
+/// Reads stderr lines into `seen` until one contains `until` (deadline 40 s: the subscriber
+/// probe runs every 15 s).
+async fn read_until(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    seen: &mut Vec<String>,
+    until: &str,
+) {
+    let found = tokio::time::timeout(Duration::from_secs(40), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains(until);
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "no {until:?} in the log: {seen:#?}"
+    );
+}
+
+/// When the node's Redis dies, the log says so in words, with no debug structs from the Redis
+/// client, and a publish is told what is wrong (not "Request timed out").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_redis_is_reported_in_words() {
+    let redis = bellhop_testkit::RedisServer::start().await;
+    let url = redis.url();
+    let mut child = bellhop(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ],
+        &[("JWT_SECRET", SECRET), ("REDIS_URL", &url)],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    read_until(&mut lines, &mut seen, "gateway listening").await;
+    let local: SocketAddr = seen
+        .last()
+        .and_then(|l| l.split("local_addr=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    redis.kill().await;
+    let service = mint(
+        SECRET,
+        &["--sub", "pms", "--role", "service", "--prop", "h1"],
+    )
+    .await;
+    let (status, body) = http(
+        local,
+        "POST",
+        "/api/v1/publish",
+        Some(&service),
+        r#"{"channel":"dept:housekeeping","event":"ROOM_STATUS_UPDATE","payload":{}}"#,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"code\":\"unavailable\""), "{body}");
+    assert!(!body.contains("Request timed out"), "{body}");
+    // Whichever of the two 5 s deadlines ends first: the Redis client's, or the dispatcher's
+    // around each broker call.
+    assert!(
+        [
+            "cannot reach Redis",
+            "Redis is down, unreachable",
+            "broker call timed out"
+        ]
+        .iter()
+        .any(|words| body.contains(words)),
+        "{body}"
+    );
+    read_until(&mut lines, &mut seen, "live delivery from Redis is down").await;
+    let text = seen.join("\n");
+    assert!(
+        !text.contains("Error {"),
+        "a debug struct in the log: {text}"
+    );
+    assert!(!text.contains("Os {"), "a debug struct in the log: {text}");
+    let _ = child.kill().await;
+}
