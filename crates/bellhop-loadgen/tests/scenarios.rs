@@ -49,6 +49,9 @@ async fn node(backend: Backend) -> Node {
     c.rate_limits.publishes_per_user_per_minute = 10_000_000;
     c.rate_limits.frames_per_second = 1_000_000;
     c.rate_limits.connections_per_ip_per_minute = 1_000_000;
+    c.edge.max_pending_per_ip = 1_000_000;
+    c.edge.max_pending = 1_000_000;
+    c.hotel.publish_bytes_per_user_per_minute = u32::MAX;
     let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
     let gateway = Gateway::bind(c, dispatcher).await.expect("gateway binds");
     Node {

@@ -61,6 +61,7 @@ async fn serve(redis_url: &str, node_id: &str) -> Node {
         .env("RATE_LIMIT_PUBLISHES_PER_MINUTE", "10000000")
         .env("RATE_LIMIT_FRAMES_PER_SECOND", "1000000")
         .env("RATE_LIMIT_PER_IP", "1000000")
+        .env("MAX_PENDING_PER_IP", "1000000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
