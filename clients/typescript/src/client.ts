@@ -189,6 +189,8 @@ export type ClientEvents = {
 };
 
 interface Pending {
+  /** The request's type. */
+  request: ClientFrame["type"];
   resolve: (frame: ServerFrame) => void;
   reject: (error: BellhopError) => void;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -565,8 +567,10 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
         (frame) => this.#onWelcome(conn, this.#expect<WelcomeFrame>(frame, "welcome")),
         (error: BellhopError) => {
           if (this.#conn !== conn) return;
-          // The node closes with 4001 right after an unauthorized error; wait for that close.
-          if (error.code !== "unauthorized") this.#abandon(conn, CloseCode.abnormal, `auth: ${error.message}`);
+          // A refused auth (unauthorized: 4001; too many connections of the user: 1008) is
+          // followed by the node's close, whose code decides what comes next: wait for it (the
+          // connect timeout covers a node that never closes). Only silence drops it here.
+          if (error.code === "timeout") this.#abandon(conn, CloseCode.abnormal, `auth: ${error.message}`);
         },
       );
     };
@@ -650,7 +654,10 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
       if (p) {
         conn.pending.delete(frame.id);
         if (p.timer !== undefined) clearTimeout(p.timer);
-        if (frame.type === "error") p.reject(new BellhopError(frame.code, frame.message, frame.retryAfterMs));
+        if (frame.type === "error") {
+          if (p.request === "auth") conn.lastError = frame; // the node closes next: this says why
+          p.reject(new BellhopError(frame.code, frame.message, frame.retryAfterMs));
+        }
         else p.resolve(frame);
         return;
       }
@@ -857,7 +864,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
         reject(e);
         return;
       }
-      const p: Pending = { resolve, reject, timer: undefined };
+      const p: Pending = { request: frame.type, resolve, reject, timer: undefined };
       const receivedBefore = conn.received;
       p.timer = setTimeout(() => {
         conn.pending.delete(id);
