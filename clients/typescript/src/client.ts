@@ -242,6 +242,8 @@ function defaultWebSocket(): Promise<{ ctor: WebSocketConstructor; isWsPackage: 
 }
 
 const OPEN = 1;
+/** The longest delay setTimeout honours. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class BellhopClient extends Emitter<ClientEvents> implements SubscriptionHost {
   readonly #urls: string[];
@@ -787,10 +789,12 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
   }
 
   #timer(conn: Conn, ms: number, f: () => void): void {
+    // setTimeout fires at once for more than 2^31-1 ms (a token valid for a year): clamp, so a
+    // far-off refresh happens early (harmless) rather than in a loop.
     const t = setTimeout(() => {
       conn.timers.delete(t);
       if (this.#conn === conn) f();
-    }, ms);
+    }, Math.min(Math.max(0, ms), MAX_TIMER_MS));
     conn.timers.add(t);
   }
 
@@ -801,7 +805,10 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
     const times = tokenTimes(conn.token);
     if (!times) return;
     const due = refreshDelayMs(times, Date.now(), this.#opts.tokenRefreshLeadMs);
-    const delay = failures === 0 ? due : Math.min(backoffDelay(failures, this.#backoff, this.#opts.random), Math.max(due, 1_000));
+    // After a failed refresh: again within a second or so (at least 100 ms apart), until one
+    // succeeds or the token expires.
+    const delay =
+      failures === 0 ? due : Math.max(100, Math.min(backoffDelay(failures, this.#backoff, this.#opts.random), Math.max(due, 1_000)));
     this.#timer(conn, delay, () => void this.#refresh(conn, failures));
   }
 
