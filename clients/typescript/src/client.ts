@@ -348,6 +348,28 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
     this.#toDisconnected(CloseCode.normal, "disconnect called", "client_disconnected");
   }
 
+  /**
+   * Resolves once connected (at once if it is); rejects if the client stops (`disconnected`,
+   * `closed`) or `timeoutMs` passes first.
+   */
+  ready(timeoutMs: number = this.#opts.connectTimeoutMs): Promise<void> {
+    if (this.#state === "connected") return Promise.resolve();
+    if (this.#state !== "connecting") return Promise.reject(new BellhopError(this.#state === "closed" ? "closed" : "disconnected", `the client is ${this.#state}`));
+    return new Promise<void>((resolve, reject) => {
+      const done = (e?: BellhopError) => {
+        clearTimeout(timer);
+        off();
+        if (e) reject(e);
+        else resolve();
+      };
+      const off = this.on("state", ({ newState }) => {
+        if (newState === "connected") done();
+        else if (newState !== "connecting") done(new BellhopError(newState === "closed" ? "closed" : "disconnected", `the client is ${newState}`));
+      });
+      const timer = setTimeout(() => done(new BellhopError("timeout", `not connected within ${timeoutMs} ms`)), Math.min(timeoutMs, MAX_TIMER_MS));
+    });
+  }
+
   /** Disconnects for good: subscriptions end, the client cannot connect again. */
   close(): void {
     if (this.#state === "closed") return;
