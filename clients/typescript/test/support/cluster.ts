@@ -209,28 +209,9 @@ export class BellhopNode {
     return killChild(this.child, "SIGKILL");
   }
 
-  /**
-   * SIGSTOP, and waits until every thread of the process is stopped (a signal is delivered
-   * asynchronously): its sockets stay open and nothing answers.
-   */
-  async pause(): Promise<void> {
-    const pid = this.child.pid!;
-    this.child.kill("SIGSTOP");
-    const deadline = Date.now() + 5_000;
-    for (;;) {
-      const tasks = readdirSync(`/proc/${pid}/task`);
-      const states = tasks.map((t) => {
-        try {
-          const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
-          return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-        } catch {
-          return "T"; // the thread is gone
-        }
-      });
-      if (states.every((st) => st === "T" || st === "t")) return;
-      if (Date.now() > deadline) throw new Error(`${this.nodeId}: not stopped within 5 s (${states.join("")})`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
+  /** SIGSTOP, and waits until the process is stopped: its sockets stay open, nothing answers. */
+  pause(): Promise<void> {
+    return pauseProcess(this.child);
   }
 
   /** SIGTERM: the node drains (1012 to each connection over DRAIN_SECONDS) and exits. */
@@ -246,6 +227,29 @@ export class BellhopNode {
 
   stop(): Promise<void> {
     return killChild(this.child, "SIGKILL");
+  }
+}
+
+/**
+ * SIGSTOP, and waits until every thread of the process is stopped (a signal is delivered
+ * asynchronously).
+ */
+export async function pauseProcess(child: ChildProcess): Promise<void> {
+  const pid = child.pid!;
+  child.kill("SIGSTOP");
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const states = readdirSync(`/proc/${pid}/task`).map((t) => {
+      try {
+        const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+        return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+      } catch {
+        return "T"; // the thread is gone
+      }
+    });
+    if (states.every((st) => st === "T" || st === "t")) return;
+    if (Date.now() > deadline) throw new Error(`pid ${pid}: not stopped within 5 s (${states.join("")})`);
+    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
