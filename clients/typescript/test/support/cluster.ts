@@ -11,6 +11,9 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { WebSocket as WsWebSocket } from "ws";
+import type { WebSocketConstructor } from "../../src/index.js";
+import { decodeFrame } from "../../src/codec.js";
 
 const execFileP = promisify(execFile);
 
@@ -303,4 +306,16 @@ export async function until(cond: () => boolean, ms: number, what: string): Prom
     if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
     await new Promise<void>((r) => setTimeout(r, 10));
   }
+}
+
+/** The `ws` WebSocket, recording every frame the client sends (decoded), on every connection. */
+export function recordingWebSocket(): { WebSocket: WebSocketConstructor; sent: Record<string, unknown>[] } {
+  const sent: Record<string, unknown>[] = [];
+  class Recording extends WsWebSocket {
+    override send(data: string | Uint8Array): void {
+      sent.push((typeof data === "string" ? JSON.parse(data) : decodeFrame(data)) as Record<string, unknown>);
+      super.send(data);
+    }
+  }
+  return { WebSocket: Recording as unknown as WebSocketConstructor, sent };
 }
