@@ -7,7 +7,8 @@ FUZZ_SMOKE_SECONDS ?= 15
 # Where cargo puts binaries, for the k6 targets (honours CARGO_TARGET_DIR).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test lint unit sdk-ts k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help
+.PHONY: run test lint unit sdk-ts k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help \
+	image image-smoke manifest-run deploy-test dockerfile-lint chart-test rules-test observability-test
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -93,7 +94,37 @@ bench-quick: bench-deps ## the same benchmark with small workloads (about 3 minu
 	  --idle-connections 2000 --fanout-subscribers 200 --fanout-rates 50,200 --fanout-step-seconds 2 \
 	  --chat-rooms 200 --chat-rates 1000,2500 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
 
-test: lint unit sdk-ts conformance k6-smoke ## everything CI runs: lint, every test suite, the TypeScript SDK's tests, the conformance runs, a k6 smoke
+test: lint unit sdk-ts conformance k6-smoke deploy-test ## everything CI runs: lint, every test suite, the TypeScript SDK's tests, the conformance runs, a k6 smoke, the deployment checks
+
+image: deps ## the container image bellhop:dev (deploy/Dockerfile): release build, dockerd started if needed, a local Debian base (docs/KUBERNETES.md)
+	$(CARGO) build --release -p bellhop
+	@deploy/image.sh
+
+image-smoke: image ## run the image and serve a client through it (deploy/image-smoke.sh)
+	@deploy/image-smoke.sh
+
+manifest-run: image ## the chart's rendered Deployment container run by docker as the kubelet would, timed to its probes, serving a client (deploy/checks/manifest-run.py)
+	@deploy/tools.sh helm pyyaml redis
+	@python3 deploy/checks/manifest-run.py --image $${IMAGE:-bellhop:dev} --bellhop $(TARGET_DIR)/release/bellhop
+
+deploy-test: dockerfile-lint chart-test rules-test observability-test ## the deployment checks: Dockerfile lint, Helm chart, alert rules, dashboard and alerts against a live node (tools installed into .tools/)
+
+dockerfile-lint: ## hadolint deploy/Dockerfile
+	@deploy/tools.sh hadolint
+	hadolint deploy/Dockerfile
+	@echo "hadolint deploy/Dockerfile: no findings"
+
+chart-test: ## helm lint, helm template with every helm/bellhop/ci values file, Kubernetes schemas (two versions), schema refusals, rendered-object assertions
+	@helm/test.sh
+
+rules-test: ## promtool check rules and promtool test rules on deploy/prometheus/alerts.yml
+	@deploy/prometheus/test.sh
+
+observability-test: ## a real node, Redis, Prometheus and Alertmanager: every dashboard query returns data, an alert reaches a webhook when Redis dies
+	$(CARGO) build -q -p bellhop
+	@deploy/grafana/typecheck.sh
+	@deploy/tools.sh pyyaml prometheus alertmanager redis
+	@python3 deploy/checks/observability.py --bellhop $(TARGET_DIR)/debug/bellhop
 
 fuzz: ## run every fuzz target for FUZZ_SECONDS (60) each; needs a nightly toolchain, installs cargo-fuzz (docs/FUZZING.md)
 	fuzz/run.sh $(FUZZ_SECONDS)

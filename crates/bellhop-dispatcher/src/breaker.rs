@@ -325,6 +325,20 @@ impl Breaker {
         }
     }
 
+    /// Counts a call that never went out because it waited past its deadline for its turn (the
+    /// dispatcher's queue moves slower than its publishes may wait): a failure in the window, as
+    /// a timed-out call would be, so a slow-but-answering dependency with a long queue opens the
+    /// breaker. Only while closed: an open breaker refuses anyway, and while half-open the trial
+    /// calls decide.
+    pub fn record_expired(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            let permit = Permit {
+                generation: self.generation,
+            };
+            self.record(permit, Outcome::Failure, now);
+        }
+    }
+
     fn open(&mut self, now: Instant) {
         self.transition(State::Open {
             until: now + self.config.open_for,
@@ -519,6 +533,31 @@ mod tests {
                 retry_after: 30 * SECOND
             })
         );
+    }
+
+    #[test]
+    fn expired_waits_count_as_failures_only_while_closed() {
+        let now = Instant::now();
+        let mut b = breaker();
+        call(&mut b, Outcome::Success, now);
+        for _ in 0..8 {
+            b.record_expired(now);
+        }
+        assert_eq!(
+            b.state(now),
+            BreakerState::Closed,
+            "9 calls are too few to judge"
+        );
+        b.record_expired(now);
+        assert_eq!(b.state(now), BreakerState::Open, "9 of 10 failed");
+
+        // Half-open: an expired wait does not decide, the trial does.
+        let later = now + 30 * SECOND;
+        let trial = b.try_acquire(later).expect("the trial");
+        b.record_expired(later);
+        assert_eq!(b.state(later), BreakerState::HalfOpen);
+        b.record(trial, Outcome::Success, later);
+        assert_eq!(b.state(later), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

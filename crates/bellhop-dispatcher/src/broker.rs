@@ -47,6 +47,79 @@ pub struct StoredMessage {
     pub envelope: Arc<Envelope>,
 }
 
+/// Longest idempotency key a backend accepts, in bytes. The gateway admits client keys of at most
+/// 64 characters and scopes them by the user id (at most 64 more), so this leaves room; a longer
+/// key is refused with [`BrokerError::Internal`] rather than stored.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// One message to store: what [`Broker::publish_batch`] and
+/// [`Dispatcher::publish`](crate::Dispatcher::publish) take.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Publish {
+    /// The message; its namespace (the property) and channel say where it goes.
+    pub envelope: Arc<Envelope>,
+    /// Makes the publish idempotent: a repeat with the same key to the same channel of the same
+    /// property within the backend's `idempotency_window` stores and delivers nothing and is
+    /// answered with the original message id and offset (`duplicate: true`).
+    ///
+    /// The key is scoped by the caller to whoever may not collide (the gateway passes
+    /// `"<user id>:<client key>"`); the backend scopes it further per property and channel, so the
+    /// same key sent to two channels makes two messages. (In Redis the remembered result must
+    /// share the channel's hash tag to be checked and written in the same script as the message,
+    /// which is what makes the check atomic in a Redis Cluster.) At most
+    /// [`MAX_IDEMPOTENCY_KEY_BYTES`].
+    pub idempotency_key: Option<String>,
+}
+
+impl Publish {
+    /// A publish without an idempotency key.
+    pub fn new(envelope: Arc<Envelope>) -> Self {
+        Publish {
+            envelope,
+            idempotency_key: None,
+        }
+    }
+
+    /// A publish that a repeat with the same `key` (to the same channel) does not store again.
+    pub fn with_key(envelope: Arc<Envelope>, key: impl Into<String>) -> Self {
+        Publish {
+            envelope,
+            idempotency_key: Some(key.into()),
+        }
+    }
+
+    /// The idempotency key, refused when it is empty or longer than
+    /// [`MAX_IDEMPOTENCY_KEY_BYTES`].
+    pub(crate) fn checked_key(&self) -> Result<Option<&str>, BrokerError> {
+        match self.idempotency_key.as_deref() {
+            None => Ok(None),
+            Some(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_BYTES => Ok(Some(key)),
+            Some(key) => Err(BrokerError::Internal(format!(
+                "idempotency key of {} bytes: must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES}",
+                key.len()
+            ))),
+        }
+    }
+}
+
+impl From<Arc<Envelope>> for Publish {
+    fn from(envelope: Arc<Envelope>) -> Self {
+        Publish::new(envelope)
+    }
+}
+
+/// What a stored publish is answered with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Where the message is in its channel.
+    pub offset: Offset,
+    /// The stored message's id: the publish's own, or for a duplicate the original's.
+    pub message_id: String,
+    /// True when the publish repeated an idempotency key within the window: nothing was stored
+    /// or delivered, and `offset` and `message_id` are the original's.
+    pub duplicate: bool,
+}
+
 /// Something that happened on a channel, as a live subscription sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChannelEvent {
@@ -192,7 +265,11 @@ pub enum BrokerError {
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Stores each envelope in its channel (named by its namespace and channel), assigns its
     /// offset and publishes it to live subscribers. Results are in the order of `batch`.
-    async fn publish_batch(&self, batch: Vec<Arc<Envelope>>) -> Vec<Result<Offset, BrokerError>>;
+    ///
+    /// A publish with an idempotency key that was stored within the window (earlier, or earlier
+    /// in the same batch) is not stored or delivered again: its result is the original's offset
+    /// and message id with `duplicate: true`. The check and the write are atomic.
+    async fn publish_batch(&self, batch: Vec<Publish>) -> Vec<Result<Published, BrokerError>>;
 
     /// Publishes an ephemeral event (never stored) to a channel's live subscribers.
     async fn publish_ephemeral(

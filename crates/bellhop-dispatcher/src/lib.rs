@@ -19,8 +19,8 @@ mod redis;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use broker::{
-    Broker, BrokerError, ChannelEvent, ChannelKey, ReadResult, StoredMessage, Subscription,
-    SubscriptionEvent,
+    Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, ReadResult, StoredMessage,
+    Subscription, SubscriptionEvent, MAX_IDEMPOTENCY_KEY_BYTES,
 };
 pub use dispatcher::{Dispatcher, DispatcherConfig, PublishError};
 pub use memory::{MemoryBroker, MemoryConfig};

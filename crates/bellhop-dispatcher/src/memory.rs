@@ -3,8 +3,13 @@
 //! It keeps the same semantics as the Redis backend: offsets in stream-ID form, a time-based
 //! retention window (like `XADD ... MINID ~ now-retention`), history and recovery reads with
 //! `recovered: false` when `since` fell out of the window, presence and read markers. Memory stays
-//! bounded: each channel keeps at most `max_messages_per_channel` messages, and channels with no
-//! messages, subscribers or presence are dropped by [`MemoryBroker::sweep`].
+//! bounded: each channel keeps at most `max_messages_per_channel` messages, channels with no
+//! messages, subscribers or presence are dropped by [`MemoryBroker::sweep`], and the results of
+//! idempotent publishes are remembered for `idempotency_window`, at most `max_idempotency_keys`
+//! of them (the oldest go first when there are more).
+//!
+//! Reads do not create state: a read, a read marker or an unread count of a channel nobody
+//! published to leaves nothing behind (a marker there is not saved: nothing precedes it).
 //!
 //! Everything here is lost when the process stops; clients that come back are told
 //! `recovered: false` because their offsets are older than this broker's history.
@@ -14,12 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bellhop_protocol::{Envelope, Offset};
+use bellhop_protocol::Offset;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::broker::{
-    Broker, BrokerError, ChannelEvent, ChannelKey, ReadResult, StoredMessage, Subscription,
+    Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, ReadResult, StoredMessage,
+    Subscription,
 };
 
 /// Settings of the embedded broker.
@@ -27,8 +33,15 @@ use crate::broker::{
 pub struct MemoryConfig {
     /// How long messages stay readable (`MESSAGE_RETENTION_HOURS`, 24 h).
     pub retention: Duration,
-    /// Most messages kept per channel; older ones are trimmed first (10,000).
+    /// Most messages kept per channel; older ones are trimmed first (10,000, the same as the
+    /// Redis backend's). A `since` older than a message trimmed this way is `recovered: false`.
     pub max_messages_per_channel: usize,
+    /// How long the result of a publish with an idempotency key is remembered (600 s,
+    /// `IDEMPOTENCY_WINDOW_SECONDS`): a repeat within it is answered with the original.
+    pub idempotency_window: Duration,
+    /// Most idempotency results remembered at once (100,000, about 30 MB at most); beyond it the
+    /// oldest are forgotten before their window ends.
+    pub max_idempotency_keys: usize,
     /// Events buffered per channel for a live subscriber before it is told it has a gap (32).
     /// The buffer is allocated in full for every channel with a subscriber, so it is small: a
     /// node's hub drains it at once, and a subscriber that falls behind re-reads the log.
@@ -40,6 +53,8 @@ impl Default for MemoryConfig {
         MemoryConfig {
             retention: Duration::from_secs(24 * 3600),
             max_messages_per_channel: 10_000,
+            idempotency_window: Duration::from_secs(600),
+            max_idempotency_keys: 100_000,
             subscriber_buffer: 32,
         }
     }
@@ -60,6 +75,9 @@ pub struct MemoryBroker {
     /// swept). A channel created later starts above it, so a clock that steps back cannot give
     /// a new message an offset a client already holds. Locked only while `channels` is held.
     high_water: Mutex<Offset>,
+    /// Results of recent idempotent publishes. Locked only while `channels` is held, so the check
+    /// and the write of a publish are one step.
+    idempotency: Mutex<Idempotency>,
     /// Source of wall-clock time.
     clock: Clock,
 }
@@ -92,6 +110,56 @@ struct ChannelState {
     markers: HashMap<String, Offset>,
 }
 
+/// The results of recent publishes with an idempotency key, by channel and key.
+#[derive(Debug, Default)]
+struct Idempotency {
+    /// The original's offset, message id and when it is forgotten (ms).
+    results: HashMap<(ChannelKey, String), (Offset, String, u64)>,
+    /// Keys in the order they were remembered, with their expiry: every window is the same
+    /// length, so this is expiry order too (unless the clock stepped back, which only delays
+    /// forgetting).
+    order: VecDeque<(u64, (ChannelKey, String))>,
+}
+
+impl Idempotency {
+    /// Forgets what expired by `now`, and the oldest beyond `cap`.
+    fn evict(&mut self, now: u64, cap: usize) {
+        while let Some((expires, _)) = self.order.front() {
+            if *expires > now && self.results.len() <= cap {
+                break;
+            }
+            let Some((expires, key)) = self.order.pop_front() else {
+                break;
+            };
+            // A key remembered again after it expired has a newer entry further back.
+            if self.results.get(&key).is_some_and(|r| r.2 == expires) {
+                self.results.remove(&key);
+            }
+        }
+    }
+
+    /// The original result for `key`, if it is still in its window at `now`.
+    fn get(&self, key: &(ChannelKey, String), now: u64) -> Option<Published> {
+        self.results
+            .get(key)
+            .filter(|(_, _, expires)| *expires > now)
+            .map(|(offset, message_id, _)| Published {
+                offset: *offset,
+                message_id: message_id.clone(),
+                duplicate: true,
+            })
+    }
+
+    /// Remembers a stored publish's result until `expires`.
+    fn insert(&mut self, key: (ChannelKey, String), published: &Published, expires: u64) {
+        self.order.push_back((expires, key.clone()));
+        self.results.insert(
+            key,
+            (published.offset, published.message_id.clone(), expires),
+        );
+    }
+}
+
 impl ChannelState {
     fn count_after(&self, offset: Offset) -> u64 {
         let start = self.log.partition_point(|m| m.offset <= offset);
@@ -113,6 +181,7 @@ impl MemoryBroker {
             config,
             origin,
             high_water: Mutex::new(Offset::ZERO),
+            idempotency: Mutex::new(Idempotency::default()),
             clock,
         }
     }
@@ -121,14 +190,65 @@ impl MemoryBroker {
         self.config.retention.as_millis().min(u64::MAX as u128) as u64
     }
 
+    /// The floor of a channel with no state: the later of this broker's origin and the retention
+    /// cut-off.
+    fn fresh_floor(&self, now: u64) -> Offset {
+        self.origin
+            .max(Offset::new(now.saturating_sub(self.retention_ms()), 0))
+    }
+
+    /// Stores one publish (or finds its original), with `channels` locked.
+    fn publish_one(
+        &self,
+        channels: &mut HashMap<ChannelKey, ChannelState>,
+        publish: Publish,
+        now: u64,
+    ) -> Result<Published, BrokerError> {
+        let idempotency_key = publish.checked_key()?.map(str::to_owned);
+        let key = ChannelKey::of(&publish.envelope);
+        let remembered = idempotency_key.map(|k| (key.clone(), k));
+        let mut idempotency = self.idempotency.lock();
+        if let Some(remembered) = &remembered {
+            idempotency.evict(now, self.config.max_idempotency_keys);
+            if let Some(original) = idempotency.get(remembered, now) {
+                return Ok(original);
+            }
+        }
+        let state = channels.entry(key).or_insert_with(|| self.fresh_state(now));
+        self.trim(state, now);
+        let offset = state.last.next_after(now);
+        state.last = offset;
+        let published = Published {
+            offset,
+            message_id: publish.envelope.message_id.clone(),
+            duplicate: false,
+        };
+        let message = StoredMessage {
+            offset,
+            envelope: publish.envelope,
+        };
+        state.log.push_back(message.clone());
+        self.trim(state, now);
+        // No receivers is fine: the message is stored for history and recovery.
+        let _ = state.tx.send(ChannelEvent::Message(message));
+        if let Some(remembered) = remembered {
+            let window = self
+                .config
+                .idempotency_window
+                .as_millis()
+                .min(u64::MAX as u128) as u64;
+            idempotency.insert(remembered, &published, now.saturating_add(window));
+            idempotency.evict(now, self.config.max_idempotency_keys);
+        }
+        Ok(published)
+    }
+
     /// The state a channel starts with now: its floor is the later of this broker's origin and
     /// the retention cut-off, since anything older is gone either way; its `last` is just below
     /// now, and above every position handed out for a channel that kept no state. Called with
     /// `channels` locked.
     fn fresh_state(&self, now: u64) -> ChannelState {
-        let floor = self
-            .origin
-            .max(Offset::new(now.saturating_sub(self.retention_ms()), 0));
+        let floor = self.fresh_floor(now);
         let last = floor
             .max(Offset::new(now.saturating_sub(1), 0))
             .max(*self.high_water.lock());
@@ -204,22 +324,12 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn publish_batch(&self, batch: Vec<Arc<Envelope>>) -> Vec<Result<Offset, BrokerError>> {
+    async fn publish_batch(&self, batch: Vec<Publish>) -> Vec<Result<Published, BrokerError>> {
+        let now = (self.clock)();
+        let mut channels = self.channels.lock();
         batch
             .into_iter()
-            .map(|envelope| {
-                let key = ChannelKey::of(&envelope);
-                Ok(self.with_state(&key, |state, now| {
-                    let offset = state.last.next_after(now);
-                    state.last = offset;
-                    let message = StoredMessage { offset, envelope };
-                    state.log.push_back(message.clone());
-                    self.trim(state, now);
-                    // No receivers is fine: the message is stored for history and recovery.
-                    let _ = state.tx.send(ChannelEvent::Message(message));
-                    offset
-                }))
-            })
+            .map(|publish| self.publish_one(&mut channels, publish, now))
             .collect()
     }
 
@@ -330,7 +440,15 @@ impl Broker for MemoryBroker {
         user_id: &str,
         offset: Offset,
     ) -> Result<(Offset, u64), BrokerError> {
-        Ok(self.with_state(key, |state, _| {
+        let now = (self.clock)();
+        let mut channels = self.channels.lock();
+        let Some(state) = channels.get_mut(key) else {
+            // Nothing was ever published here (or it all left): a marker would precede nothing,
+            // so none is saved, and nothing is unread.
+            return Ok((self.fresh_floor(now), 0));
+        };
+        self.trim(state, now);
+        Ok({
             let last = state.last;
             let marker = state
                 .markers
@@ -340,7 +458,7 @@ impl Broker for MemoryBroker {
             *marker = (*marker).max(offset.min(last));
             let marker = *marker;
             (marker, state.count_after(marker))
-        }))
+        })
     }
 
     async fn unread(&self, key: &ChannelKey, user_id: &str) -> Result<u64, BrokerError> {
@@ -363,7 +481,7 @@ mod tests {
 
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use bellhop_protocol::{Channel, Priority, Role, Sender};
+    use bellhop_protocol::{Channel, Envelope, Priority, Role, Sender};
 
     use super::*;
     use crate::broker::SubscriptionEvent;
@@ -417,9 +535,9 @@ mod tests {
 
     async fn publish(broker: &MemoryBroker, key: &ChannelKey, id: &str) -> Offset {
         let mut results = broker
-            .publish_batch(vec![envelope(&key.property, &key.channel, id)])
+            .publish_batch(vec![envelope(&key.property, &key.channel, id).into()])
             .await;
-        results.pop().unwrap().unwrap()
+        results.pop().unwrap().unwrap().offset
     }
 
     /// The message ids of a read, oldest first.
@@ -614,14 +732,14 @@ mod tests {
         offsets.push(publish(&broker, &k, "m2").await);
         let batch = ["m3", "m4"]
             .iter()
-            .map(|id| envelope("h1", &k.channel, id))
+            .map(|id| envelope("h1", &k.channel, id).into())
             .collect();
         offsets.extend(
             broker
                 .publish_batch(batch)
                 .await
                 .into_iter()
-                .map(Result::unwrap),
+                .map(|r| r.unwrap().offset),
         );
         set(&now, START + 2_000);
         offsets.push(publish(&broker, &k, "m5").await);
@@ -733,6 +851,69 @@ mod tests {
         assert!(read.recovered);
         let stored: Vec<Offset> = read.messages.iter().map(|m| m.offset).collect();
         assert_eq!(stored, offsets);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_result_lasts_exactly_the_window_and_their_number_is_capped() {
+        let now = clock();
+        let config = MemoryConfig {
+            idempotency_window: Duration::from_secs(600),
+            max_idempotency_keys: 3,
+            ..MemoryConfig::default()
+        };
+        let broker = broker_on(&now, config);
+        let k = key("101");
+        let publish = |id: &str, key: &str| {
+            let p = Publish::with_key(envelope("h1", &k.channel, id), key);
+            let broker = &broker;
+            async move { broker.publish_batch(vec![p]).await.pop().unwrap().unwrap() }
+        };
+        let first = publish("m0", "u1:a").await;
+        assert!(!first.duplicate);
+        set(&now, START + 599_999);
+        let repeat = publish("m0-retry", "u1:a").await;
+        assert!(repeat.duplicate);
+        assert_eq!(
+            (repeat.offset, repeat.message_id.as_str()),
+            (first.offset, "m0")
+        );
+        // The window is over: the same key is a new message.
+        set(&now, START + 600_000);
+        let second = publish("m1", "u1:a").await;
+        assert!(!second.duplicate);
+        assert!(second.offset > first.offset);
+        assert!(publish("m1-retry", "u1:a").await.duplicate);
+
+        // Three results at most: a fourth key pushes out the oldest (u1:a) early.
+        for (id, key) in [("b", "u1:b"), ("c", "u1:c"), ("d", "u1:d")] {
+            assert!(!publish(id, key).await.duplicate);
+        }
+        assert!(!publish("m1-late", "u1:a").await.duplicate, "forgotten");
+        let (results, order) = {
+            let idempotency = broker.idempotency.lock();
+            (idempotency.results.len(), idempotency.order.len())
+        };
+        assert!(results <= 3, "{results} results remembered");
+        assert!(order <= 4, "the order queue is bounded too: {order}");
+        let read = broker.read(&k, None, 50).await.unwrap();
+        assert_eq!(ids(&read), ["m0", "m1", "b", "c", "d", "m1-late"]);
+    }
+
+    #[tokio::test]
+    async fn a_read_marker_of_a_channel_nobody_used_is_the_floor_and_leaves_nothing() {
+        let now = clock();
+        let broker = broker_on(&now, retention_10s());
+        let k = key("quiet");
+        set(&now, START + 20_000);
+        let (marker, unread) = broker
+            .mark_read(&k, "u1", Offset::new(START + 19_000, 0))
+            .await
+            .unwrap();
+        assert_eq!((marker, unread), (Offset::new(START + 10_000, 0), 0));
+        assert_eq!(broker.unread(&k, "u1").await.unwrap(), 0);
+        assert_eq!(broker.channels.lock().len(), 0, "no state was created");
+        publish(&broker, &k, "m0").await;
+        assert_eq!(broker.unread(&k, "u1").await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 //! | `bh:{h1\|room:101}:read` | hash | read markers: user → offset |
 //! | `bh:{h1\|room:101}:presence` | sorted set | sessions `<user>\x1f<session>`, scored by expiry (ms) |
 //! | `bh:{h1\|room:101}:users` | hash | presence: user → number of present sessions |
+//! | `bh:{h1\|room:101}:idem:<key>` | string | `<offset> <message id>` of the publish with idempotency key `<key>`, for `idempotency_window` |
 //! | `bh:{h1\|room:101}:live` | pub/sub channel | live events (below) |
 //!
 //! Outside this scheme: each broker's own probe channel, `bh:probe:<client id>`, and the client
@@ -28,17 +29,21 @@
 //!
 //! # The channel script
 //!
-//! Every operation is one call of one Lua script ([`SCRIPT`], loaded once with `SCRIPT LOAD`,
-//! called with `EVALSHA`, reloaded on `NOSCRIPT`), so it is atomic and one round trip. Time is the
-//! server's (`TIME`), never a node's, so nodes with skewed clocks still agree. A publish:
+//! Every operation is one call of one Lua script ([`SCRIPT`], in `channel.lua`, loaded once with
+//! `SCRIPT LOAD`, called with `EVALSHA`, reloaded on `NOSCRIPT`), so it is atomic and one round
+//! trip. Time is the server's (`TIME`), never a node's, so nodes with skewed clocks still agree.
+//! A publish:
 //!
+//! 0. with an idempotency key: if `idem:<key>` exists, returns the original's offset and message
+//!    id and does nothing else (no entry, no live event);
 //! 1. computes the offset like [`Offset::next_after`]: the server's millisecond, or one past
 //!    `meta.last` when the clock has not moved past it (it stepped back), so offsets strictly
 //!    increase and a position handed out for an empty channel is never undercut;
 //! 2. `XADD log MINID ~ <now - retention> <offset> s <seq> e <envelope>` (the explicit ID keeps
 //!    time-based trimming; the sequence is `meta.seq + 1`), then `HSET meta seq last` and
 //!    `HSETNX meta origin`;
-//! 3. extends the channel's keys to live until the message leaves the window;
+//! 3. extends the channel's keys to live until the message leaves the window, and with an
+//!    idempotency key `SET idem:<key> "<offset> <message id>" PX <idempotency window>`;
 //! 4. `PUBLISH live {"k":"m","o":<offset>,"s":<seq>,"e":<envelope>}`.
 //!
 //! `publish_batch` sends one `EVALSHA` per message in one pipeline (one round trip), results in
@@ -126,8 +131,12 @@
 //!   to well within the command timeout (NTP); a node whose clock lags Redis by more than that has
 //!   every publish refused, with a warning naming both clocks.
 //! - A publish that fails with `unavailable` after Redis received it (the connection dropped
-//!   before the reply) may have been stored: retrying can store it twice. Commands are never
-//!   retried by the client for this reason; idempotent publishes are a later step.
+//!   before the reply) may have been stored: retrying without an idempotency key can store it
+//!   twice. Commands are never retried by the client for this reason; a publisher that retries
+//!   with the same idempotency key gets the original instead.
+//! - Idempotency keys are scoped per property and channel (the key carries the channel's hash
+//!   tag, so the check and the write happen in the channel's script, atomically, on its slot): the
+//!   same key sent to two channels makes two messages.
 //! - A presence refresh that races a leave of the same session can bring it back until its TTL
 //!   runs out (at most `presence_ttl`).
 //! - Reads return at most [`MAX_READ`] messages per call (`more` says when to read on).
@@ -153,7 +162,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{
-    Broker, BrokerError, ChannelEvent, ChannelKey, Feed, ReadResult, StoredMessage, Subscription,
+    Broker, BrokerError, ChannelEvent, ChannelKey, Feed, Publish, Published, ReadResult,
+    StoredMessage, Subscription,
 };
 
 /// Most messages one read returns; `more` tells the caller to read on.
@@ -185,6 +195,10 @@ pub struct RedisConfig {
     pub presence_ttl: Duration,
     /// How often this broker refreshes the sessions it added (30 s); well under `presence_ttl`.
     pub presence_refresh: Duration,
+    /// How long the result of a publish with an idempotency key is remembered (600 s,
+    /// `IDEMPOTENCY_WINDOW_SECONDS`): a repeat within it is answered with the original (a key
+    /// `<prefix>:{<property>|<channel>}:idem:<key>` with that expiry).
+    pub idempotency_window: Duration,
     /// Longest a Redis call may take before it fails with `unavailable` (5 s, the circuit
     /// breaker's call timeout). Also bounds connecting.
     pub command_timeout: Duration,
@@ -220,6 +234,7 @@ impl Default for RedisConfig {
             retention: Duration::from_secs(24 * 3600),
             presence_ttl: Duration::from_secs(90),
             presence_refresh: Duration::from_secs(30),
+            idempotency_window: Duration::from_secs(600),
             command_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
             reconnect_min_delay: Duration::from_millis(100),
@@ -243,6 +258,7 @@ impl fmt::Debug for RedisConfig {
             .field("retention", &self.retention)
             .field("presence_ttl", &self.presence_ttl)
             .field("presence_refresh", &self.presence_refresh)
+            .field("idempotency_window", &self.idempotency_window)
             .field("command_timeout", &self.command_timeout)
             .field("retry_after", &self.retry_after)
             .field("reconnect_min_delay", &self.reconnect_min_delay)
@@ -309,6 +325,11 @@ impl RedisConfig {
                     .into(),
             );
         }
+        if self.idempotency_window.as_millis() == 0
+            || self.idempotency_window > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err("the idempotency window must be between 1 ms and 7 days".into());
+        }
         if self.command_timeout.is_zero() {
             return Err("the Redis command timeout must be positive".into());
         }
@@ -329,245 +350,10 @@ impl RedisConfig {
     }
 }
 
-/// The channel script; see the module docs. `KEYS`: log, meta, read markers, presence sessions,
-/// presence users. `ARGV`: operation, retention (ms), presence TTL (ms), then the operation's
-/// arguments.
-const SCRIPT: &str = r#"
-local log, meta, markers, sessions, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local op, retention, presence_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local cutoff = math.max(now - retention, 0)
-
--- Lua prints large numbers with exponents: integers are written with this instead.
-local function int(n)
-  return string.format('%.0f', n)
-end
-
-local cutoff_id = int(cutoff) .. '-0'
-local max_id = '18446744073709551615-18446744073709551615'
-
--- The two parts of a canonical stream ID ("<ms>-<seq>", no leading zeros), as strings.
-local function parts(id)
-  return string.match(id, '^(%d+)-(%d+)$')
-end
-
--- Exact comparison of canonical decimal strings of any length (offsets are u64 pairs).
-local function cmp_dec(a, b)
-  if #a ~= #b then
-    return #a < #b and -1 or 1
-  end
-  if a == b then
-    return 0
-  end
-  return a < b and -1 or 1
-end
-
-local function id_less(a, b)
-  local am, as = parts(a)
-  local bm, bs = parts(b)
-  local c = cmp_dec(am, bm)
-  if c == 0 then
-    c = cmp_dec(as, bs)
-  end
-  return c < 0
-end
-
-local function id_max(a, b)
-  if id_less(a, b) then
-    return b
-  end
-  return a
-end
-
--- The XRANGE start of the retained entries strictly after `id` (all of them when `id` is
--- false), or false when no entry can follow it.
-local function start_after(id)
-  if not id or tonumber((parts(id))) < cutoff then
-    return cutoff_id
-  end
-  if id == max_id then
-    return false
-  end
-  return '(' .. id
-end
-
--- Keeps `key` for at least `ms` more milliseconds (a longer life it already has is kept).
-local function extend(key, ms)
-  if ms > 0 and redis.call('PTTL', key) < ms then
-    redis.call('PEXPIRE', key, int(ms))
-  end
-end
-
--- A field of a stream entry ({id, {name, value, ...}}).
-local function field(entry, name)
-  local fields = entry[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == name then
-      return fields[i + 1]
-    end
-  end
-  return false
-end
-
--- The retained entries after `marker`: sequence numbers are contiguous, so this is the newest
--- sequence minus the first one after the marker, plus one.
-local function unread(marker)
-  local start = start_after(marker)
-  if not start then
-    return 0
-  end
-  local first = redis.call('XRANGE', log, start, '+', 'COUNT', 1)
-  if #first == 0 then
-    return 0
-  end
-  local seq = tonumber(field(first[1], 's'))
-  local newest = tonumber(redis.call('HGET', meta, 'seq') or '')
-  if seq and newest and newest >= seq then
-    return newest - seq + 1
-  end
-  -- The meta hash was lost (evicted): count instead, capped.
-  return #redis.call('XRANGE', log, start, '+', 'COUNT', 10000)
-end
-
--- Forgets the sessions whose broker stopped refreshing them.
-local function expire_sessions()
-  local expired = redis.call('ZRANGEBYSCORE', sessions, '-inf', int(now))
-  for _, member in ipairs(expired) do
-    redis.call('ZREM', sessions, member)
-    local user = string.match(member, '^(.-)\31')
-    if user and redis.call('HINCRBY', users, user, -1) <= 0 then
-      redis.call('HDEL', users, user)
-    end
-  end
-end
-
-if op == 'publish' then
-  -- ARGV[4]: the envelope (JSON); ARGV[5]: the live pub/sub channel; ARGV[6]: the publisher's
-  -- deadline (ms); ARGV[7]: 'PUBLISH', or 'SPUBLISH' in a cluster (the live channel carries
-  -- the keys' hash tag, so it is on this shard). A call that reaches the server after its
-  -- deadline (queued in a client across a reconnect) has already been answered `unavailable`:
-  -- storing it now would make the publisher's retry a duplicate.
-  local announce = ARGV[7]
-  if announce ~= 'PUBLISH' and announce ~= 'SPUBLISH' then
-    return redis.error_reply('bellhop channel script: bad publish command ' .. tostring(announce))
-  end
-  if now > tonumber(ARGV[6]) then
-    return {'expired', int(now)}
-  end
-  local last = redis.call('HGET', meta, 'last')
-  if not last then
-    local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-    if #top > 0 then
-      last = top[1][1]
-    end
-  end
-  -- Offset::next_after: the server's millisecond, or one past the newest position handed out.
-  local id_ms, id_seq = now, 0
-  if last then
-    local ms, seq = parts(last)
-    if tonumber(ms) >= now then
-      id_ms, id_seq = tonumber(ms), tonumber(seq) + 1
-    end
-  end
-  local id = int(id_ms) .. '-' .. int(id_seq)
-  local seq = tonumber(redis.call('HGET', meta, 'seq') or '0') + 1
-  redis.call('XADD', log, 'MINID', '~', int(cutoff), id, 's', int(seq), 'e', ARGV[4])
-  redis.call('HSETNX', meta, 'origin', int(now - 1) .. '-0')
-  redis.call('HSET', meta, 'seq', int(seq), 'last', id)
-  local keep = id_ms + retention - now
-  extend(log, keep)
-  extend(meta, keep)
-  extend(markers, keep)
-  redis.call(announce, ARGV[5],
-    '{"k":"m","o":"' .. id .. '","s":' .. int(seq) .. ',"e":' .. ARGV[4] .. '}')
-  return {id, int(seq)}
-elseif op == 'read' then
-  -- ARGV[4]: since ('' for the newest entries); ARGV[5]: limit.
-  local since, limit = ARGV[4], tonumber(ARGV[5])
-  local entries = {}
-  if since == '' then
-    if limit > 0 then
-      entries = redis.call('XREVRANGE', log, '+', cutoff_id, 'COUNT', limit)
-    end
-  else
-    local start = start_after(since)
-    if start then
-      entries = redis.call('XRANGE', log, start, '+', 'COUNT', limit + 1)
-    end
-  end
-  local origin = redis.call('HGET', meta, 'origin')
-  local last = redis.call('HGET', meta, 'last')
-  local newest = redis.call('XREVRANGE', log, '+', cutoff_id, 'COUNT', 1)
-  local position
-  if #newest > 0 then
-    position = newest[1][1]
-    if last then
-      position = id_max(position, last)
-    end
-  else
-    -- Nothing retained: hand out a position just below now and above every earlier one (the
-    -- clock may have stepped back), and remember it so the next message comes after it.
-    position = int(now - 1) .. '-0'
-    if last then
-      position = id_max(position, last)
-    end
-    if origin then
-      position = id_max(position, origin)
-    end
-  end
-  if not origin or position ~= last then
-    origin = origin or (int(now - 1) .. '-0')
-    redis.call('HSET', meta, 'origin', origin, 'last', position)
-    extend(meta, tonumber((parts(position))) + retention - now)
-  end
-  return {int(now), origin, position, entries}
-elseif op == 'mark' then
-  -- ARGV[4]: user; ARGV[5]: the offset read up to, clamped to the newest position handed out
-  -- (a marker beyond it would hide every later message).
-  local requested = ARGV[5]
-  local newest = redis.call('HGET', meta, 'last') or (int(now - 1) .. '-0')
-  if id_less(newest, requested) then
-    requested = newest
-  end
-  local marker = redis.call('HGET', markers, ARGV[4])
-  if not marker or id_less(marker, requested) then
-    marker = requested
-    redis.call('HSET', markers, ARGV[4], marker)
-  end
-  extend(markers, retention)
-  return {marker, unread(marker)}
-elseif op == 'unread' then
-  -- ARGV[4]: user.
-  return unread(redis.call('HGET', markers, ARGV[4]))
-elseif op == 'join' then
-  -- ARGV[4]: user; ARGV[5]: session. Also how a session is refreshed.
-  expire_sessions()
-  local added = redis.call('ZADD', sessions, int(now + presence_ttl), ARGV[4] .. '\31' .. ARGV[5])
-  local first = 0
-  if added == 1 and redis.call('HINCRBY', users, ARGV[4], 1) == 1 then
-    first = 1
-  end
-  extend(sessions, presence_ttl)
-  extend(users, presence_ttl)
-  return first
-elseif op == 'leave' then
-  -- ARGV[4]: user; ARGV[5]: session.
-  expire_sessions()
-  local last = 0
-  if redis.call('ZREM', sessions, ARGV[4] .. '\31' .. ARGV[5]) == 1
-      and redis.call('HINCRBY', users, ARGV[4], -1) <= 0 then
-    redis.call('HDEL', users, ARGV[4])
-    last = 1
-  end
-  return last
-elseif op == 'presence' then
-  expire_sessions()
-  return redis.call('HKEYS', users)
-end
-return redis.error_reply('bellhop channel script: unknown operation ' .. tostring(op))
-"#;
+/// The channel script (`channel.lua`); see the module docs. `KEYS`: log, meta, read markers,
+/// presence sessions, presence users (and for an idempotent publish, its result's key). `ARGV`:
+/// operation, retention (ms), presence TTL (ms), then the operation's arguments.
+const SCRIPT: &str = include_str!("channel.lua");
 
 /// The names of one channel's keys and live channel (see the module docs).
 #[derive(Clone, Debug)]
@@ -584,6 +370,8 @@ struct ChannelKeys {
     users: String,
     /// The pub/sub channel of live events.
     live: String,
+    /// What every idempotency key's name starts with (`<base>:idem:`).
+    idem_prefix: String,
 }
 
 impl ChannelKeys {
@@ -596,7 +384,15 @@ impl ChannelKeys {
             presence: format!("{base}:presence"),
             users: format!("{base}:users"),
             live: format!("{base}:live"),
+            idem_prefix: format!("{base}:idem:"),
         }
+    }
+
+    /// The key remembering the result of a publish with idempotency key `key` to this channel:
+    /// it carries the channel's hash tag, so the script that stores the message checks and
+    /// writes it in the same slot.
+    fn idempotency(&self, key: &str) -> String {
+        format!("{}{key}", self.idem_prefix)
     }
 
     /// `KEYS` of the channel script, in its order.
@@ -783,11 +579,40 @@ fn broker_error(error: &FredError, retry_after: Duration) -> BrokerError {
         .any(|p| error.details().starts_with(p));
     if transient {
         BrokerError::Unavailable {
-            reason: format!("redis: {error}"),
+            reason: format!("redis: {}", in_words(error)),
             retry_after,
         }
     } else {
-        BrokerError::Internal(format!("redis: {error}"))
+        BrokerError::Internal(format!("redis: {}", in_words(error)))
+    }
+}
+
+/// A client error as an operator reads it. fred keeps an I/O error only as its debug text
+/// (`Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }`), so the message
+/// is taken back out of it; and a command that timed out while the connection is down is said
+/// to be that, not a bare "Request timed out".
+fn in_words(error: &FredError) -> String {
+    let details = error.details();
+    match error.kind() {
+        ErrorKind::IO => {
+            let message = details
+                .split_once("message: \"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(m, _)| m);
+            let code = details
+                .split_once("code: ")
+                .and_then(|(_, rest)| rest.split_once(','))
+                .map(|(c, _)| c);
+            match (message, code) {
+                (Some(m), Some(c)) => format!("cannot reach Redis: {m} (os error {c})"),
+                (Some(m), None) => format!("cannot reach Redis: {m}"),
+                _ => format!("cannot reach Redis: {}", details.trim_end_matches('.')),
+            }
+        }
+        ErrorKind::Timeout => "no reply within the command timeout: Redis is down, unreachable \
+             or overloaded (the node keeps reconnecting)"
+            .into(),
+        _ => error.to_string(),
     }
 }
 
@@ -1466,9 +1291,10 @@ async fn refresh_presence(inner: Arc<Inner>) {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish_batch(&self, batch: Vec<Arc<Envelope>>) -> Vec<Result<Offset, BrokerError>> {
+    async fn publish_batch(&self, batch: Vec<Publish>) -> Vec<Result<Published, BrokerError>> {
         let inner = &self.inner;
-        let mut results: Vec<Option<Result<Offset, BrokerError>>> = Vec::with_capacity(batch.len());
+        // Per publish: its message id when it went into the pipeline, or why it did not.
+        let mut results: Vec<Result<String, BrokerError>> = Vec::with_capacity(batch.len());
         let mut calls = Vec::with_capacity(batch.len());
         // Past this (node clock, ms) the script refuses to store: the publisher has been told
         // `unavailable` by then. Node and Redis clocks must agree to well within the timeout.
@@ -1479,46 +1305,83 @@ impl Broker for RedisBroker {
                 .as_millis()
                 .min(u64::MAX as u128) as u64)
             .to_string();
-        for envelope in &batch {
-            match serde_json::to_string(envelope.as_ref()) {
-                Ok(json) => {
+        let window = inner
+            .config
+            .idempotency_window
+            .as_millis()
+            .clamp(1, u64::MAX as u128)
+            .to_string();
+        for publish in &batch {
+            let envelope = &publish.envelope;
+            let prepared = publish.checked_key().and_then(|idempotency_key| {
+                let json = serde_json::to_string(envelope.as_ref()).map_err(|e| {
+                    BrokerError::Internal(format!("cannot encode the envelope: {e}"))
+                })?;
+                Ok((idempotency_key, json))
+            });
+            match prepared {
+                Ok((idempotency_key, json)) => {
                     let keys = inner.keys(&ChannelKey::of(envelope));
-                    let args = inner.script_args(
+                    let mut script_keys = keys.script_keys();
+                    let mut args = inner.script_args(
                         "publish",
                         [json, keys.live.clone(), deadline.clone(), inner.announce()],
                     );
-                    calls.push((keys.script_keys(), args));
-                    results.push(None);
+                    if let Some(key) = idempotency_key {
+                        script_keys.push(keys.idempotency(key));
+                        args.push(window.clone());
+                        args.push(envelope.message_id.clone());
+                    }
+                    calls.push((script_keys, args));
+                    results.push(Ok(envelope.message_id.clone()));
                 }
-                Err(e) => results.push(Some(Err(BrokerError::Internal(format!(
-                    "cannot encode the envelope: {e}"
-                ))))),
+                Err(e) => results.push(Err(e)),
             }
         }
         let mut replies = inner.eval_many(calls).await.into_iter();
         results
             .into_iter()
-            .map(|slot| match slot {
-                Some(done) => done,
-                None => {
-                    let reply = replies.next().unwrap_or_else(|| {
-                        Err(BrokerError::Internal("redis: missing reply".into()))
-                    })?;
-                    let [offset, seq] = reply_parts(reply, "publish")?;
-                    if offset.as_str().as_deref() == Some("expired") {
-                        let redis_ms = parse_u64(&seq)?;
+            .map(|slot| {
+                let message_id = slot?;
+                let reply = replies
+                    .next()
+                    .unwrap_or_else(|| Err(BrokerError::Internal("redis: missing reply".into())))?;
+                let parts = reply.into_array();
+                match parts.first().and_then(Value::as_str).as_deref() {
+                    Some("expired") => {
+                        let redis_ms = parts.get(1).map(parse_u64).transpose()?;
                         tracing::warn!(
                             redis_ms,
                             node_ms = crate::now_ms(),
                             "publish reached Redis after its deadline and was not stored \
                              (a queued command after a reconnect, or node and Redis clocks apart)"
                         );
-                        return Err(BrokerError::Unavailable {
+                        Err(BrokerError::Unavailable {
                             reason: "publish reached the broker after its deadline".into(),
                             retry_after: inner.config.retry_after,
-                        });
+                        })
                     }
-                    parse_offset(&offset)
+                    Some("duplicate") => {
+                        let [_, offset, original] =
+                            <[Value; 3]>::try_from(parts).map_err(|_| {
+                                BrokerError::Internal("redis: malformed duplicate reply".into())
+                            })?;
+                        Ok(Published {
+                            offset: parse_offset(&offset)?,
+                            message_id: original
+                                .as_string()
+                                .ok_or_else(|| malformed("message id", &original))?,
+                            duplicate: true,
+                        })
+                    }
+                    _ => {
+                        let [offset, _seq] = reply_parts(Value::Array(parts), "publish")?;
+                        Ok(Published {
+                            offset: parse_offset(&offset)?,
+                            message_id,
+                            duplicate: false,
+                        })
+                    }
                 }
             })
             .collect()
@@ -1867,6 +1730,28 @@ mod tests {
         }
         let typing = serde_json::to_string(&Live::Typing { u: "u2".into() }).unwrap();
         assert_eq!(typing, r#"{"k":"typing","u":"u2"}"#);
+    }
+
+    #[test]
+    fn client_errors_are_printed_in_words() {
+        let refused = FredError::new(
+            ErrorKind::IO,
+            r#"Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }"#,
+        );
+        assert_eq!(
+            in_words(&refused),
+            "cannot reach Redis: Connection refused (os error 111)"
+        );
+        let closed = FredError::new(ErrorKind::IO, "Connection closed.");
+        assert_eq!(in_words(&closed), "cannot reach Redis: Connection closed");
+        let timeout = in_words(&FredError::new(ErrorKind::Timeout, "Request timed out."));
+        assert!(
+            timeout.starts_with("no reply within the command timeout"),
+            "{timeout}"
+        );
+        assert!(!timeout.contains("Request timed out"), "{timeout}");
+        let reply = FredError::new(ErrorKind::Unknown, "ERR syntax error");
+        assert!(in_words(&reply).contains("ERR syntax error"));
     }
 
     #[test]

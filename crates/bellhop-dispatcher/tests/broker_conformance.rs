@@ -19,7 +19,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bellhop_dispatcher::{
-    now_ms, Broker, ChannelEvent, ChannelKey, StoredMessage, Subscription, SubscriptionEvent,
+    now_ms, Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, StoredMessage,
+    Subscription, SubscriptionEvent, MAX_IDEMPOTENCY_KEY_BYTES,
 };
 use bellhop_dispatcher::{MemoryBroker, MemoryConfig, RedisBroker, RedisConfig};
 use bellhop_protocol::{Channel, Envelope, Offset, Priority, Role, Sender};
@@ -67,10 +68,13 @@ async fn publish_each(broker: &Arc<dyn Broker>, key: &ChannelKey, ids: &[String]
     let mut offsets = Vec::with_capacity(ids.len());
     for id in ids {
         let result = broker
-            .publish_batch(vec![envelope(&key.property, &key.channel, id)])
+            .publish_batch(vec![envelope(&key.property, &key.channel, id).into()])
             .await;
         assert_eq!(result.len(), 1, "one result per envelope");
-        offsets.push(result.into_iter().next().unwrap().unwrap());
+        let published = result.into_iter().next().unwrap().unwrap();
+        assert_eq!(published.message_id, *id);
+        assert!(!published.duplicate);
+        offsets.push(published.offset);
     }
     offsets
 }
@@ -124,11 +128,11 @@ async fn check_offsets_strictly_increase_in_publish_order(broker: Arc<dyn Broker
     let batch_ids = ids("b", 5);
     let batch = batch_ids
         .iter()
-        .map(|id| envelope(&key.property, &key.channel, id))
+        .map(|id| envelope(&key.property, &key.channel, id).into())
         .collect();
     let results = broker.publish_batch(batch).await;
     assert_eq!(results.len(), batch_ids.len(), "one result per envelope");
-    offsets.extend(results.into_iter().map(Result::unwrap));
+    offsets.extend(results.into_iter().map(|r| r.unwrap().offset));
 
     assert!(
         offsets.windows(2).all(|w| w[0] < w[1]),
@@ -152,7 +156,7 @@ async fn check_publish_batch_results_are_in_batch_order(broker: Arc<dyn Broker>)
         .collect();
     let batch = plan
         .iter()
-        .map(|(key, id)| envelope(&key.property, &key.channel, id))
+        .map(|(key, id)| envelope(&key.property, &key.channel, id).into())
         .collect();
     let results = broker.publish_batch(batch).await;
     assert_eq!(results.len(), plan.len(), "one result per envelope");
@@ -163,7 +167,7 @@ async fn check_publish_batch_results_are_in_batch_order(broker: Arc<dyn Broker>)
             .iter()
             .zip(&results)
             .filter(|((k, _), _)| *k == key)
-            .map(|((_, id), r)| (*r.as_ref().unwrap(), id.clone()))
+            .map(|((_, id), r)| (r.as_ref().unwrap().offset, id.clone()))
             .collect();
         assert_eq!(pairs(&read.messages), want, "channel {key}");
     }
@@ -363,14 +367,14 @@ async fn check_subscription_yields_published_messages_in_order(broker: Arc<dyn B
     let mut offsets = publish_each(&broker, &key, &names[..2]).await;
     let batch = names[2..]
         .iter()
-        .map(|id| envelope(&key.property, &key.channel, id))
+        .map(|id| envelope(&key.property, &key.channel, id).into())
         .collect();
     offsets.extend(
         broker
             .publish_batch(batch)
             .await
             .into_iter()
-            .map(Result::unwrap),
+            .map(|r| r.unwrap().offset),
     );
 
     for (offset, id) in offsets.iter().zip(&names) {
@@ -546,8 +550,215 @@ async fn check_read_markers_count_unread_and_never_move_back(broker: Arc<dyn Bro
 }
 
 // ---------------------------------------------------------------------------------------------
+// Checks: idempotent publishes
+// ---------------------------------------------------------------------------------------------
+
+/// Publishes one message with `id` and idempotency key `key` to `key`'s channel.
+async fn publish_keyed(
+    broker: &Arc<dyn Broker>,
+    channel: &ChannelKey,
+    id: &str,
+    key: &str,
+) -> Published {
+    let publish = Publish::with_key(envelope(&channel.property, &channel.channel, id), key);
+    let mut results = broker.publish_batch(vec![publish]).await;
+    assert_eq!(results.len(), 1, "one result per publish");
+    results.pop().unwrap().unwrap()
+}
+
+/// A repeat of an idempotency key within the window is answered with the original message id
+/// and offset, `duplicate: true`, and stores and delivers nothing; the key is scoped per property
+/// and channel, and another key is another message.
+async fn check_a_repeated_idempotency_key_stores_and_delivers_nothing(broker: Arc<dyn Broker>) {
+    let prop = property("idempotent");
+    let key = ChannelKey::new(prop.clone(), room("101"));
+    let mut live = broker.subscribe(&key).await.unwrap();
+
+    let first = publish_keyed(&broker, &key, "m0", "u1:k1").await;
+    assert!(!first.duplicate);
+    assert_eq!(first.message_id, "m0");
+    // The client retries (a new message id, as a gateway mints one per request).
+    for retry in ["m0-retry", "m0-retry-2"] {
+        let again = publish_keyed(&broker, &key, retry, "u1:k1").await;
+        assert_eq!(
+            again,
+            Published {
+                offset: first.offset,
+                message_id: "m0".into(),
+                duplicate: true,
+            }
+        );
+    }
+    let after = publish_each(&broker, &key, &["after".to_owned()]).await[0];
+
+    let read = broker.read(&key, None, 50).await.unwrap();
+    assert_eq!(
+        pairs(&read.messages),
+        vec![(first.offset, "m0".to_owned()), (after, "after".to_owned())],
+        "the repeats stored nothing"
+    );
+    // Live: m0, then directly the next message; no repeat in between.
+    assert_eq!(next_message(&mut live).await.offset, first.offset);
+    let next = next_message(&mut live).await;
+    assert_eq!(
+        (next.offset, next.envelope.message_id.as_str()),
+        (after, "after")
+    );
+
+    // Another key is another message; the same key elsewhere too.
+    let other_key = publish_keyed(&broker, &key, "m1", "u1:k2").await;
+    assert!(!other_key.duplicate);
+    assert!(other_key.offset > after);
+    let other_room = ChannelKey::new(prop.clone(), room("102"));
+    let elsewhere = publish_keyed(&broker, &other_room, "m2", "u1:k1").await;
+    assert!(!elsewhere.duplicate, "the key is scoped per channel");
+    let other_prop = ChannelKey::new(property("idempotent-other"), room("101"));
+    let other = publish_keyed(&broker, &other_prop, "m3", "u1:k1").await;
+    assert!(!other.duplicate, "the key is scoped per property");
+    assert_eq!(
+        broker
+            .read(&other_room, None, 50)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+}
+
+/// Repeats inside one batch: the first publish of a key is stored, later ones in the same batch
+/// get its result.
+async fn check_repeats_within_one_batch_are_stored_once(broker: Arc<dyn Broker>) {
+    let key = ChannelKey::new(property("idempotent-batch"), room("101"));
+    let e = |id: &str| envelope(&key.property, &key.channel, id);
+    let batch = vec![
+        Publish::with_key(e("a"), "u1:a"),
+        Publish::with_key(e("a-again"), "u1:a"),
+        Publish::new(e("plain")),
+        Publish::with_key(e("a-third"), "u1:a"),
+        Publish::with_key(e("b"), "u1:b"),
+    ];
+    let results: Vec<Published> = broker
+        .publish_batch(batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let duplicates: Vec<bool> = results.iter().map(|r| r.duplicate).collect();
+    assert_eq!(duplicates, [false, true, false, true, false]);
+    for repeat in [&results[1], &results[3]] {
+        assert_eq!(
+            (repeat.offset, repeat.message_id.as_str()),
+            (results[0].offset, "a")
+        );
+    }
+    let read = broker.read(&key, None, 50).await.unwrap();
+    assert_eq!(
+        pairs(&read.messages),
+        vec![
+            (results[0].offset, "a".to_owned()),
+            (results[2].offset, "plain".to_owned()),
+            (results[4].offset, "b".to_owned()),
+        ]
+    );
+}
+
+/// Once the window has passed, the same key makes a new message. The check runs with a short
+/// window and polls (each poll a repeat that must still be the original) up to a deadline.
+async fn check_after_the_window_a_repeat_is_a_new_message(broker: Arc<dyn Broker>) {
+    let window = SHORT_WINDOW.idempotency_window;
+    let key = ChannelKey::new(property("idempotent-window"), room("101"));
+    let started = tokio::time::Instant::now();
+    let first = publish_keyed(&broker, &key, "m0", "u1:k").await;
+    let deadline = started + window + Duration::from_secs(10);
+    let mut polls = 0;
+    let fresh = loop {
+        polls += 1;
+        let again = publish_keyed(&broker, &key, &format!("poll{polls}"), "u1:k").await;
+        if !again.duplicate {
+            break again;
+        }
+        assert_eq!(
+            (again.offset, again.message_id.as_str()),
+            (first.offset, "m0")
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still a duplicate {:?} after the window",
+            started.elapsed()
+        );
+        tokio::time::sleep(window / 5).await;
+    };
+    assert!(
+        started.elapsed() >= window,
+        "a new message after {:?}, inside the {window:?} window",
+        started.elapsed()
+    );
+    assert!(fresh.offset > first.offset);
+    assert_eq!(fresh.message_id, format!("poll{polls}"));
+    let read = broker.read(&key, None, 50).await.unwrap();
+    assert_eq!(
+        pairs(&read.messages),
+        vec![
+            (first.offset, "m0".to_owned()),
+            (fresh.offset, fresh.message_id.clone())
+        ]
+    );
+}
+
+/// An idempotency key longer than the backends accept is refused, and nothing is stored.
+async fn check_an_oversized_idempotency_key_is_refused(broker: Arc<dyn Broker>) {
+    let key = ChannelKey::new(property("idempotent-long"), room("101"));
+    let long = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1);
+    for bad in [long, String::new()] {
+        let publish = Publish::with_key(envelope(&key.property, &key.channel, "m0"), bad);
+        let result = broker.publish_batch(vec![publish]).await.pop().unwrap();
+        assert!(
+            matches!(result, Err(BrokerError::Internal(_))),
+            "{result:?}"
+        );
+    }
+    let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES);
+    let ok = publish_keyed(&broker, &key, "m1", &longest).await;
+    let read = broker.read(&key, None, 50).await.unwrap();
+    assert_eq!(pairs(&read.messages), vec![(ok.offset, "m1".to_owned())]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Wiring: one test per check per backend
 // ---------------------------------------------------------------------------------------------
+
+/// The settings a check needs of a backend; every backend's factory applies them.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    /// `max_messages_per_channel`.
+    max_messages_per_channel: usize,
+    /// `idempotency_window`.
+    idempotency_window: Duration,
+}
+
+/// The backends' defaults (which must agree, see `the_backends_share_their_defaults`).
+const DEFAULTS: Tuning = Tuning {
+    max_messages_per_channel: 10_000,
+    idempotency_window: Duration::from_secs(600),
+};
+
+/// A window short enough to wait out.
+const SHORT_WINDOW: Tuning = Tuning {
+    idempotency_window: Duration::from_millis(400),
+    ..DEFAULTS
+};
+
+#[test]
+fn the_backends_share_their_defaults() {
+    let (memory, redis) = (MemoryConfig::default(), RedisConfig::default());
+    assert_eq!(
+        memory.max_messages_per_channel,
+        DEFAULTS.max_messages_per_channel
+    );
+    assert_eq!(memory.idempotency_window, DEFAULTS.idempotency_window);
+    assert_eq!(redis.idempotency_window, DEFAULTS.idempotency_window);
+}
 
 /// What a backend factory hands a check: the broker, and what must live until the check is done.
 trait Fixture {
@@ -567,8 +778,9 @@ impl<Keep: 'static> Fixture for (Arc<dyn Broker>, Keep) {
 }
 
 /// `conformance!(backend, factory)` defines `mod backend` with one `#[tokio::test]` per check,
-/// each on a fresh broker from `factory` (a closure returning a future of a [`Fixture`]: the
-/// broker, or the broker and what must outlive it).
+/// each on a fresh broker from `factory` (a closure taking the check's [`Tuning`] and returning a
+/// future of a [`Fixture`]: the broker, or the broker and what must outlive it). A check listed
+/// as `check = TUNING` runs with those settings, the others with [`DEFAULTS`].
 macro_rules! conformance {
     ($backend:ident, $factory:expr) => {
         conformance!(@tests $backend, $factory, [
@@ -586,54 +798,73 @@ macro_rules! conformance {
             check_resume_reads_then_live_without_gap_or_duplicate,
             check_presence_tracks_users_across_sessions,
             check_read_markers_count_unread_and_never_move_back,
+            check_a_repeated_idempotency_key_stores_and_delivers_nothing,
+            check_repeats_within_one_batch_are_stored_once,
+            check_after_the_window_a_repeat_is_a_new_message = SHORT_WINDOW,
+            check_an_oversized_idempotency_key_is_refused,
         ]);
     };
-    (@tests $backend:ident, $factory:expr, [$($check:ident),* $(,)?]) => {
+    (@tests $backend:ident, $factory:expr, [$($check:ident $(= $tuning:expr)?),* $(,)?]) => {
         mod $backend {
             use super::*;
             $(
                 #[tokio::test]
                 async fn $check() {
-                    let (broker, _keep) = Fixture::into_parts(($factory)().await);
+                    let tuning = conformance!(@tuning $($tuning)?);
+                    let (broker, _keep) = Fixture::into_parts(($factory)(tuning).await);
                     super::$check(broker).await;
                 }
             )*
         }
     };
+    (@tuning) => { DEFAULTS };
+    (@tuning $tuning:expr) => { $tuning };
 }
 
-conformance!(memory, || async {
-    Arc::new(MemoryBroker::new(MemoryConfig::default())) as Arc<dyn Broker>
+fn memory_config(tuning: Tuning) -> MemoryConfig {
+    MemoryConfig {
+        max_messages_per_channel: tuning.max_messages_per_channel,
+        idempotency_window: tuning.idempotency_window,
+        ..MemoryConfig::default()
+    }
+}
+
+fn redis_config(url: String, tuning: Tuning) -> RedisConfig {
+    RedisConfig {
+        url,
+        idempotency_window: tuning.idempotency_window,
+        ..RedisConfig::default()
+    }
+}
+
+conformance!(memory, |tuning| async move {
+    Arc::new(MemoryBroker::new(memory_config(tuning))) as Arc<dyn Broker>
 });
 
-conformance!(redis, || async {
+conformance!(redis, |tuning| async move {
     let server = RedisServer::start().await;
-    let config = RedisConfig {
-        url: server.url(),
-        ..RedisConfig::default()
-    };
+    let config = redis_config(server.url(), tuning);
     let broker = RedisBroker::connect(config).await.unwrap();
     (Arc::new(broker) as Arc<dyn Broker>, server)
 });
 
 // A real 3-master Redis Cluster, shared by this test binary; each check keeps to a key prefix of
 // its own, as deployments sharing a cluster do.
-conformance!(redis_cluster, || async {
+conformance!(redis_cluster, |tuning| async move {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let cluster = bellhop_testkit::RedisCluster::shared().await;
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = RedisConfig {
-        url: cluster.url(),
         cluster: true,
         key_prefix: format!("conf{n}"),
-        ..RedisConfig::default()
+        ..redis_config(cluster.url(), tuning)
     };
     let broker = RedisBroker::connect(config).await.unwrap();
     Arc::new(broker) as Arc<dyn Broker>
 });
 
 // One `redis-server` reached over TLS (`rediss://`, trusting only the test CA) with a password.
-conformance!(redis_tls_password, || async {
+conformance!(redis_tls_password, |tuning| async move {
     let server = RedisServer::start_with(RedisOptions {
         tls: true,
         password: Some("s3cret-pass".into()),
@@ -641,9 +872,8 @@ conformance!(redis_tls_password, || async {
     })
     .await;
     let config = RedisConfig {
-        url: server.tls_url(),
         tls_ca_path: Some(server.ca_path()),
-        ..RedisConfig::default()
+        ..redis_config(server.tls_url(), tuning)
     };
     let broker = RedisBroker::connect(config).await.unwrap();
     (Arc::new(broker) as Arc<dyn Broker>, server)

@@ -57,8 +57,8 @@ async fn broker_on(server: &RedisServer, tweak: impl FnOnce(&mut RedisConfig)) -
 }
 
 async fn publish(broker: &RedisBroker, key: &ChannelKey, id: &str) -> Offset {
-    let mut results = broker.publish_batch(vec![envelope(key, id)]).await;
-    results.pop().unwrap().unwrap()
+    let mut results = broker.publish_batch(vec![envelope(key, id).into()]).await;
+    results.pop().unwrap().unwrap().offset
 }
 
 async fn next_event(sub: &mut Subscription) -> SubscriptionEvent {
@@ -296,12 +296,12 @@ async fn a_flushed_script_cache_is_reloaded() {
     let k = key();
     let o0 = publish(&broker, &k, "m0").await;
     assert_eq!(server.command(&["SCRIPT", "FLUSH"]).await, ["OK"]);
-    let batch = vec![envelope(&k, "m1"), envelope(&k, "m2")];
+    let batch = vec![envelope(&k, "m1").into(), envelope(&k, "m2").into()];
     let results: Vec<Offset> = broker
         .publish_batch(batch)
         .await
         .into_iter()
-        .map(Result::unwrap)
+        .map(|r| r.unwrap().offset)
         .collect();
     assert!(o0 < results[0] && results[0] < results[1]);
     let read = broker.read(&k, Some(o0), 10).await.unwrap();
@@ -364,9 +364,12 @@ async fn an_unreachable_server_is_unavailable_with_a_retry_hint() {
     publish(&broker, &k, "m0").await;
     drop(server);
 
-    let result = tokio::time::timeout(DEADLINE, broker.publish_batch(vec![envelope(&k, "m1")]))
-        .await
-        .expect("a publish must fail within the command timeout, not hang");
+    let result = tokio::time::timeout(
+        DEADLINE,
+        broker.publish_batch(vec![envelope(&k, "m1").into()]),
+    )
+    .await
+    .expect("a publish must fail within the command timeout, not hang");
     match &result[..] {
         [Err(BrokerError::Unavailable { retry_after, .. })] => {
             assert_eq!(*retry_after, Duration::from_millis(1500))

@@ -1,37 +1,88 @@
 //! The HTTP API for hotel systems: publish, history and presence, with a `service` (or manager or
 //! admin) bearer token. Errors are JSON bodies `{"error": {"code", "message"}}` with the status
-//! of their code (400, 401, 403, 404, 405, 413, 503).
+//! of their code (400, 401, 403, 404, 405, 408, 413, 429, 503). Browser pages of the origins in
+//! `CORS_ALLOWED_ORIGINS` may call it (CORS, with preflights answered without a token).
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bellhop_protocol::{Channel, ErrorCode, Offset, PublishFrame, Role};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use crate::http::{
+    decode_path_segment, error_response, json, query_pairs, request_token, Body, RefusalLog,
+};
 use crate::node::{Node, RequestError};
-use crate::server::{error_response, json, request_token, Body};
 
-/// Answers one API request.
-pub(crate) async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    match route(&node, req).await {
+/// Answers one API request from `client`, whose address limits were checked: the token, then
+/// the route, all within `HTTP_REQUEST_TIMEOUT_SECONDS` of the request head. Refusals of the
+/// token or by a limit are logged.
+pub(crate) async fn handle(
+    node: Arc<Node>,
+    refusals: &RefusalLog,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let deadline = node.config.edge.request_timeout;
+    let Ok(outcome) = tokio::time::timeout(deadline, route(&node, req)).await else {
+        let message = format!(
+            "the request was not answered within {} s: retry it (a publish with the same Idempotency-Key is stored once)",
+            deadline.as_secs_f64()
+        );
+        let mut response = error_response(&node, ErrorCode::Unavailable, &message, Some(1000));
+        close_after(&mut response);
+        return response;
+    };
+    match outcome {
         Ok(response) => response,
-        Err(ApiError { status, error: e }) => {
+        Err(ApiError {
+            status,
+            error: e,
+            close,
+        }) => {
             let mut response = error_response(&node, e.code, &e.message, e.retry_after_ms);
             if let Some(status) = status {
                 *response.status_mut() = status;
+            }
+            if close {
+                close_after(&mut response);
+            }
+            if matches!(
+                e.code,
+                ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::RateLimited
+            ) {
+                let status = response.status();
+                refusals.log(
+                    "HTTP API request",
+                    client,
+                    &status,
+                    e.code.as_str(),
+                    &e.message,
+                );
             }
             response
         }
     }
 }
 
-/// A failed API request: the wire error, and an HTTP status when it is not the code's own
-/// (404 and 405 have no wire error code).
+/// Tells the client the connection ends with this response (its body was not read to the end).
+fn close_after(response: &mut Response<Body>) {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// A failed API request: the wire error, an HTTP status when it is not the code's own (404,
+/// 405 and 408 have no wire error code), and whether the connection is closed after it.
 struct ApiError {
     status: Option<StatusCode>,
     error: RequestError,
+    close: bool,
 }
 
 impl From<RequestError> for ApiError {
@@ -39,8 +90,88 @@ impl From<RequestError> for ApiError {
         ApiError {
             status: None,
             error,
+            close: false,
         }
     }
+}
+
+/// The `Access-Control-Allow-Origin` of a request whose `Origin` is in `CORS_ALLOWED_ORIGINS`
+/// (`allowed`): that origin, or `*` when the list allows any; `None` for any other request.
+pub(crate) fn cors_origin(allowed: &[String], headers: &HeaderMap) -> Option<HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    if allowed.iter().any(|a| a == "*") {
+        return Some(HeaderValue::from_static("*"));
+    }
+    let text = origin.to_str().ok()?.trim_end_matches('/');
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(text))
+        .then(|| origin.clone())
+}
+
+/// Whether a request is a CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`. Browsers send it without credentials, so it is answered
+/// without a token.
+pub(crate) fn is_preflight<B>(req: &Request<B>) -> bool {
+    req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// How long a browser may cache a preflight's answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// Answers a preflight: 204 with what a page of an allowed origin may send (the CORS headers
+/// themselves are added by [`allow_origin`]), 403 for any other origin.
+pub(crate) fn preflight(
+    node: &Node,
+    refusals: &RefusalLog,
+    client: IpAddr,
+    origin: Option<&HeaderValue>,
+) -> Response<Body> {
+    if origin.is_none() {
+        let message = "this Origin may not call the HTTP API (CORS_ALLOWED_ORIGINS)";
+        refusals.log(
+            "HTTP API request",
+            client,
+            &StatusCode::FORBIDDEN,
+            "cors",
+            message,
+        );
+        return error_response(node, ErrorCode::Forbidden, message, None);
+    }
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, idempotency-key"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(PREFLIGHT_MAX_AGE.as_secs()),
+    );
+    response
+}
+
+/// Lets a page of `origin` read `response` (and its `Retry-After`). No credentials: the API's
+/// token is a header the page sets, never a cookie.
+pub(crate) fn allow_origin(response: &mut Response<Body>, origin: HeaderValue) {
+    let h = response.headers_mut();
+    if origin != "*" {
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("retry-after"),
+    );
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
@@ -51,6 +182,7 @@ fn with_status(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError {
         status: Some(status),
         error: RequestError::new(ErrorCode::BadRequest, message),
+        close: false,
     }
 }
 
@@ -87,14 +219,33 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
                     "method not allowed: use POST",
                 ));
             }
+            let header_key = match req.headers().get("idempotency-key") {
+                None => None,
+                Some(v) => Some(
+                    v.to_str()
+                        .map_err(|_| bad_request("Idempotency-Key must be plain ASCII"))?
+                        .to_owned(),
+                ),
+            };
             let body = read_body(node, req).await?;
-            let frame: PublishFrame = serde_json::from_slice(&body)
+            let mut frame: PublishFrame = serde_json::from_slice(&body)
                 .map_err(|e| bad_request(format!("invalid publish body: {e}")))?;
-            let (message_id, offset) = node.publish(&principal, frame).await?;
-            Ok(json(
-                StatusCode::OK,
-                &json!({"messageId": message_id, "offset": offset}),
-            ))
+            if let Some(key) = header_key {
+                match &frame.idempotency_key {
+                    Some(in_body) if *in_body != key => {
+                        return Err(bad_request(
+                            "the Idempotency-Key header and the body's idempotencyKey differ",
+                        ))
+                    }
+                    _ => frame.idempotency_key = Some(key),
+                }
+            }
+            let acked = node.publish(&principal, frame).await?;
+            let mut body = json!({"messageId": acked.message_id, "offset": acked.offset});
+            if acked.duplicate {
+                body["duplicate"] = true.into();
+            }
+            Ok(json(StatusCode::OK, &body))
         }
         ["api", "v1", "channels", channel, what @ ("history" | "presence")] => {
             if method != Method::GET {
@@ -103,7 +254,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
                     "method not allowed: use GET",
                 ));
             }
-            let channel: Channel = percent_decode(channel)
+            let channel: Channel = decode_path_segment(channel)
                 .parse()
                 .map_err(|e| bad_request(format!("{e}")))?;
             if *what == "presence" {
@@ -115,9 +266,8 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
             }
             let mut since = None;
             let mut limit = None;
-            for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
-                let v = percent_decode(v);
-                match k {
+            for (k, v) in query_pairs(&query) {
+                match k.as_str() {
                     "since" => {
                         since = Some(
                             v.parse::<Offset>()
@@ -133,11 +283,12 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
                     _ => {}
                 }
             }
-            let messages = node.history(&principal, &channel, since, limit).await?;
-            Ok(json(
-                StatusCode::OK,
-                &json!({"channel": channel, "messages": messages}),
-            ))
+            let page = node.history(&principal, &channel, since, limit).await?;
+            let mut body = json!({"channel": channel, "messages": page.messages});
+            if page.more {
+                body["more"] = true.into();
+            }
+            Ok(json(StatusCode::OK, &body))
         }
         _ => Err(with_status(
             StatusCode::NOT_FOUND,
@@ -146,64 +297,180 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
     }
 }
 
-async fn read_body(node: &Node, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+/// Reads a request body of at most `max_body_bytes`, whole within `HTTP_BODY_TIMEOUT_SECONDS`.
+async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
     let max = node.config.max_body_bytes;
-    let too_large = || {
-        RequestError::new(
+    let timeout = node.config.edge.body_timeout;
+    let too_large = || ApiError {
+        close: true,
+        ..RequestError::new(
             ErrorCode::TooLarge,
             format!("request body exceeds {max} bytes"),
         )
+        .into()
     };
     let declared = req
         .headers()
-        .get(hyper::header::CONTENT_LENGTH)
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Err(too_large().into());
+        return Err(too_large());
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large().into()),
-        Err(e) => Err(bad_request(format!("cannot read body: {e}"))),
+    match read_limited(req.into_body(), declared.unwrap_or(0), max, timeout).await {
+        Ok(body) => Ok(body),
+        Err(BodyError::TooLarge) => Err(too_large()),
+        Err(BodyError::Broken(e)) => Err(bad_request(format!("cannot read body: {e}"))),
+        Err(BodyError::TimedOut) => Err(ApiError {
+            status: Some(StatusCode::REQUEST_TIMEOUT),
+            close: true,
+            ..bad_request(format!(
+                "request body not received within {} s",
+                timeout.as_secs_f64()
+            ))
+        }),
     }
 }
 
-/// Decodes `%XX` escapes (and `+` as space) in a query value or path segment; invalid escapes
-/// are kept as they are.
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
+/// Why a request body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    /// More than the limit.
+    TooLarge,
+    /// Not all there within the timeout.
+    TimedOut,
+    /// The connection failed or the framing was invalid.
+    Broken(String),
+}
+
+/// Reads `body` (at most `max` bytes, all of it within `timeout`) into one buffer of `size_hint`
+/// bytes to start (the declared length, already checked against `max`).
+///
+/// Each chunk is copied into the buffer and dropped at once. Keeping the chunks (as `collect()`
+/// does) kept hyper's whole read buffer alive for each of them, 8 KiB per chunk: a body sent one
+/// byte at a time cost 8 KiB a byte (issue 10, item 7).
+async fn read_limited<B>(
+    body: B,
+    size_hint: usize,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = std::pin::pin!(Limited::new(body, max));
+    let mut buf = Vec::with_capacity(size_hint.min(max));
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                buf.extend_from_slice(data);
+            }
         }
-        i += 1;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => Ok(buf),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+        Err(_) => Err(BodyError::TimedOut),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use hyper::body::Frame;
+
+    use super::*;
+
+    /// A body of one-byte chunks, each a slice of its own 8 KiB allocation (as hyper's are of its
+    /// read buffer). Asking for the next chunk while the reader still holds the previous one is
+    /// recorded: that is the per-chunk growth.
+    struct Dribble {
+        sent: Vec<Bytes>,
+        left: usize,
+        held: usize,
+    }
+
+    impl hyper::body::Body for Dribble {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if let Some(previous) = self.sent.last() {
+                if !previous.is_unique() {
+                    self.held += 1;
+                }
+            }
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            self.left -= 1;
+            let allocation = Bytes::from(vec![b'x'; 8192]);
+            let chunk = allocation.slice(0..1);
+            self.sent.push(allocation);
+            Poll::Ready(Some(Ok(Frame::data(chunk))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_tiny_chunks_is_copied_and_each_chunk_dropped_at_once() {
+        let mut body = Dribble {
+            sent: Vec::new(),
+            left: 1000,
+            held: 0,
+        };
+        let read = read_limited(&mut body, 0, 64 * 1024, Duration::from_secs(5)).await;
+        assert_eq!(read.unwrap(), vec![b'x'; 1000]);
+        assert_eq!(body.held, 0, "chunks held while the next was read");
+        assert!(body.sent.iter().all(Bytes::is_unique), "no chunk kept");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused() {
+        let body = http_body_util::Full::new(Bytes::from(vec![b'x'; 101]));
+        let read = read_limited(body, 0, 100, Duration::from_secs(5)).await;
+        assert_eq!(read, Err(BodyError::TooLarge));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_ends_times_out() {
+        use futures_util::StreamExt;
+        let first = Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"{")));
+        let never_more = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+        let body = http_body_util::StreamBody::new(never_more);
+        let started = tokio::time::Instant::now();
+        let read = read_limited(body, 10, 100, Duration::from_secs(10)).await;
+        assert_eq!(read, Err(BodyError::TimedOut));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("room%3A101"), "room:101");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%4"), "%4");
+    fn cors_allows_listed_origins_only() {
+        let headers = |origin: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            h
+        };
+        let listed = vec!["https://app.hotel.example".to_string()];
+        assert_eq!(
+            cors_origin(&listed, &headers("https://app.hotel.example")).unwrap(),
+            "https://app.hotel.example"
+        );
+        assert!(cors_origin(&listed, &headers("https://evil.example")).is_none());
+        assert!(cors_origin(&listed, &HeaderMap::new()).is_none());
+        assert!(cors_origin(&[], &headers("https://app.hotel.example")).is_none());
+        let any = vec!["*".to_string()];
+        assert_eq!(
+            cors_origin(&any, &headers("https://x.example")).unwrap(),
+            "*"
+        );
     }
 }

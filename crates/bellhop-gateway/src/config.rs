@@ -45,6 +45,9 @@ pub struct GatewayConfig {
     pub header_read_timeout: Duration,
     /// Largest HTTP API request body (64 KiB).
     pub max_body_bytes: usize,
+    /// What a connection may cost before it is a WebSocket session: pending connections, request
+    /// heads and bodies, request deadlines, and CORS for the HTTP API.
+    pub edge: EdgeConfig,
     /// TLS on the main port (`SSL_ENABLED`); `None` serves plain `ws`/`http`. The admin port is
     /// always plain HTTP: it is scraped and probed from inside the cluster.
     pub tls: Option<TlsConfig>,
@@ -54,6 +57,15 @@ pub struct GatewayConfig {
     /// `https://app.hotel.example`); empty allows any. Browsers send `Origin`; other clients
     /// usually do not, and a request without one is allowed.
     pub allowed_origins: Vec<String>,
+    /// Most bytes of messages in one `history` reply, in their largest encoding (1 MiB); a page
+    /// cut short says `more`. At least one largest stored message; a page is also never larger
+    /// than the outbound budget.
+    pub history_max_bytes: usize,
+    /// The property's departments (`DEPARTMENTS`, comma separated): `dept:<name>` outside the
+    /// list does not exist, and every request naming it is refused with `bad_request`.
+    pub departments: Vec<String>,
+    /// The hotel-floor policies that bound what one user makes the node do for others.
+    pub hotel: HotelPolicy,
     /// Test-only, and only in builds with the `autobahn` feature (never a product build):
     /// sessions send no `welcome` and echo every text and binary message back unchanged instead
     /// of decoding it as a protocol frame, so the Autobahn testsuite can check the WebSocket
@@ -62,6 +74,150 @@ pub struct GatewayConfig {
     #[cfg(feature = "autobahn")]
     #[doc(hidden)]
     pub session_mode: SessionMode,
+}
+
+/// The departments a property has unless `DEPARTMENTS` says otherwise.
+pub const DEFAULT_DEPARTMENTS: &[&str] = &[
+    "frontdesk",
+    "concierge",
+    "housekeeping",
+    "laundry",
+    "maintenance",
+    "engineering",
+    "roomservice",
+    "kitchen",
+    "security",
+    "spa",
+    "management",
+];
+
+/// Limits on what one user's frames cost everyone else (see `docs/SECURITY.md`).
+#[derive(Clone, Debug)]
+pub struct HotelPolicy {
+    /// One `typing` notice per user and channel reaches the others at most this often (2 s);
+    /// the rest are dropped on the node where they arrive.
+    pub typing_interval: Duration,
+    /// Join and leave notices of one user on one channel reach the others at most this often
+    /// (2 s); a subscribe/unsubscribe storm is coalesced into the state it ends in.
+    pub presence_notice_interval: Duration,
+    /// Where a guest's `EMERGENCY_ALERT` may go (`dept:frontdesk`): a guest emergency keeps its
+    /// urgent priority, but only to the desk that answers it.
+    pub guest_emergency_channel: bellhop_protocol::Channel,
+    /// Guest emergencies one guest may raise per window (3 per 10 minutes).
+    pub guest_emergencies_per_window: u32,
+    /// The window of `guest_emergencies_per_window` (10 minutes).
+    pub guest_emergency_window: Duration,
+    /// Bytes of payload (in their largest encoding) one user may publish per minute on one node
+    /// (`PUBLISH_BYTES_PER_USER_PER_MINUTE`, 1 MiB), beside the count limit: what a user can
+    /// make the node store for 24 hours.
+    pub publish_bytes_per_user_per_minute: u32,
+}
+
+impl Default for HotelPolicy {
+    fn default() -> Self {
+        HotelPolicy {
+            typing_interval: Duration::from_secs(2),
+            presence_notice_interval: Duration::from_secs(2),
+            guest_emergency_channel: bellhop_protocol::Channel::Dept("frontdesk".into()),
+            guest_emergencies_per_window: 3,
+            guest_emergency_window: Duration::from_secs(600),
+            publish_bytes_per_user_per_minute: 1 << 20,
+        }
+    }
+}
+
+/// Limits of the main port before a connection becomes a WebSocket session (see
+/// `docs/SECURITY.md`, "Attacks and limits"). A connection is *pending* from the moment it is
+/// accepted until it is upgraded to a WebSocket (then `MAX_CONNECTIONS` counts it) or closed;
+/// HTTP API connections stay pending for their whole life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeConfig {
+    /// Most pending connections on the port (`MAX_PENDING_CONNECTIONS`, 1,024). At the cap the
+    /// node stops accepting until one ends; the kernel's backlog holds the rest.
+    pub max_pending: usize,
+    /// Most pending connections from one client address (`MAX_PENDING_PER_IP`, 32), checked
+    /// when the connection is accepted, before TLS and before any byte is read. Connections from
+    /// `TRUSTED_PROXIES` are not capped by address (their clients are told apart by
+    /// `X-Forwarded-For`, which is only known after the request head).
+    pub max_pending_per_ip: usize,
+    /// Largest request head, request line and headers together (`MAX_HEADER_BYTES`, 16 KiB):
+    /// larger gets 431 and the connection is closed. The node never buffers more than this (or
+    /// 8 KiB, whichever is larger) of an unfinished head.
+    pub max_header_bytes: usize,
+    /// An HTTP API request body must arrive whole within this time of its head
+    /// (`HTTP_BODY_TIMEOUT_SECONDS`, 10 s); otherwise 408 and the connection is closed.
+    pub body_timeout: std::time::Duration,
+    /// An HTTP API request must be answered within this time of its head, body included
+    /// (`HTTP_REQUEST_TIMEOUT_SECONDS`, 30 s); otherwise 503 `unavailable`.
+    pub request_timeout: std::time::Duration,
+    /// Origins whose browser pages may call the HTTP API (`CORS_ALLOWED_ORIGINS`, comma
+    /// separated, none by default; `*` allows any). Separate from `allowed_origins`, which
+    /// guards WebSocket upgrades.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            max_pending: 1024,
+            max_pending_per_ip: 32,
+            max_header_bytes: 16 * 1024,
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            cors_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Smallest `MAX_HEADER_BYTES`: room for a request line with a `?token=` and the usual headers.
+pub(crate) const MIN_HEADER_BYTES: usize = 4 * 1024;
+/// Largest `MAX_HEADER_BYTES`.
+pub(crate) const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+impl EdgeConfig {
+    /// Rejects settings that cannot work, naming the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_pending == 0 {
+            return Err("MAX_PENDING_CONNECTIONS must be at least 1".into());
+        }
+        if self.max_pending_per_ip == 0 {
+            return Err("MAX_PENDING_PER_IP must be at least 1".into());
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return Err(format!(
+                "MAX_HEADER_BYTES must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"
+            ));
+        }
+        if self.body_timeout.is_zero() {
+            return Err("HTTP_BODY_TIMEOUT_SECONDS must be at least 1".into());
+        }
+        if self.request_timeout < self.body_timeout {
+            return Err(
+                "HTTP_REQUEST_TIMEOUT_SECONDS must be at least HTTP_BODY_TIMEOUT_SECONDS".into(),
+            );
+        }
+        if let Some(bad) = self
+            .cors_allowed_origins
+            .iter()
+            .find(|o| o.as_str() != "*" && !is_origin(o))
+        {
+            return Err(format!(
+                "CORS_ALLOWED_ORIGINS: {bad:?} is not an origin like https://app.hotel.example (scheme://host[:port], no path) or *"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` looks like a serialized origin: `http://` or `https://`, a host, perhaps a port,
+/// nothing after it.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' ', ','])
 }
 
 /// What a session does with the data messages it reads (test builds only).
@@ -333,9 +489,13 @@ impl GatewayConfig {
             drain_period: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
+            edge: EdgeConfig::default(),
             tls: None,
             rate_limits: crate::RateLimitConfig::default(),
             allowed_origins: Vec::new(),
+            history_max_bytes: 1 << 20,
+            departments: DEFAULT_DEPARTMENTS.iter().map(|d| d.to_string()).collect(),
+            hotel: HotelPolicy::default(),
             #[cfg(feature = "autobahn")]
             session_mode: SessionMode::Protocol,
         }
@@ -350,6 +510,7 @@ impl GatewayConfig {
             ));
         }
         self.rate_limits.validate()?;
+        self.edge.validate()?;
         if self.max_connections == 0 {
             return Err("MAX_CONNECTIONS must be at least 1".into());
         }
@@ -366,6 +527,36 @@ impl GatewayConfig {
             return Err(
                 "the outbound queue must hold at least 16 frames and one maximum-size frame".into(),
             );
+        }
+        // A stored message is at most `max_payload_bytes` plus its envelope's bounded fields.
+        let largest_entry = self.limits.max_payload_bytes + 4096;
+        if self.history_max_bytes < largest_entry {
+            return Err(format!(
+                "HISTORY_MAX_BYTES must be at least {largest_entry} (one largest message)"
+            ));
+        }
+        if self.departments.is_empty() {
+            return Err("DEPARTMENTS must name at least one department".into());
+        }
+        if let Some(bad) = self.departments.iter().find(|d| {
+            format!("dept:{d}")
+                .parse::<bellhop_protocol::Channel>()
+                .is_err()
+        }) {
+            return Err(format!(
+                "DEPARTMENTS: {bad:?} is not a department name ([A-Za-z0-9_.-]{{1,64}})"
+            ));
+        }
+        if self.hotel.guest_emergencies_per_window == 0
+            || self.hotel.guest_emergency_window.is_zero()
+        {
+            return Err("the guest emergency limit must allow at least one per window".into());
+        }
+        if (self.hotel.publish_bytes_per_user_per_minute as usize) < self.limits.max_payload_bytes {
+            return Err(format!(
+                "PUBLISH_BYTES_PER_USER_PER_MINUTE must allow at least one largest message ({} bytes)",
+                self.limits.max_payload_bytes
+            ));
         }
         if self.auth.auth_timeout.is_zero() {
             return Err("AUTH_TIMEOUT_SECONDS must be at least 1".into());
@@ -407,6 +598,45 @@ mod tests {
             .validate()
             .unwrap_err()
             .contains("JWT_SECRET"));
+    }
+
+    #[test]
+    fn edge_settings_are_checked() {
+        let check = |tweak: fn(&mut EdgeConfig)| {
+            let mut c = GatewayConfig::new("s");
+            tweak(&mut c.edge);
+            c.validate()
+        };
+        assert!(check(|_| {}).is_ok());
+        type Tweak = fn(&mut EdgeConfig);
+        let cases: [(Tweak, &str); 7] = [
+            (|e| e.max_pending = 0, "MAX_PENDING_CONNECTIONS"),
+            (|e| e.max_pending_per_ip = 0, "MAX_PENDING_PER_IP"),
+            (|e| e.max_header_bytes = 1000, "MAX_HEADER_BYTES"),
+            (|e| e.max_header_bytes = 2 << 20, "MAX_HEADER_BYTES"),
+            (
+                |e| e.body_timeout = Duration::ZERO,
+                "HTTP_BODY_TIMEOUT_SECONDS",
+            ),
+            (
+                |e| e.request_timeout = Duration::from_secs(5),
+                "HTTP_REQUEST_TIMEOUT_SECONDS",
+            ),
+            (
+                |e| e.cors_allowed_origins = vec!["https://app.example/path".into()],
+                "CORS_ALLOWED_ORIGINS",
+            ),
+        ];
+        for (tweak, name) in cases {
+            let err = check(tweak).unwrap_err();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+        assert!(check(|e| e.cors_allowed_origins = vec![
+            "*".into(),
+            "http://localhost:5173".into(),
+            "https://app.hotel.example".into()
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub(crate) struct Subscriber {
     pub(crate) codec: Codec,
     /// Where its frames go.
     pub(crate) outbound: Arc<Outbound>,
+    /// Whether it receives `join`, `leave` and `typing` notices (the policy's
+    /// `Access::Presence`: guests do not on `broadcast`).
+    pub(crate) sees_presence: bool,
 }
 
 /// Where a subscriber is in the hand-over from replay to live delivery.
@@ -348,7 +351,10 @@ impl ChannelHub {
         let state = self.state.lock();
         let mut encoded: [Option<Message>; 2] = [None, None];
         for local in state.subs.values() {
-            if !matches!(local.mode, Mode::Live { .. }) || *subject == local.sub.user_id {
+            if !matches!(local.mode, Mode::Live { .. })
+                || !local.sub.sees_presence
+                || *subject == local.sub.user_id
+            {
                 continue;
             }
             let slot = &mut encoded[local.sub.codec.is_binary() as usize];

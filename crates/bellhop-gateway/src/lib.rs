@@ -22,6 +22,8 @@
 mod api;
 pub mod auth;
 mod config;
+mod fairness;
+mod http;
 mod hub;
 mod limits;
 mod metrics;
@@ -48,8 +50,8 @@ use tokio::time::Instant;
 #[doc(hidden)]
 pub use config::SessionMode;
 pub use config::{
-    AuthConfig, GatewayConfig, JwtAlgorithm, KeySource, OutboundConfig, TlsConfig, TlsVersion,
-    MAX_LEEWAY,
+    AuthConfig, EdgeConfig, GatewayConfig, HotelPolicy, JwtAlgorithm, KeySource, OutboundConfig,
+    TlsConfig, TlsVersion, DEFAULT_DEPARTMENTS, MAX_LEEWAY,
 };
 pub use ipnet::IpNet;
 pub use limits::RateLimitConfig;
@@ -151,7 +153,7 @@ impl Gateway {
             None => None,
         };
         let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
-        let timeout = config.header_read_timeout;
+        let http = server::HttpSettings::of(config);
         let (stop_main, main_rx) = watch::channel(false);
         let (stop_admin, admin_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -191,13 +193,14 @@ impl Gateway {
                 }
             }));
         }
-        let n = node.clone();
+        let edge = server::Edge::new(node.clone());
         tasks.push(tokio::spawn(server::accept_loop(
             listener,
             main_rx,
-            timeout,
+            http,
             terminator,
-            move |req, remote| server::main_handler(n.clone(), req, remote),
+            Some(edge.clone()),
+            move |req, remote| server::main_handler(edge.clone(), req, remote),
         )));
         if let Some((admin, _)) = admin {
             // Plain HTTP on purpose: Prometheus and the kubelet's probes reach it from inside the
@@ -206,7 +209,8 @@ impl Gateway {
             tasks.push(tokio::spawn(server::accept_loop(
                 admin,
                 admin_rx,
-                timeout,
+                http,
+                None,
                 None,
                 move |req, _| server::admin_handler(n.clone(), req),
             )));
@@ -291,6 +295,7 @@ impl Gateway {
     pub async fn shutdown(self) {
         let node = self.node.clone();
         node.ready.store(false, Ordering::Release);
+        node.metrics.ready.set(0);
         let _ = self.stop_main.send(true);
         let connections: Vec<_> = node.connections.lock().values().cloned().collect();
         let period = node.config.drain_period;
@@ -346,5 +351,15 @@ mod tests {
         assert_eq!(s, [0, 2, 4, 6].map(Duration::from_secs));
         assert!(drain_schedule(0, Duration::from_secs(8)).is_empty());
         assert_eq!(drain_schedule(1, Duration::from_secs(8)), [Duration::ZERO]);
+    }
+
+    #[test]
+    fn the_http_api_does_not_depend_on_the_listener() {
+        // `server` routes requests to `api`; what both need lives in `http`, so the dependency
+        // goes one way only (issue 10, E).
+        let api = include_str!("api.rs");
+        assert!(!api.contains("crate::server"), "api.rs uses crate::server");
+        let http = include_str!("http.rs");
+        assert!(!http.contains("crate::server") && !http.contains("crate::api"));
     }
 }

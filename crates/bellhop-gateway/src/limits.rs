@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -111,13 +112,35 @@ impl RateLimitConfig {
     }
 }
 
-/// Why an upgrade was refused.
+/// Why a connection or a request was refused before anything else was looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// Over the per-IP rate; retry after this long.
     RateLimited(Duration),
     /// Banned; for this long still.
     Banned(Duration),
+    /// The address already has `MAX_PENDING_PER_IP` connections that are not sessions yet.
+    Pending,
+}
+
+impl Refusal {
+    /// The `what` label of `bellhop_rate_limited_total` and the `reason` of the refusal log.
+    pub(crate) fn what(self) -> &'static str {
+        match self {
+            Refusal::RateLimited(_) => "connection",
+            Refusal::Banned(_) => "banned",
+            Refusal::Pending => "pending",
+        }
+    }
+
+    /// When a retry can succeed.
+    pub(crate) fn wait(self) -> Duration {
+        match self {
+            Refusal::RateLimited(wait) | Refusal::Banned(wait) => wait,
+            // A pending connection ends within a handshake or head timeout, most far sooner.
+            Refusal::Pending => Duration::from_secs(1),
+        }
+    }
 }
 
 /// The node's limiters and ban table.
@@ -196,7 +219,9 @@ impl Limits {
             .unwrap_or(peer)
     }
 
-    fn trusted(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is a trusted proxy (`TRUSTED_PROXIES`): its connections carry many clients,
+    /// told apart by `X-Forwarded-For` once the request head is read.
+    pub(crate) fn trusted(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
@@ -204,14 +229,18 @@ impl Limits {
         self.config.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 
+    /// Whether `ip` is banned now; for how long still.
+    pub(crate) fn check_ban(&self, ip: IpAddr) -> Result<(), Refusal> {
+        let now = Instant::now();
+        match self.bans.lock().get(&ip) {
+            Some(until) if *until > now => Err(Refusal::Banned(*until - now)),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `ip` may try to connect now; counts the attempt.
     pub(crate) fn check_connection(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let now = Instant::now();
-        if let Some(until) = self.bans.lock().get(&ip) {
-            if *until > now {
-                return Err(Refusal::Banned(*until - now));
-            }
-        }
+        self.check_ban(ip)?;
         match self.per_ip.check_key(&ip) {
             Ok(()) => Ok(()),
             Err(not_until) => {
@@ -330,6 +359,108 @@ impl Limits {
             self.bans.lock().len(),
             self.strikes.lock().len(),
         )
+    }
+}
+
+/// Connections per client address that are not WebSocket sessions yet (being handshaken, sending
+/// their head, or HTTP API connections), capped per address. Shared by the accept loop and the
+/// [`PendingSlot`]s it hands out; a slot's drop gives its place back.
+#[derive(Debug)]
+pub(crate) struct PendingByAddress {
+    /// The cap (`MAX_PENDING_PER_IP`).
+    max: usize,
+    /// Pending connections per address; an address leaves the map with its last one.
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One pending connection's place in [`PendingByAddress`].
+#[derive(Debug)]
+pub(crate) struct PendingSlot {
+    table: Arc<PendingByAddress>,
+    ip: IpAddr,
+}
+
+impl PendingByAddress {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(PendingByAddress {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more pending connection of `ip`, or `None` when it has `max` already.
+    pub(crate) fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<PendingSlot> {
+        let mut counts = self.counts.lock();
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(PendingSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+
+    /// Pending connections of `ip` now.
+    #[cfg(test)]
+    pub(crate) fn count(&self, ip: IpAddr) -> usize {
+        self.counts.lock().get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Addresses with a pending connection.
+    #[cfg(test)]
+    pub(crate) fn addresses(&self) -> usize {
+        self.counts.lock().len()
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Lets through at most `per_second` log lines a second and counts the others, so a flood of
+/// refusals is visible in the log without the log becoming the flood. A fixed one-second window
+/// over tokio's clock (so it is tested with paused time): the refusal log needs no more.
+#[derive(Debug)]
+pub(crate) struct LogThrottle {
+    per_second: u32,
+    /// (window start, lines in the window, lines suppressed since the last one let through).
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl LogThrottle {
+    pub(crate) fn new(per_second: u32) -> Self {
+        LogThrottle {
+            per_second,
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be written now (with how many were suppressed since
+    /// the last one), `None` when this one is suppressed.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let (start, lines, suppressed) = &mut *state;
+        if now.duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *lines = 0;
+        }
+        if *lines >= self.per_second {
+            *suppressed += 1;
+            return None;
+        }
+        *lines += 1;
+        Some(std::mem::take(suppressed))
     }
 }
 
@@ -513,6 +644,57 @@ mod tests {
         assert!(l.add_user_connection("h1", "u2"));
         l.remove_user_connection("h1", "u1");
         assert!(l.add_user_connection("h1", "u1"));
+    }
+
+    #[test]
+    fn pending_connections_are_capped_per_address_and_given_back() {
+        let table = PendingByAddress::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = table.enter(a).unwrap();
+        let second = table.enter(a).unwrap();
+        assert!(table.enter(a).is_none(), "a third from one address");
+        let other = table.enter(b).unwrap();
+        assert_eq!((table.count(a), table.count(b)), (2, 1));
+        drop(first);
+        let third = table.enter(a).unwrap();
+        drop((second, third, other));
+        assert_eq!(
+            table.addresses(),
+            0,
+            "an address leaves with its last connection"
+        );
+    }
+
+    #[test]
+    fn bans_are_checked_without_counting_an_attempt() {
+        let l = limits(|c| c.connections_per_ip_per_minute = 1);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(l.check_ban(ip).is_ok());
+        assert!(l.check_ban(ip).is_ok());
+        assert!(l.check_connection(ip).is_ok(), "check_ban used no budget");
+        l.ban(ip, Duration::from_secs(60));
+        assert!(matches!(l.check_ban(ip), Err(Refusal::Banned(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refusal_log_lets_a_few_lines_a_second_through_and_counts_the_rest() {
+        let throttle = LogThrottle::new(3);
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!(throttle.admit(), Some(0));
+        assert_eq!(throttle.admit(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(throttle.admit(), None);
+        }
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(throttle.admit(), None, "still the same second");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            throttle.admit(),
+            Some(6),
+            "the next line says how many were left out"
+        );
+        assert_eq!(throttle.admit(), Some(0));
     }
 
     #[test]

@@ -13,8 +13,11 @@ pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections (authenticated or not).
     pub connections: IntGauge,
+    /// Connections on the main port accepted and not yet upgraded to a WebSocket or closed:
+    /// TLS handshakes, request heads being read, HTTP API connections.
+    pub pending_connections: IntGauge,
     /// Connections refused before or at the upgrade, by reason (`capacity`, `unauthorized`,
-    /// `bad_request`, `draining`).
+    /// `bad_request`, `draining`, `origin`, `rate_limited`, `pending`).
     pub connections_rejected: IntCounterVec,
     /// Channel subscriptions held by local connections.
     pub subscriptions: IntGauge,
@@ -41,6 +44,10 @@ pub struct Metrics {
     pub broker_live: IntGauge,
     /// Publishes refused because the circuit breaker was open.
     pub breaker_rejections: IntCounter,
+    /// Publishes answered with an earlier ack because they repeated its idempotency key.
+    pub idempotent_repeats: IntCounter,
+    /// Times the dispatcher's worker died and was restarted (read from the dispatcher).
+    pub worker_restarts: IntGauge,
     /// Requests refused by a rate limit, by what was limited (`connection`, `banned`, `frame`,
     /// `publish`, `user_connections`) and connections closed for flooding (`flood_close`).
     pub rate_limited: IntCounterVec,
@@ -51,6 +58,12 @@ pub struct Metrics {
     pub jwt_key_reloads: IntCounterVec,
     /// Verification keys in use (1 for a secret or a PEM key, the usable keys of a JWKS).
     pub jwt_keys: IntGauge,
+    /// 1 while `/readyz` answers 200, 0 once draining has begun (the admin port keeps serving
+    /// `/metrics` until the process exits, so a node stuck unready can be alerted on).
+    pub ready: IntGauge,
+    /// The configured `MAX_CONNECTIONS`, so dashboards and alerts can compare
+    /// `bellhop_connections` with it.
+    pub max_connections: IntGauge,
 }
 
 impl Metrics {
@@ -122,6 +135,10 @@ impl Metrics {
             .expect("unique metric");
         Metrics {
             connections: gauge("bellhop_connections", "Open WebSocket connections."),
+            pending_connections: gauge(
+                "bellhop_pending_connections",
+                "Main-port connections accepted and not yet upgraded or closed.",
+            ),
             connections_rejected: counter_vec(
                 "bellhop_connections_rejected_total",
                 "Upgrades refused, by reason.",
@@ -161,6 +178,28 @@ impl Metrics {
                 "Requests refused by a rate limit, by what was limited.",
                 &["what"],
             ),
+            idempotent_repeats: {
+                let c = IntCounter::new(
+                    "bellhop_idempotent_repeats_total",
+                    "Publishes that repeated an idempotency key: answered with the original ack, nothing stored.",
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            worker_restarts: {
+                let g = IntGauge::new(
+                    "bellhop_dispatcher_worker_restarts",
+                    "Times the dispatcher's worker task died and was restarted since the node started.",
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             bans: {
                 let c = IntCounter::new(
                     "bellhop_bans_total",
@@ -178,6 +217,14 @@ impl Metrics {
                 &["result"],
             ),
             jwt_keys: gauge("bellhop_jwt_keys", "JWT verification keys in use."),
+            max_connections: gauge(
+                "bellhop_connections_max",
+                "MAX_CONNECTIONS: most open WebSocket connections this node accepts.",
+            ),
+            ready: gauge(
+                "bellhop_ready",
+                "1 while the node is ready for new connections (/readyz 200), 0 while draining.",
+            ),
             slow_consumers,
             breaker_state,
             broker_live,

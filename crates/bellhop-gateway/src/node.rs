@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bellhop_dispatcher::{BreakerState, BrokerError, ChannelKey, Dispatcher, PublishError};
+use bellhop_dispatcher::{
+    BreakerState, BrokerError, ChannelKey, Dispatcher, Publish, PublishError,
+};
 use bellhop_protocol::validate::{self, ValidationError};
 use bellhop_protocol::{Channel, Envelope, ErrorCode, HistoryEntry, Offset, PublishFrame, Sender};
 use parking_lot::Mutex;
@@ -94,6 +96,24 @@ impl From<PublishError> for RequestError {
     }
 }
 
+/// A stored (or, for a repeated idempotency key, earlier stored) publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Acked {
+    pub(crate) message_id: String,
+    pub(crate) offset: Offset,
+    /// The publish repeated an earlier one's idempotency key: nothing new was stored.
+    pub(crate) duplicate: bool,
+}
+
+/// One page of a `history` reply.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HistoryPage {
+    /// Oldest first.
+    pub(crate) messages: Vec<HistoryEntry>,
+    /// Newer messages follow the last one: read again with `since` set to its offset.
+    pub(crate) more: bool,
+}
+
 /// Everything a node shares among its connections.
 #[derive(Debug)]
 pub(crate) struct Node {
@@ -115,6 +135,8 @@ pub(crate) struct Node {
     pub(crate) ready: AtomicBool,
     /// Rate limiters, bans and per-user connection counts.
     pub(crate) limits: crate::limits::Limits,
+    /// Byte budgets, guest emergencies, typing and presence notice coalescing.
+    pub(crate) fairness: crate::fairness::Fairness,
 }
 
 impl Node {
@@ -127,6 +149,10 @@ impl Node {
         metrics
             .jwt_keys
             .set(i64::try_from(verifier.key_count()).unwrap_or(i64::MAX));
+        metrics.ready.set(1);
+        metrics
+            .max_connections
+            .set(i64::try_from(config.max_connections).unwrap_or(i64::MAX));
         Node {
             verifier,
             hub: Hub::new(dispatcher.broker().clone(), metrics.clone()),
@@ -138,6 +164,7 @@ impl Node {
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
             limits: crate::limits::Limits::new(config.rate_limits.clone()),
+            fairness: crate::fairness::Fairness::new(config.hotel.clone()),
             config,
         }
     }
@@ -186,6 +213,9 @@ impl Node {
     pub(crate) fn breaker_state(&self) -> BreakerState {
         let state = self.dispatcher.breaker_state();
         self.metrics.breaker_state.set(state.as_gauge());
+        // Read at the same moments (every scrape and readiness probe).
+        let restarts = i64::try_from(self.dispatcher.worker_restarts()).unwrap_or(i64::MAX);
+        self.metrics.worker_restarts.set(restarts);
         state
     }
 
@@ -207,15 +237,99 @@ impl Node {
             .inc();
     }
 
+    /// Whether `p` may `access` `channel`: the channel must exist (a department outside
+    /// `DEPARTMENTS` does not) and the policy must allow it.
+    pub(crate) fn authorize(
+        &self,
+        p: &Principal,
+        access: Access,
+        channel: &Channel,
+    ) -> Result<(), RequestError> {
+        if let Channel::Dept(d) = channel {
+            if !self.config.departments.iter().any(|known| known == d) {
+                return Err(RequestError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "unknown department {channel}: this property's departments are {}",
+                        self.config.departments.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(policy::check(p, access, channel)?)
+    }
+
+    /// Announces that `user` joined or left `key`, coalesced (see `fairness`): a deferred notice
+    /// is sent by a short task when its interval ends.
+    pub(crate) async fn announce_presence(
+        self: &Arc<Self>,
+        key: &ChannelKey,
+        user: &str,
+        present: bool,
+    ) {
+        use crate::fairness::Announce;
+        match self
+            .fairness
+            .presence_changed(key, user, present, tokio::time::Instant::now())
+        {
+            Announce::Now(state) => self.publish_presence(key, user, state).await,
+            Announce::At(when) => {
+                let node = self.clone();
+                let (key, user) = (key.clone(), user.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(when).await;
+                    let due = node
+                        .fairness
+                        .presence_due(&key, &user, tokio::time::Instant::now());
+                    if let Some(state) = due {
+                        node.publish_presence(&key, &user, state).await;
+                    }
+                });
+            }
+            Announce::Nothing => {}
+        }
+    }
+
+    async fn publish_presence(&self, key: &ChannelKey, user: &str, present: bool) {
+        let user_id = user.to_owned();
+        let event = if present {
+            bellhop_dispatcher::ChannelEvent::Join { user_id }
+        } else {
+            bellhop_dispatcher::ChannelEvent::Leave { user_id }
+        };
+        if let Err(e) = self.dispatcher.broker().publish_ephemeral(key, event).await {
+            tracing::debug!(error = %e, channel = %key, "could not announce presence");
+        }
+    }
+
     /// Validates, authorizes, stores and acknowledges one publish. Returns the message id and
     /// offset once the broker confirmed the write.
     pub(crate) async fn publish(
         &self,
         p: &Principal,
         frame: PublishFrame,
-    ) -> Result<(String, Offset), RequestError> {
+    ) -> Result<Acked, RequestError> {
         validate::publish(&frame, &self.config.limits)?;
-        policy::check(p, Access::Publish, &frame.channel)?;
+        self.authorize(p, Access::Publish, &frame.channel)?;
+        let desk = &self.config.hotel.guest_emergency_channel;
+        if policy::guest_emergency(p, &frame.event, &frame.channel, desk)? {
+            if let Err(wait) = self.fairness.take_emergency(&p.property, &p.user_id) {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["guest_emergency"])
+                    .inc();
+                let h = &self.config.hotel;
+                return Err(RequestError {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "at most {} emergency alerts per {} minutes from one guest: call the front desk",
+                        h.guest_emergencies_per_window,
+                        h.guest_emergency_window.as_secs() / 60
+                    ),
+                    retry_after_ms: Some(ms_ceil(wait.0)),
+                });
+            }
+        }
         if let Err(wait) = self.limits.check_publish(&p.property, &p.user_id) {
             self.metrics
                 .rate_limited
@@ -228,6 +342,24 @@ impl Node {
                     self.config.rate_limits.publishes_per_user_per_minute
                 ),
                 retry_after_ms: Some(ms_ceil(wait)),
+            });
+        }
+        let (json, msgpack) = validate::encoded_sizes(&frame.payload);
+        if let Err(wait) = self
+            .fairness
+            .spend_bytes(&p.property, &p.user_id, json.max(msgpack))
+        {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["publish_bytes"])
+                .inc();
+            return Err(RequestError {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "too many bytes published: at most {} a minute per user",
+                    self.config.hotel.publish_bytes_per_user_per_minute
+                ),
+                retry_after_ms: Some(ms_ceil(wait.0)),
             });
         }
         let priority = policy::priority(p, &frame.event, frame.priority)?;
@@ -245,10 +377,15 @@ impl Node {
             priority,
             correlation_id: frame.correlation_id,
         };
-        let message_id = envelope.message_id.clone();
         let started = tokio::time::Instant::now();
-        let offset = match self.dispatcher.publish(Arc::new(envelope)).await {
-            Ok(offset) => offset,
+        // Scoped to the user: two users' keys never collide (the backend adds the property and
+        // the channel).
+        let publish = match frame.idempotency_key {
+            Some(key) => Publish::with_key(Arc::new(envelope), format!("{}:{key}", p.user_id)),
+            None => Publish::new(Arc::new(envelope)),
+        };
+        let published = match self.dispatcher.publish(publish).await {
+            Ok(published) => published,
             Err(e) => {
                 if matches!(e, PublishError::CircuitOpen { .. }) {
                     self.metrics.breaker_rejections.inc();
@@ -256,40 +393,69 @@ impl Node {
                 return Err(e.into());
             }
         };
-        self.metrics
-            .publish_seconds
-            .with_label_values(&[priority.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .messages_in
-            .with_label_values(&[priority.as_str()])
-            .inc();
-        Ok((message_id, offset))
+        if published.duplicate {
+            self.metrics.idempotent_repeats.inc();
+        } else {
+            self.metrics
+                .publish_seconds
+                .with_label_values(&[priority.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .messages_in
+                .with_label_values(&[priority.as_str()])
+                .inc();
+        }
+        Ok(Acked {
+            message_id: published.message_id,
+            offset: published.offset,
+            duplicate: published.duplicate,
+        })
     }
 
-    /// Reads stored messages of a channel the principal may read.
+    /// Reads stored messages of a channel the principal may read: at most `limit` of them, and
+    /// at most `HISTORY_MAX_BYTES` in their largest encoding, so that every page fits in a
+    /// connection's outbound budget whatever its codec. A page cut short says `more`.
     pub(crate) async fn history(
         &self,
         p: &Principal,
         channel: &Channel,
         since: Option<Offset>,
         limit: Option<u32>,
-    ) -> Result<Vec<HistoryEntry>, RequestError> {
-        policy::check(p, Access::Read, channel)?;
+    ) -> Result<HistoryPage, RequestError> {
+        self.authorize(p, Access::Read, channel)?;
         let limit = validate::history_limit(limit, &self.config.limits)?;
         let read = self
             .dispatcher
             .broker()
             .read(&Self::key(p, channel), since, limit)
             .await?;
-        Ok(read
-            .messages
-            .into_iter()
-            .map(|m| HistoryEntry {
+        let budget = self
+            .config
+            .history_max_bytes
+            .min(self.config.outbound.max_bytes);
+        let mut used = 0usize;
+        let mut messages = Vec::with_capacity(read.messages.len());
+        let mut cut = false;
+        for m in read.messages {
+            let entry = HistoryEntry {
                 offset: m.offset,
                 message: m.envelope,
-            })
-            .collect())
+            };
+            let (json, msgpack) = validate::encoded_sizes(&entry);
+            let size = json.max(msgpack);
+            // The first entry always goes: a stored message fits the budget by construction
+            // (`max_payload_bytes` is validated below `history_max_bytes`).
+            if !messages.is_empty() && used + size > budget {
+                cut = true;
+                break;
+            }
+            used += size;
+            messages.push(entry);
+        }
+        // Without `since`, `read.more` would say older messages exist (there is no paging
+        // backwards); the page is the newest ones, and `more` says only that it was cut.
+        let more = cut || (since.is_some() && read.more);
+        Ok(HistoryPage { messages, more })
     }
 
     /// The users on a channel the principal may read.
@@ -298,7 +464,7 @@ impl Node {
         p: &Principal,
         channel: &Channel,
     ) -> Result<Vec<String>, RequestError> {
-        policy::check(p, Access::Read, channel)?;
+        self.authorize(p, Access::Presence, channel)?;
         Ok(self
             .dispatcher
             .broker()

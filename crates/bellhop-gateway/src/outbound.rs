@@ -64,6 +64,28 @@ pub enum Pushed {
     Closed,
 }
 
+/// What became of a frame given to [`Outbound::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// It will be sent.
+    Queued,
+    /// The connection is closing: it will not be.
+    Closed,
+    /// It is larger than the whole queue's byte budget and can never be sent.
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The queue's budget (`OutboundConfig::max_bytes`).
+        limit: usize,
+    },
+}
+
+/// Frames the reader's control replies may queue beyond the budget (see
+/// [`Outbound::push_control`]).
+const CONTROL_RESERVE_FRAMES: usize = 64;
+/// Bytes the reader's control replies may queue beyond the budget.
+const CONTROL_RESERVE_BYTES: usize = 64 << 10;
+
 /// What the writer sends next.
 #[derive(Debug)]
 pub enum Next {
@@ -180,13 +202,39 @@ impl Outbound {
     /// queued one to make room for something more important); when nothing can be dropped the
     /// connection is closed with 4008.
     pub fn push_in(&self, class: Class, channel: u64, message: Message) -> Pushed {
+        self.push_within(class, channel, message, 0, 0)
+    }
+
+    /// Queues a small control frame (a pong, an error, a heartbeat ping) from the connection's
+    /// reader, which never waits. It may use a reserve above the queue's budget (64 frames,
+    /// 64 KiB), so that a queue kept full by the connection's own replay (which waits for room
+    /// inside the budget) still takes the replies the reader must send at once. A peer that
+    /// reads nothing while it fills the reserve too is closed with 4008 like any slow consumer.
+    pub fn push_control(&self, message: Message) -> Pushed {
+        self.push_within(
+            Class::Control,
+            0,
+            message,
+            CONTROL_RESERVE_FRAMES,
+            CONTROL_RESERVE_BYTES,
+        )
+    }
+
+    fn push_within(
+        &self,
+        class: Class,
+        channel: u64,
+        message: Message,
+        extra_frames: usize,
+        extra_bytes: usize,
+    ) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.closing.is_some() {
             return Pushed::Closed;
         }
-        let full = |i: &Inner| {
-            i.frames >= self.config.max_frames || i.bytes + message.len() > self.config.max_bytes
-        };
+        let max_frames = self.config.max_frames + extra_frames;
+        let max_bytes = self.config.max_bytes + extra_bytes;
+        let full = |i: &Inner| i.frames >= max_frames || i.bytes + message.len() > max_bytes;
         if full(&inner) {
             if class == Class::Ephemeral {
                 return Pushed::Dropped;
@@ -218,12 +266,20 @@ impl Outbound {
 
     /// Queues a frame outside any channel order, waiting for room first. Returns false when the
     /// connection is closing.
-    pub async fn send(&self, class: Class, message: Message) -> bool {
+    pub async fn send(&self, class: Class, message: Message) -> Sent {
         self.send_in(class, 0, message).await
     }
 
     /// Queues a message of a channel (see [`Outbound::push_in`]), waiting for room first.
-    pub async fn send_in(&self, class: Class, channel: u64, message: Message) -> bool {
+    pub async fn send_in(&self, class: Class, channel: u64, message: Message) -> Sent {
+        // A frame over the whole budget would wait for room forever: refuse it at once, so the
+        // caller can tell the client instead of wedging the connection.
+        if message.len() > self.config.max_bytes {
+            return Sent::TooLarge {
+                bytes: message.len(),
+                limit: self.config.max_bytes,
+            };
+        }
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
@@ -231,18 +287,21 @@ impl Outbound {
             {
                 let inner = self.inner.lock();
                 if inner.closing.is_some() {
-                    return false;
+                    return Sent::Closed;
                 }
                 let room = inner.frames < self.config.max_frames
                     && inner.bytes + message.len() <= self.config.max_bytes;
                 if room {
                     drop(inner);
-                    return self.push_in(class, channel, message) == Pushed::Queued;
+                    return match self.push_in(class, channel, message) {
+                        Pushed::Queued => Sent::Queued,
+                        _ => Sent::Closed,
+                    };
                 }
             }
             tokio::select! {
                 _ = &mut space => {}
-                _ = self.closed() => return false,
+                _ = self.closed() => return Sent::Closed,
             }
         }
     }
@@ -430,13 +489,63 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn send_waits_for_room_instead_of_overflowing() {
         let o = std::sync::Arc::new(q(1));
-        assert!(o.send(Class::Control, text("a")).await);
+        assert_eq!(o.send(Class::Control, text("a")).await, Sent::Queued);
         let o2 = o.clone();
         let waiting = tokio::spawn(async move { o2.send(Class::Control, text("b")).await });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         assert!(matches!(o.next().await, Some(Next::Frame(_))));
-        assert!(waiting.await.unwrap());
+        assert_eq!(waiting.await.unwrap(), Sent::Queued);
         assert!(!o.is_closing());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_over_the_whole_budget_is_refused_at_once_not_waited_for() {
+        let o = Outbound::new(OutboundConfig {
+            max_frames: 16,
+            max_bytes: 1000,
+        });
+        let big = Message::text("x".repeat(1001));
+        assert_eq!(
+            o.send(Class::Control, big).await,
+            Sent::TooLarge {
+                bytes: 1001,
+                limit: 1000
+            }
+        );
+        // The connection is untouched and still takes what fits.
+        assert!(!o.is_closing());
+        assert_eq!(o.send(Class::Control, text("fits")).await, Sent::Queued);
+    }
+
+    #[tokio::test]
+    async fn control_replies_use_a_reserve_above_a_queue_kept_full_by_a_replay() {
+        let o = q(4);
+        for i in 0..4 {
+            assert_eq!(
+                o.push(Class::Normal, text(&format!("m{i}"))),
+                Pushed::Queued
+            );
+        }
+        // Full for messages...
+        assert_eq!(o.push(Class::Normal, text("m4")), Pushed::Overflow);
+        let o = q(4);
+        for i in 0..4 {
+            o.push(Class::Normal, text(&format!("m{i}")));
+        }
+        // ...but a pong still goes in, ahead of them.
+        assert_eq!(o.push_control(text("pong")), Pushed::Queued);
+        assert!(matches!(o.next().await, Some(Next::Frame(m)) if m.to_text().unwrap() == "pong"));
+        // The reserve is bounded: a peer that reads nothing is closed like any slow consumer.
+        let o = q(4);
+        let mut last = Pushed::Queued;
+        for _ in 0..200 {
+            last = o.push_control(text("pong"));
+            if last != Pushed::Queued {
+                break;
+            }
+        }
+        assert_eq!(last, Pushed::Overflow);
+        assert_eq!(o.close_code(), Some(close::SLOW_CONSUMER));
     }
 }

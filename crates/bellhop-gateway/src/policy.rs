@@ -1,14 +1,19 @@
 //! The channel policy of protocol v1: who may read and who may publish on which channel, and who
 //! may change a message's priority. Pure functions over a [`Principal`].
 //!
-//! Reading covers `subscribe`, `history`, `presence` and `read`; publishing covers `publish` and
-//! `typing`. The table (see `docs/PROTOCOL.md`):
+//! Reading covers `subscribe`, `history` and `read`; publishing covers `publish` and `typing`;
+//! presence (the `presence` list and live `join`/`leave`/`typing` notices) is reading, except
+//! that guests see it only on their rooms: on `broadcast` it would list every guest and staff
+//! member of the property and let a guest watch them come and go. The table (see
+//! `docs/PROTOCOL.md`):
 //!
-//! | role | reads | publishes |
-//! |---|---|---|
-//! | guest | `user:<self>`, its `rooms`, `broadcast` | its `rooms`, any `dept:` |
-//! | staff | `user:<self>`, its `depts`, any `room:`, `broadcast` | any `room:`, its `depts`, any `user:` |
-//! | manager, admin, service | everything in the property | everything in the property |
+//! | role | reads | publishes | presence |
+//! |---|---|---|---|
+//! | guest | `user:<self>`, its `rooms`, `broadcast` | its `rooms`, any `dept:` | `user:<self>`, its `rooms` |
+//! | staff | `user:<self>`, its `depts`, any `room:`, `broadcast` | any `room:`, its `depts`, any `user:` | as reads |
+//! | manager, admin, service | everything in the property | everything in the property | everything |
+//!
+//! Whether a `dept:` exists at all (`DEPARTMENTS`) is the node's check, before this one.
 //!
 //! The property is never part of a channel name: it always comes from the token, so nobody can
 //! name a channel of another property.
@@ -24,7 +29,12 @@ pub enum Access {
     Read,
     /// Publish a message or a typing notice.
     Publish,
+    /// See who is on the channel: the `presence` list, and `join`, `leave` and `typing` notices.
+    Presence,
 }
+
+/// The event a guest may raise above `high`, and only to the desk that answers it.
+pub const EMERGENCY_EVENT: &str = "EMERGENCY_ALERT";
 
 /// A refusal, with the reason shown to the client as `error forbidden`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +46,12 @@ pub fn check(p: &Principal, access: Access, channel: &Channel) -> Result<(), Den
     let own_user = matches!(channel, Channel::User(id) if *id == p.user_id);
     let allowed = match (p.role, access) {
         (Role::Manager | Role::Admin | Role::Service, _) => true,
+        (Role::Guest, Access::Presence) => match channel {
+            Channel::Room(r) => p.rooms.contains(r),
+            Channel::User(_) => own_user,
+            Channel::Broadcast | Channel::Dept(_) => false,
+        },
+        (Role::Staff, Access::Presence) => return check(p, Access::Read, channel),
         (Role::Guest, Access::Read) => match channel {
             Channel::Room(r) => p.rooms.contains(r),
             Channel::User(_) => own_user,
@@ -64,6 +80,7 @@ pub fn check(p: &Principal, access: Access, channel: &Channel) -> Result<(), Den
         let verb = match access {
             Access::Read => "read",
             Access::Publish => "publish to",
+            Access::Presence => "see the presence of",
         };
         Err(Denied(format!(
             "a {} may not {verb} {channel}",
@@ -72,15 +89,39 @@ pub fn check(p: &Principal, access: Access, channel: &Channel) -> Result<(), Den
     }
 }
 
+/// Whether a publish is a guest's emergency, which keeps its urgent priority under its own
+/// strict limit; refused when a guest sends one anywhere but `desk` (the front desk).
+pub fn guest_emergency(
+    p: &Principal,
+    event: &str,
+    channel: &Channel,
+    desk: &Channel,
+) -> Result<bool, Denied> {
+    if p.role != Role::Guest || event != EMERGENCY_EVENT {
+        return Ok(false);
+    }
+    if channel == desk {
+        Ok(true)
+    } else {
+        Err(Denied(format!(
+            "a guest's {EMERGENCY_EVENT} goes to {desk}, which answers it at once, not to {channel}"
+        )))
+    }
+}
+
 /// The priority a publish gets: the event's default unless the publisher asked for another.
 /// Anyone may lower it; raising it is for staff (up to `high`) and for managers, admins and
-/// services (up to `urgent`).
+/// services (up to `urgent`). A guest's publishes are at most `high`, whatever the event's
+/// default, except its emergency (see [`guest_emergency`]), so no guest jumps every queue.
 pub fn priority(
     p: &Principal,
     event: &str,
     requested: Option<Priority>,
 ) -> Result<Priority, Denied> {
-    let default = Priority::default_for_event(event);
+    let mut default = Priority::default_for_event(event);
+    if p.role == Role::Guest && event != EMERGENCY_EVENT {
+        default = default.min(Priority::High);
+    }
     let Some(requested) = requested else {
         return Ok(default);
     };
@@ -150,6 +191,15 @@ mod tests {
             (Role::Staff, Publish, "dept:maintenance", false),
             (Role::Staff, Publish, "user:other", true),
             (Role::Staff, Publish, "broadcast", false),
+            // Presence: guests see it on their rooms (people they share a room with, and the
+            // staff serving it), never on broadcast; staff as they read.
+            (Role::Guest, Presence, "room:101", true),
+            (Role::Guest, Presence, "room:102", false),
+            (Role::Guest, Presence, "user:me", true),
+            (Role::Guest, Presence, "broadcast", false),
+            (Role::Staff, Presence, "broadcast", true),
+            (Role::Staff, Presence, "dept:housekeeping", true),
+            (Role::Staff, Presence, "dept:maintenance", false),
         ];
         for &(role, access, channel, allowed) in cases {
             let got = check(&principal(role), access, &ch(channel)).is_ok();
@@ -157,7 +207,7 @@ mod tests {
         }
         for role in [Role::Manager, Role::Admin, Role::Service] {
             for channel in ["user:other", "dept:maintenance", "room:999", "broadcast"] {
-                for access in [Read, Publish] {
+                for access in [Read, Publish, Presence] {
                     assert!(
                         check(&principal(role), access, &ch(channel)).is_ok(),
                         "{role:?} {channel}"
@@ -165,6 +215,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn guests_never_jump_the_queue_except_with_an_emergency_to_the_desk() {
+        let guest = principal(Role::Guest);
+        let desk = ch("dept:frontdesk");
+        // EMERGENCY_ALERT defaults to urgent; for a guest it is urgent only as an emergency.
+        assert_eq!(
+            priority(&guest, EMERGENCY_EVENT, None),
+            Ok(Priority::Urgent)
+        );
+        assert_eq!(
+            guest_emergency(&guest, EMERGENCY_EVENT, &desk, &desk),
+            Ok(true)
+        );
+        let elsewhere = guest_emergency(&guest, EMERGENCY_EVENT, &ch("dept:maintenance"), &desk);
+        assert!(elsewhere.unwrap_err().0.contains("dept:frontdesk"));
+        assert_eq!(
+            guest_emergency(&guest, "CHAT_MESSAGE", &desk, &desk),
+            Ok(false)
+        );
+        let staff = principal(Role::Staff);
+        assert_eq!(
+            guest_emergency(&staff, EMERGENCY_EVENT, &ch("dept:housekeeping"), &desk),
+            Ok(false)
+        );
+        // Every other event of a guest is capped at high.
+        assert_eq!(priority(&guest, "SYSTEM_ALERT", None), Ok(Priority::High));
+        assert!(priority(&guest, "CHAT_MESSAGE", Some(Priority::Urgent)).is_err());
     }
 
     #[test]

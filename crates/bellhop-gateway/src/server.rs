@@ -15,72 +15,229 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::api;
 use crate::auth::AuthError;
-use crate::limits::Refusal;
+use crate::http::{
+    error_body, error_response, json, request_token, retry_after_secs, with_status, Body,
+    RefusalLog,
+};
+use crate::limits::{PendingByAddress, PendingSlot, Refusal};
 use crate::node::{ms_ceil, Node};
 use crate::session::{self, Opening};
 use crate::tls::Terminator;
 
-/// The response body type of every handler.
-pub(crate) type Body = Full<Bytes>;
-
-/// A JSON response.
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+/// How the HTTP side of a listener is bounded (from [`crate::GatewayConfig`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpSettings {
+    /// Slowest time allowed to send a request head, and longest a keep-alive connection idles.
+    pub(crate) header_read_timeout: Duration,
+    /// Largest request head (`MAX_HEADER_BYTES`).
+    pub(crate) max_header_bytes: usize,
+    /// Most connections accepted and not yet upgraded or closed (`MAX_PENDING_CONNECTIONS`).
+    pub(crate) max_pending: usize,
 }
 
-/// A JSON error body: `{"error": {"code": "...", "message": "..."}}` with the code's status.
-pub(crate) fn error_response(
-    node: &Node,
-    code: ErrorCode,
-    message: &str,
-    retry_after_ms: Option<u64>,
-) -> Response<Body> {
-    node.count_error(code);
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = serde_json::json!({"error": {"code": code, "message": message}});
-    if let Some(ms) = retry_after_ms {
-        body["error"]["retryAfterMs"] = ms.into();
-    }
-    let mut response = json(status, &body);
-    if let Some(ms) = retry_after_ms {
-        if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
+impl HttpSettings {
+    pub(crate) fn of(config: &crate::GatewayConfig) -> Self {
+        HttpSettings {
+            header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.edge.max_header_bytes,
+            max_pending: config.edge.max_pending,
         }
     }
-    response
+}
+
+/// The main port's own state: the node, the pending connections per address, the refusal log.
+#[derive(Debug)]
+pub(crate) struct Edge {
+    /// Shared state of the node.
+    pub(crate) node: Arc<Node>,
+    /// Connections per client address that are not sessions yet (`MAX_PENDING_PER_IP`).
+    pending: Arc<PendingByAddress>,
+    /// Refusals, logged at the default level but at most a few lines a second.
+    pub(crate) refusals: RefusalLog,
+}
+
+impl Edge {
+    pub(crate) fn new(node: Arc<Node>) -> Arc<Edge> {
+        Arc::new(Edge {
+            pending: PendingByAddress::new(node.config.edge.max_pending_per_ip),
+            refusals: RefusalLog::new(),
+            node,
+        })
+    }
+
+    /// The checks a freshly accepted connection passes before anything is spent on it (no TLS
+    /// handshake, not one byte read): the peer's ban, its connection-attempt rate (the attempt
+    /// is counted here) and its pending connections. A trusted proxy's connections are checked
+    /// per request instead, by the client address it forwards.
+    fn admit(&self, peer: IpAddr) -> Result<Option<PendingSlot>, Refusal> {
+        let limits = &self.node.limits;
+        if limits.trusted(peer) {
+            return Ok(None);
+        }
+        limits.check_connection(peer)?;
+        self.pending.enter(peer).map(Some).ok_or(Refusal::Pending)
+    }
+
+    /// The checks of each request (an upgrade or an API call) before its token is looked at:
+    /// a direct peer's ban (its attempt was counted when it connected; a ban may have come
+    /// since), or, behind a trusted proxy, the forwarded client's ban and attempt rate. Returns
+    /// the client address.
+    fn check_request(
+        &self,
+        remote: SocketAddr,
+        headers: &hyper::HeaderMap,
+    ) -> Result<IpAddr, (IpAddr, Refusal)> {
+        let limits = &self.node.limits;
+        let peer = remote.ip().to_canonical();
+        if !limits.trusted(peer) {
+            return limits.check_ban(peer).map(|()| peer).map_err(|r| (peer, r));
+        }
+        let client = limits.client_ip(remote, headers).to_canonical();
+        limits
+            .check_connection(client)
+            .map(|()| client)
+            .map_err(|r| (client, r))
+    }
+
+    /// Counts a refusal by a limit (metrics, a strike towards a ban, the refusal log, where
+    /// `answer` says what the client got) and returns the message the client gets.
+    fn refused(
+        &self,
+        what: &'static str,
+        client: IpAddr,
+        refusal: Refusal,
+        answer: &dyn std::fmt::Display,
+    ) -> String {
+        let node = &self.node;
+        let limits = &node.config.rate_limits;
+        let message = match refusal {
+            Refusal::RateLimited(_) => format!(
+                "too many connection attempts: at most {} a minute per address",
+                limits.connections_per_ip_per_minute
+            ),
+            Refusal::Banned(_) => {
+                "this address is refused for a while after too many connection attempts".into()
+            }
+            Refusal::Pending => format!(
+                "too many connections from this address still opening: at most {}",
+                node.config.edge.max_pending_per_ip
+            ),
+        };
+        node.metrics
+            .rate_limited
+            .with_label_values(&[refusal.what()])
+            .inc();
+        self.refusals
+            .log(what, client, answer, refusal.what(), &message);
+        if matches!(refusal, Refusal::RateLimited(_)) && node.limits.strike(client) {
+            node.metrics.bans.inc();
+            tracing::warn!(
+                %client,
+                seconds = limits.ban_duration.as_secs(),
+                "address banned after repeatedly exceeding the connection rate"
+            );
+            node.announce_ban(client);
+        }
+        message
+    }
+
+    /// HTTP 429 with `Retry-After` for a request refused by a limit.
+    fn refuse_request(
+        &self,
+        what: &'static str,
+        client: IpAddr,
+        refusal: Refusal,
+    ) -> Response<Body> {
+        let message = self.refused(what, client, refusal, &StatusCode::TOO_MANY_REQUESTS);
+        error_response(
+            &self.node,
+            ErrorCode::RateLimited,
+            &message,
+            Some(ms_ceil(refusal.wait())),
+        )
+    }
+
+    /// Refuses a connection the moment it was accepted. Over plain HTTP it gets a complete 429
+    /// response, written without waiting (what the client already sent is read and dropped
+    /// first, so the close is a FIN and the response arrives); over TLS it is closed before
+    /// the handshake, which is the point: a refused address costs no handshake.
+    fn refuse_connection(&self, stream: TcpStream, peer: IpAddr, refusal: Refusal, tls: bool) {
+        let answer: &dyn std::fmt::Display = if tls {
+            &"closed before the TLS handshake"
+        } else {
+            &StatusCode::TOO_MANY_REQUESTS
+        };
+        let message = self.refused("connection", peer, refusal, answer);
+        let reason = match refusal {
+            Refusal::Pending => "pending",
+            _ => "rate_limited",
+        };
+        self.node
+            .metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc();
+        if tls {
+            return;
+        }
+        self.node.count_error(ErrorCode::RateLimited);
+        let mut sink = [0u8; 2048];
+        for _ in 0..8 {
+            match stream.try_read(&mut sink) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+        let wait = ms_ceil(refusal.wait());
+        let body = error_body(ErrorCode::RateLimited, &message, Some(wait)).to_string();
+        let response = format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            retry_after_secs(wait),
+            body.len()
+        );
+        let _ = stream.try_write(response.as_bytes());
+    }
 }
 
 /// Accepts connections on `listener` until `stop` turns true, serving each with `handler`, over
-/// TLS when `tls` is given. Each connection runs in its own task from the moment it is accepted:
-/// the TLS handshake (bounded by its timeout) and the request head (bounded by
-/// `header_read_timeout`) are waited for there, so a slow or hostile client never holds up the
-/// loop.
+/// TLS when `tls` is given.
+///
+/// A connection costs nothing until it may: the loop waits for one of `max_pending` permits
+/// before it accepts (beyond that, connections wait in the kernel's backlog), and with an
+/// [`Edge`] (the main port) refuses an address that is banned, over its attempt rate or at its
+/// pending cap before the TLS handshake and before reading a byte. Each admitted connection
+/// then runs in its own task: the TLS handshake (bounded by its timeout) and the request head
+/// (bounded by `header_read_timeout` and `max_header_bytes`) are waited for there, so a slow or
+/// hostile client never holds up the loop. The permit and the address's place are given back
+/// when the connection is upgraded to a WebSocket or closed.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
-    header_read_timeout: Duration,
+    settings: HttpSettings,
     tls: Option<Terminator>,
+    edge: Option<Arc<Edge>>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
+    let pending = Arc::new(Semaphore::new(settings.max_pending));
     loop {
+        let permit = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            permit = pending.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { return };
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             accepted = listener.accept() => accepted,
@@ -94,27 +251,80 @@ pub(crate) async fn accept_loop<F, Fut>(
                 continue;
             }
         };
+        let pending = match &edge {
+            None => Pending::new(permit, None, None),
+            Some(edge) => {
+                let peer = remote.ip().to_canonical();
+                match edge.admit(peer) {
+                    Ok(slot) => Pending::new(
+                        permit,
+                        slot,
+                        Some(edge.node.metrics.pending_connections.clone()),
+                    ),
+                    Err(refusal) => {
+                        edge.refuse_connection(stream, peer, refusal, tls.is_some());
+                        continue;
+                    }
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, remote, header_read_timeout, handler).await,
+                None => serve_connection(stream, remote, settings, handler).await,
                 Some(tls) => {
                     if let Some(stream) = tls.handshake(stream, remote).await {
-                        serve_connection(stream, remote, header_read_timeout, handler).await;
+                        serve_connection(stream, remote, settings, handler).await;
                     }
                 }
             }
+            // Upgraded (the session holds a `MAX_CONNECTIONS` slot now) or closed.
+            drop(pending);
         });
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades) on one connection, plain or TLS, until it ends.
+/// One pending connection: its place in the listener's total and in its address's count, and
+/// the gauge that shows them (main port).
+struct Pending {
+    _permit: OwnedSemaphorePermit,
+    _slot: Option<PendingSlot>,
+    gauge: Option<IntGauge>,
+}
+
+impl Pending {
+    fn new(
+        permit: OwnedSemaphorePermit,
+        slot: Option<PendingSlot>,
+        gauge: Option<IntGauge>,
+    ) -> Self {
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        Pending {
+            _permit: permit,
+            _slot: slot,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one connection, plain or TLS, until it ends or is
+/// upgraded.
 async fn serve_connection<S, F, Fut>(
     stream: S,
     remote: SocketAddr,
-    header_read_timeout: Duration,
+    settings: HttpSettings,
     handler: F,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -125,9 +335,13 @@ async fn serve_connection<S, F, Fut>(
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler(req, remote).await) }
     });
+    // hyper checks the header size of a complete head only; the buffer's cap is what bounds
+    // an unfinished one (hyper's default is ~400 KB, and 8 KiB its smallest).
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(settings.header_read_timeout)
+        .max_header_size(settings.max_header_bytes)
+        .max_buf_size(settings.max_header_bytes.max(MIN_HYPER_BUFFER))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
@@ -136,63 +350,49 @@ async fn serve_connection<S, F, Fut>(
     }
 }
 
+/// hyper's smallest read buffer cap.
+const MIN_HYPER_BUFFER: usize = 8192;
+
 /// Routes a request on the main port.
 pub(crate) async fn main_handler(
-    node: Arc<Node>,
+    edge: Arc<Edge>,
     req: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<Body> {
     let path = req.uri().path();
-    if path == node.config.ws_path {
-        return upgrade(node, req, remote);
+    if path == edge.node.config.ws_path {
+        return upgrade(&edge, req, remote);
     }
     if path.starts_with("/api/") {
-        return crate::api::handle(node, req).await;
+        return api_request(&edge, req, remote).await;
     }
-    error_response(&node, ErrorCode::BadRequest, "not found", None)
-        .map_status(StatusCode::NOT_FOUND)
+    with_status(
+        error_response(&edge.node, ErrorCode::BadRequest, "not found", None),
+        StatusCode::NOT_FOUND,
+    )
 }
 
-trait MapStatus {
-    fn map_status(self, status: StatusCode) -> Self;
-}
-
-impl MapStatus for Response<Body> {
-    fn map_status(mut self, status: StatusCode) -> Self {
-        *self.status_mut() = status;
-        self
-    }
-}
-
-/// The bearer token of a request: `Authorization: Bearer`, else `?token=`.
-pub(crate) fn request_token(req: &Request<Incoming>) -> Option<String> {
-    if let Some(value) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let value = value.trim();
-        if value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(value[7..].trim().to_owned());
+/// An HTTP API request: the address's limits first, then CORS (a preflight needs no token),
+/// then the API itself; responses to an allowed origin carry the CORS headers.
+async fn api_request(edge: &Edge, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let node = &edge.node;
+    let cors = api::cors_origin(&node.config.edge.cors_allowed_origins, req.headers());
+    let mut response = match edge.check_request(remote, req.headers()) {
+        Err((client, refusal)) => edge.refuse_request("HTTP API request", client, refusal),
+        Ok(client) if api::is_preflight(&req) => {
+            api::preflight(node, &edge.refusals, client, cors.as_ref())
         }
+        Ok(client) => api::handle(node.clone(), &edge.refusals, client, req).await,
+    };
+    if let Some(origin) = cors {
+        api::allow_origin(&mut response, origin);
     }
-    req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "token")
-            .map(|(_, v)| crate::api::percent_decode(v))
-    })
+    response
 }
 
 /// Validates a WebSocket upgrade, answers 101, and runs the session on the upgraded socket.
-fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-    let reject = |node: &Node, reason: &str, code: ErrorCode, message: &str| {
-        node.metrics
-            .connections_rejected
-            .with_label_values(&[reason])
-            .inc();
-        error_response(node, code, message, None)
-    };
+fn upgrade(edge: &Edge, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let node = edge.node.clone();
     if !node.is_ready() {
         node.metrics
             .connections_rejected
@@ -206,15 +406,37 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
         );
     }
     // Limits first: a flood must cost as little as possible, so before the token is verified.
-    let client = node.limits.client_ip(remote, req.headers());
-    if let Err(refusal) = node.limits.check_connection(client) {
-        return refuse_rate_limited(&node, client, refusal);
-    }
+    let client = match edge.check_request(remote, req.headers()) {
+        Ok(client) => client,
+        Err((client, refusal)) => {
+            node.metrics
+                .connections_rejected
+                .with_label_values(&["rate_limited"])
+                .inc();
+            return edge.refuse_request("upgrade", client, refusal);
+        }
+    };
+    // Every other refusal: counted by reason, logged, answered with the code's JSON body (and
+    // `status` when it is not the code's own).
+    let reject = |reason: &str, code: ErrorCode, status: Option<StatusCode>, message: &str| {
+        node.metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc();
+        let retry = (code == ErrorCode::Unavailable).then_some(1000);
+        let mut response = error_response(&node, code, message, retry);
+        if let Some(status) = status {
+            *response.status_mut() = status;
+        }
+        edge.refusals
+            .log("upgrade", client, &response.status(), reason, message);
+        response
+    };
     if !origin_allowed(&node.config.allowed_origins, req.headers()) {
         return reject(
-            &node,
             "origin",
             ErrorCode::Forbidden,
+            None,
             "this Origin may not open connections",
         );
     }
@@ -233,19 +455,33 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
         .is_some_and(|v| v == "13");
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return reject(
-            &node,
             "bad_request",
             ErrorCode::BadRequest,
+            None,
             "expected a WebSocket upgrade request",
         );
     };
-    if !is_upgrade || !version_ok {
+    if !is_upgrade {
         return reject(
-            &node,
             "bad_request",
             ErrorCode::BadRequest,
+            None,
             "expected a WebSocket upgrade (version 13)",
         );
+    }
+    if !version_ok {
+        // RFC 6455 §4.2.2: 426 with the versions the server speaks, so the client can retry.
+        let mut response = reject(
+            "bad_request",
+            ErrorCode::BadRequest,
+            Some(StatusCode::UPGRADE_REQUIRED),
+            "unsupported WebSocket version: this server speaks version 13",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
     }
     let principal = match request_token(&req) {
         Some(token) => match node.verifier.verify(&token) {
@@ -255,21 +491,17 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, remote: SocketAddr) -> R
                     AuthError::Expired => "token expired".to_string(),
                     other => other.to_string(),
                 };
-                return reject(&node, "unauthorized", ErrorCode::Unauthorized, &message);
+                return reject("unauthorized", ErrorCode::Unauthorized, None, &message);
             }
         },
         None => None,
     };
     let Ok(permit) = node.slots.clone().try_acquire_owned() else {
-        node.metrics
-            .connections_rejected
-            .with_label_values(&["capacity"])
-            .inc();
-        return error_response(
-            &node,
+        return reject(
+            "capacity",
             ErrorCode::Unavailable,
+            None,
             "node at capacity: try another node",
-            Some(1000),
         );
     };
     let msgpack = headers
@@ -341,41 +573,6 @@ fn origin_allowed(allowed: &[String], headers: &hyper::HeaderMap) -> bool {
             .any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/'))),
         Some(Err(_)) => false,
     }
-}
-
-/// HTTP 429 with `Retry-After` for an address over its connection rate or banned; counts the
-/// refusal towards a ban.
-fn refuse_rate_limited(node: &Node, client: IpAddr, refusal: Refusal) -> Response<Body> {
-    let (what, wait, message) = match refusal {
-        Refusal::RateLimited(wait) => (
-            "connection",
-            wait,
-            format!(
-                "too many connection attempts: at most {} a minute per address",
-                node.config.rate_limits.connections_per_ip_per_minute
-            ),
-        ),
-        Refusal::Banned(left) => (
-            "banned",
-            left,
-            "this address is refused for a while after too many connection attempts".to_string(),
-        ),
-    };
-    node.metrics.rate_limited.with_label_values(&[what]).inc();
-    node.metrics
-        .connections_rejected
-        .with_label_values(&["rate_limited"])
-        .inc();
-    if matches!(refusal, Refusal::RateLimited(_)) && node.limits.strike(client) {
-        node.metrics.bans.inc();
-        tracing::warn!(
-            %client,
-            seconds = node.config.rate_limits.ban_duration.as_secs(),
-            "address banned after repeatedly exceeding the connection rate"
-        );
-        node.announce_ban(client);
-    }
-    error_response(node, ErrorCode::RateLimited, &message, Some(ms_ceil(wait)))
 }
 
 /// Longest a finished WebSocket connection keeps reading what its peer still sends.

@@ -1,8 +1,21 @@
 //! One WebSocket connection: authentication, the request loop, heartbeats, token expiry, and
 //! clean-up. Generic over any `Sink + Stream` of WebSocket messages, so it is unit-tested with
 //! in-memory channels and paused time, and run in production over a real socket.
+//!
+//! A connection is three parts that never wait on each other:
+//! - the **reader** reads every frame as it arrives, whatever else is going on: it records
+//!   liveness (so a client reading a long replay is not taken for dead), enforces the heartbeat,
+//!   the token's expiry and the frame rate, answers `ping` at once, and hands every other request
+//!   to the handler through a small bounded queue ([`Inbox`]). When that queue is full the
+//!   request is refused with `rate_limited` (its `id` echoed), never by stopping the read;
+//! - the **handler** answers requests one at a time, in order, so replies to pipelined requests
+//!   keep their order (pongs and refusals, which the reader sends itself, may overtake them);
+//! - the **writer** sends the outbound queue to the socket.
+//!
+//! The reader and the handler run in the connection's task (joined, not spawned), the writer in
+//! a task of its own.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +24,8 @@ use bellhop_protocol::{
     close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::OwnedSemaphorePermit;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::Message;
@@ -20,11 +34,19 @@ use crate::auth::{AuthError, Principal};
 use crate::hub::{self, Activation, Subscriber};
 use crate::limits::{FrameLimiter, FrameVerdict};
 use crate::node::{ms_ceil, Node, RequestError};
-use crate::outbound::{channel_tag, Class, Next, Outbound};
+use crate::outbound::{channel_tag, Class, Next, Outbound, Sent};
 use crate::policy::{self, Access};
 
 /// Messages per broker read while replaying a subscription.
 const REPLAY_PAGE: usize = 500;
+/// Requests the reader may hand to a busy handler before it refuses more with `rate_limited`:
+/// above the frame limiter's burst (twice `RATE_LIMIT_FRAMES_PER_SECOND`, 100 by default), so a
+/// client within the frame rate (resubscribing to many channels at once, say) never meets it.
+const MAX_QUEUED_REQUESTS: usize = 128;
+/// Bytes (of the frames they came in) of the requests queued for the handler, at most.
+const MAX_QUEUED_BYTES: usize = 256 << 10;
+/// What `retryAfterMs` says when a request finds the handler's queue full.
+const QUEUE_FULL_RETRY_AFTER_MS: u64 = 100;
 
 /// How a connection starts.
 #[derive(Debug)]
@@ -59,6 +81,7 @@ where
         outbound.clone(),
         node.config.write_timeout,
     ));
+    let inbox = Inbox::new(Instant::now() + node.config.auth.auth_timeout);
     let mut session = Session {
         node: node.clone(),
         conn_id,
@@ -66,7 +89,7 @@ where
         outbound: outbound.clone(),
         codec: opening.codec,
         principal: None,
-        deadline: Instant::now() + node.config.auth.auth_timeout,
+        inbox: &inbox,
         subscriptions: HashSet::new(),
         counted: None,
     };
@@ -75,7 +98,14 @@ where
     if let Some(p) = opening.principal {
         Box::pin(session.welcome(None, p)).await;
     }
-    session.read_loop(&mut stream).await;
+    let reader = Reader {
+        node: &node,
+        outbound: &outbound,
+        inbox: &inbox,
+        codec: opening.codec,
+        frames: node.limits.frame_limiter(),
+    };
+    tokio::join!(reader.run(&mut stream), session.serve());
     // The peer may have simply gone away: make sure the writer finishes either way.
     outbound.close(close::NORMAL, "");
     Box::pin(session.leave_all()).await;
@@ -131,8 +161,316 @@ where
     sink
 }
 
-/// One connection's protocol state.
-struct Session {
+/// What the reader hands to the handler.
+#[derive(Debug)]
+enum Work {
+    /// A decoded request (never a `ping` once authenticated: the reader answers those).
+    Request(Request),
+}
+
+/// The hand-over between a connection's reader and its handler: the bounded request queue, and
+/// the deadline the handler moves when it authenticates.
+#[derive(Debug)]
+struct Inbox {
+    /// Queue and deadline.
+    state: Mutex<InboxState>,
+    /// Wakes the handler: work was queued, or the reader ended.
+    work: Notify,
+    /// Wakes the reader: the deadline moved.
+    deadline_moved: Notify,
+}
+
+#[derive(Debug)]
+struct InboxState {
+    /// Requests not yet taken by the handler, with the size of the frame each came in.
+    queue: VecDeque<(Work, usize)>,
+    /// The sum of those sizes.
+    bytes: usize,
+    /// When the token expires (or, before authentication, when the auth timeout runs out).
+    deadline: Instant,
+    /// Whether the connection is authenticated (the reader answers pings only then).
+    authenticated: bool,
+    /// The reader has ended: nothing more will be queued.
+    ended: bool,
+}
+
+impl Inbox {
+    fn new(deadline: Instant) -> Self {
+        Inbox {
+            state: Mutex::new(InboxState {
+                queue: VecDeque::new(),
+                bytes: 0,
+                deadline,
+                authenticated: false,
+                ended: false,
+            }),
+            work: Notify::new(),
+            deadline_moved: Notify::new(),
+        }
+    }
+
+    /// Queues work for the handler; false (the work dropped) when the queue is full.
+    fn offer(&self, work: Work, bytes: usize) -> bool {
+        let mut state = self.state.lock();
+        // One request always fits, however large its frame: the frame limit bounds it.
+        if state.queue.len() >= MAX_QUEUED_REQUESTS
+            || (!state.queue.is_empty() && state.bytes + bytes > MAX_QUEUED_BYTES)
+        {
+            return false;
+        }
+        state.queue.push_back((work, bytes));
+        state.bytes += bytes;
+        drop(state);
+        self.work.notify_one();
+        true
+    }
+
+    /// The next request, or `None` once the reader ended and the queue is empty.
+    async fn next(&self) -> Option<Work> {
+        loop {
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.state.lock();
+                if let Some((work, bytes)) = state.queue.pop_front() {
+                    state.bytes -= bytes;
+                    if state.queue.is_empty() {
+                        // A burst's buffer is not kept for the rest of an idle connection's life.
+                        state.queue = VecDeque::new();
+                    }
+                    return Some(work);
+                }
+                if state.ended {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn end(&self) {
+        self.state.lock().ended = true;
+        self.work.notify_one();
+    }
+
+    fn deadline(&self) -> (Instant, bool) {
+        let state = self.state.lock();
+        (state.deadline, state.authenticated)
+    }
+
+    fn authenticated(&self, deadline: Instant) {
+        {
+            let mut state = self.state.lock();
+            state.deadline = deadline;
+            state.authenticated = true;
+        }
+        self.deadline_moved.notify_one();
+    }
+}
+
+/// A connection's reader (see the module documentation).
+struct Reader<'a> {
+    node: &'a Node,
+    outbound: &'a Outbound,
+    inbox: &'a Inbox,
+    /// The codec replies of the reader's own are encoded in.
+    codec: Codec,
+    /// The connection's frame rate.
+    frames: FrameLimiter,
+}
+
+impl Reader<'_> {
+    async fn run<R>(mut self, stream: &mut R)
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        self.read(stream).await;
+        self.inbox.end();
+    }
+
+    async fn read<R>(&mut self, stream: &mut R)
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let interval = self.node.config.heartbeat_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let outbound = self.outbound;
+        loop {
+            let (deadline, authenticated) = self.inbox.deadline();
+            tokio::select! {
+                biased;
+                _ = outbound.closed() => return,
+                _ = self.inbox.deadline_moved.notified() => {}
+                _ = sleep_until(deadline) => {
+                    let message = if authenticated {
+                        "token expired: reconnect with a fresh token"
+                    } else {
+                        "authentication timed out"
+                    };
+                    self.reply(ServerFrame::error(None, ErrorCode::Unauthorized, message));
+                    self.node.count_error(ErrorCode::Unauthorized);
+                    outbound.close(close::UNAUTHORIZED, message);
+                    return;
+                }
+                _ = heartbeat.tick() => {
+                    if last_seen.elapsed() >= self.node.config.heartbeat_timeout {
+                        outbound.close(close::HEARTBEAT_TIMEOUT, "no traffic within the heartbeat timeout");
+                        return;
+                    }
+                    outbound.push_control(Message::Ping(Default::default()));
+                }
+                incoming = stream.next() => {
+                    last_seen = Instant::now();
+                    match incoming {
+                        None => return,
+                        #[cfg(feature = "autobahn")]
+                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_))))
+                            if self.node.config.session_mode == crate::config::SessionMode::Echo =>
+                        {
+                            // Conformance builds only: echo, with the writer's back-pressure.
+                            outbound.send(Class::Control, message).await;
+                        }
+                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                            if !self.data(message, authenticated) {
+                                return;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            outbound.close(close::NORMAL, "");
+                            return;
+                        }
+                        // A client's WebSocket pings make the node write pongs: they count
+                        // against the frame rate like any frame (over it, a flood closes).
+                        Some(Ok(Message::Ping(_))) => {
+                            if self.frames.check() == FrameVerdict::Close {
+                                self.flood_close();
+                                return;
+                            }
+                        }
+                        Some(Ok(_)) => {} // pong, raw frames: liveness only
+                        Some(Err(e)) => {
+                            protocol_failure(self.node, outbound, e);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes one data frame: refused over the frame rate, answered here when it is a `ping` or
+    /// cannot be decoded, otherwise queued for the handler. False when the connection must end.
+    fn data(&mut self, message: Message, authenticated: bool) -> bool {
+        let (codec, bytes): (Codec, &[u8]) = match &message {
+            Message::Text(text) => (Codec::Json, text.as_bytes()),
+            Message::Binary(bytes) => (Codec::MsgPack, bytes),
+            _ => return true,
+        };
+        match self.frames.check() {
+            FrameVerdict::Allow => {}
+            FrameVerdict::Refuse(wait) => {
+                self.node
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["frame"])
+                    .inc();
+                let message = format!(
+                    "too many frames: at most {} a second; this one was not processed",
+                    self.node.config.rate_limits.frames_per_second
+                );
+                self.refuse(codec.peek_id(bytes), message, ms_ceil(wait));
+                return true;
+            }
+            FrameVerdict::Close => {
+                self.flood_close();
+                return false;
+            }
+        }
+        let request = match codec.decode_request(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.node.count_error(ErrorCode::BadRequest);
+                self.reply(ServerFrame::error(e.id, ErrorCode::BadRequest, e.message));
+                return true;
+            }
+        };
+        if authenticated && matches!(request.frame, ClientFrame::Ping) {
+            self.reply(ServerFrame::Pong { id: request.id });
+            return true;
+        }
+        let id = request.id;
+        if !self.inbox.offer(Work::Request(request), bytes.len()) {
+            self.node
+                .metrics
+                .rate_limited
+                .with_label_values(&["requests_queued"])
+                .inc();
+            let message = format!(
+                "too many requests waiting: at most {MAX_QUEUED_REQUESTS} are queued behind the one being answered; this one was not processed"
+            );
+            self.refuse(id, message, QUEUE_FULL_RETRY_AFTER_MS);
+        }
+        true
+    }
+
+    /// Answers a frame that was not processed with `rate_limited`, echoing its id.
+    fn refuse(&self, id: Option<u64>, message: String, retry_after_ms: u64) {
+        self.node.count_error(ErrorCode::RateLimited);
+        self.reply(ServerFrame::Error {
+            id,
+            code: ErrorCode::RateLimited,
+            message,
+            retry_after_ms: Some(retry_after_ms),
+        });
+    }
+
+    fn flood_close(&self) {
+        self.node
+            .metrics
+            .rate_limited
+            .with_label_values(&["flood_close"])
+            .inc();
+        self.outbound.close(
+            close::POLICY_VIOLATION,
+            "frame rate exceeded after rate_limited errors",
+        );
+    }
+
+    /// Queues one of the reader's own replies. Never waits: a peer that does not read is not
+    /// worth blocking for (it ends as a slow consumer).
+    fn reply(&self, frame: ServerFrame) {
+        if let Some(message) = hub::encode(self.codec, &frame) {
+            self.outbound.push_control(message);
+        }
+    }
+}
+
+/// Closes the connection with the code that names what the peer did wrong.
+fn protocol_failure(node: &Node, outbound: &Outbound, e: WsError) {
+    let max = node.config.max_frame_bytes;
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            node.count_error(ErrorCode::TooLarge);
+            outbound.close(close::TOO_BIG, &format!("frame exceeds {max} bytes"));
+        }
+        WsError::Capacity(_) => outbound.close(close::TOO_BIG, "frame too large"),
+        WsError::Utf8(_) => outbound.close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | WsError::ConnectionClosed
+        | WsError::Io(_) => outbound.close(close::NORMAL, ""),
+        WsError::Protocol(p) => outbound.close(close::PROTOCOL_ERROR, &p.to_string()),
+        other => {
+            tracing::debug!(error = %other, "connection failed");
+            outbound.close(close::PROTOCOL_ERROR, "protocol error");
+        }
+    }
+}
+
+/// One connection's protocol state, owned by its handler.
+struct Session<'a> {
     node: Arc<Node>,
     conn_id: u64,
     /// Identifies this connection in presence and in `welcome`.
@@ -141,8 +479,8 @@ struct Session {
     codec: Codec,
     /// `None` until authenticated.
     principal: Option<Principal>,
-    /// When the token expires (or, before authentication, when the auth timeout runs out).
-    deadline: Instant,
+    /// Where the reader hands requests over, and where authentication moves the deadline.
+    inbox: &'a Inbox,
     /// Channels this connection subscribed to.
     subscriptions: HashSet<Channel>,
     /// The (property, user) this connection is counted under, for the per-user cap.
@@ -159,128 +497,56 @@ fn expiry_instant(expires_at: u64, leeway: Duration) -> Instant {
     Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
 }
 
-impl Session {
-    async fn read_loop<R>(&mut self, mut stream: R)
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        let interval = self.node.config.heartbeat_interval;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_seen = Instant::now();
+impl Session<'_> {
+    /// Answers the reader's requests one at a time until the connection closes. A request still
+    /// running when it closes (a replay, say, when the token expires) is abandoned.
+    async fn serve(&mut self) {
         let outbound = self.outbound.clone();
-        let mut frames = self.node.limits.frame_limiter();
         loop {
-            let deadline = self.deadline;
+            let work = tokio::select! {
+                biased;
+                _ = outbound.closed() => return,
+                work = self.inbox.next() => match work {
+                    Some(work) => work,
+                    None => return,
+                },
+            };
             tokio::select! {
                 biased;
                 _ = outbound.closed() => return,
-                _ = sleep_until(deadline) => {
-                    let (message, code) = match self.principal {
-                        None => ("authentication timed out", close::UNAUTHORIZED),
-                        Some(_) => ("token expired: reconnect with a fresh token", close::UNAUTHORIZED),
-                    };
-                    Box::pin(self.error(None, ErrorCode::Unauthorized, message)).await;
-                    self.outbound.close(code, message);
-                    return;
-                }
-                _ = heartbeat.tick() => {
-                    if last_seen.elapsed() >= self.node.config.heartbeat_timeout {
-                        self.outbound.close(close::HEARTBEAT_TIMEOUT, "no traffic within the heartbeat timeout");
-                        return;
-                    }
-                    self.outbound.push(Class::Control, Message::Ping(Default::default()));
-                }
-                incoming = stream.next() => {
-                    last_seen = Instant::now();
-                    match incoming {
-                        None => return,
-                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                            match self.admit(&mut frames) {
-                                Some(true) => Box::pin(self.data(message)).await,
-                                Some(false) => {}
-                                None => return,
-                            }
-                        }
-                        Some(Ok(Message::Close(_))) => {
-                            self.outbound.close(close::NORMAL, "");
-                            return;
-                        }
-                        Some(Ok(_)) => {} // ping, pong, raw frames: liveness only
-                        Some(Err(e)) => {
-                            self.protocol_failure(e);
-                            return;
-                        }
-                    }
-                }
+                _ = Box::pin(self.work(work)) => {}
             }
         }
     }
 
-    /// Whether to process a data frame: `Some(true)` within the connection's rate; `Some(false)`
-    /// over it (answered with `rate_limited`, not processed); `None` when a flood that went on
-    /// closes the connection with 1008.
-    fn admit(&mut self, frames: &mut FrameLimiter) -> Option<bool> {
-        match frames.check() {
-            FrameVerdict::Allow => Some(true),
-            FrameVerdict::Refuse(wait) => {
-                self.node
-                    .metrics
-                    .rate_limited
-                    .with_label_values(&["frame"])
-                    .inc();
-                let frame = ServerFrame::Error {
-                    id: None,
-                    code: ErrorCode::RateLimited,
-                    message: format!(
-                        "too many frames: at most {} a second; this one was not processed",
-                        self.node.config.rate_limits.frames_per_second
-                    ),
-                    retry_after_ms: Some(ms_ceil(wait)),
-                };
-                self.node.count_error(ErrorCode::RateLimited);
-                // Never waits: a flooder that does not read is not worth blocking for.
-                if let Some(message) = hub::encode(self.codec, &frame) {
-                    self.outbound.push(Class::Control, message);
-                }
-                Some(false)
-            }
-            FrameVerdict::Close => {
-                self.node
-                    .metrics
-                    .rate_limited
-                    .with_label_values(&["flood_close"])
-                    .inc();
-                self.outbound.close(
-                    close::POLICY_VIOLATION,
-                    "frame rate exceeded after rate_limited errors",
-                );
-                None
-            }
+    async fn work(&mut self, work: Work) {
+        match work {
+            Work::Request(request) => self.handle(request).await,
         }
     }
 
-    /// Closes the connection with the code that names what the peer did wrong.
-    fn protocol_failure(&self, e: WsError) {
-        let max = self.node.config.max_frame_bytes;
-        match e {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                self.node.count_error(ErrorCode::TooLarge);
-                self.outbound
-                    .close(close::TOO_BIG, &format!("frame exceeds {max} bytes"));
-            }
-            WsError::Capacity(_) => self.outbound.close(close::TOO_BIG, "frame too large"),
-            WsError::Utf8(_) => self
-                .outbound
-                .close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
-            | WsError::ConnectionClosed
-            | WsError::Io(_) => self.outbound.close(close::NORMAL, ""),
-            WsError::Protocol(p) => self.outbound.close(close::PROTOCOL_ERROR, &p.to_string()),
-            other => {
-                tracing::debug!(error = %other, "connection failed");
-                self.outbound.close(close::PROTOCOL_ERROR, "protocol error");
-            }
+    /// Sends a reply, waiting for room. A reply larger than the whole outbound budget is
+    /// replaced by a `too_large` error with the same id: never silence.
+    async fn send_reply(&self, id: Option<u64>, frame: &ServerFrame) {
+        let Some(message) = hub::encode(self.codec, frame) else {
+            return;
+        };
+        if let Sent::TooLarge { bytes, limit } = self.outbound.send(Class::Control, message).await {
+            tracing::warn!(
+                frame = frame.type_name(),
+                bytes,
+                limit,
+                "reply larger than the outbound budget"
+            );
+            self.error(
+                id,
+                ErrorCode::TooLarge,
+                format!(
+                    "the {} reply is {bytes} bytes, over this connection's outbound budget of {limit} bytes: ask for less",
+                    frame.type_name()
+                ),
+            )
+            .await;
         }
     }
 
@@ -343,7 +609,8 @@ impl Session {
             heartbeat_seconds: self.node.config.heartbeat_interval.as_secs(),
         });
         tracing::debug!(user = %p.user_id, property = %p.property, "authenticated");
-        self.deadline = expiry_instant(p.expires_at, self.node.config.auth.leeway);
+        self.inbox
+            .authenticated(expiry_instant(p.expires_at, self.node.config.auth.leeway));
         self.principal = Some(p);
         #[cfg(feature = "autobahn")]
         if self.node.config.session_mode == crate::config::SessionMode::Echo {
@@ -352,26 +619,8 @@ impl Session {
         self.send(&frame).await;
     }
 
-    /// Answers one data message: a JSON frame in a text message, a MessagePack one in binary.
-    async fn data(&mut self, message: Message) {
-        #[cfg(feature = "autobahn")]
-        if self.node.config.session_mode == crate::config::SessionMode::Echo {
-            self.outbound.send(Class::Control, message).await;
-            return;
-        }
-        match message {
-            Message::Text(text) => self.handle(Codec::Json, text.as_bytes()).await,
-            Message::Binary(bytes) => self.handle(Codec::MsgPack, &bytes).await,
-            _ => {}
-        }
-    }
-
-    /// Decodes and answers one client frame.
-    async fn handle(&mut self, codec: Codec, bytes: &[u8]) {
-        let request = match codec.decode_request(bytes) {
-            Ok(r) => r,
-            Err(e) => return self.error(e.id, ErrorCode::BadRequest, e.message).await,
-        };
+    /// Answers one client frame.
+    async fn handle(&mut self, request: Request) {
         let Request { id, frame } = request;
         if let ClientFrame::Auth { token } = &frame {
             return self.authenticate(id, token).await;
@@ -394,12 +643,13 @@ impl Session {
             }
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(id, &p, channel).await,
             ClientFrame::Publish(publish) => match self.node.publish(&p, publish).await {
-                Ok((message_id, offset)) => {
+                Ok(acked) => {
                     let ack = ServerFrame::Ack {
                         id,
-                        message_id: Some(message_id),
-                        offset,
+                        message_id: Some(acked.message_id),
+                        offset: acked.offset,
                         unread: None,
+                        duplicate: acked.duplicate,
                     };
                     self.send(&ack).await;
                     Ok(())
@@ -411,20 +661,21 @@ impl Session {
                 since,
                 limit,
             } => match self.node.history(&p, &channel, since, limit).await {
-                Ok(messages) => {
-                    self.send(&ServerFrame::History {
+                Ok(page) => {
+                    let frame = ServerFrame::History {
                         id,
                         channel,
-                        messages,
-                    })
-                    .await;
+                        messages: page.messages,
+                        more: page.more,
+                    };
+                    self.send_reply(id, &frame).await;
                     Ok(())
                 }
                 Err(e) => Err(e),
             },
             ClientFrame::Presence { channel } => match self.node.presence(&p, &channel).await {
                 Ok(users) => {
-                    self.send(&ServerFrame::Presence { id, channel, users })
+                    self.send_reply(id, &ServerFrame::Presence { id, channel, users })
                         .await;
                     Ok(())
                 }
@@ -491,7 +742,7 @@ impl Session {
         channel: Channel,
         since: Option<Offset>,
     ) -> Result<(), RequestError> {
-        policy::check(p, Access::Read, &channel)?;
+        self.node.authorize(p, Access::Read, &channel)?;
         if self.subscriptions.contains(&channel) {
             return Err(RequestError::new(
                 ErrorCode::BadRequest,
@@ -506,39 +757,47 @@ impl Session {
             ));
         }
         let key = Node::key(p, &channel);
-        let broker = self.node.dispatcher.broker().clone();
         let subscriber = Subscriber {
             conn_id: self.conn_id,
             user_id: p.user_id.clone(),
             codec: self.codec,
             outbound: self.outbound.clone(),
+            sees_presence: policy::check(p, Access::Presence, &channel).is_ok(),
         };
         self.node.hub.join(&key, subscriber).await?;
         self.subscriptions.insert(channel.clone());
         self.node.metrics.subscriptions.inc();
-        let replayed = self.replay(id, p, &key, since).await;
-        let mut cursor = match replayed {
-            Ok(cursor) => cursor,
-            Err(e) => {
-                self.leave(p, &channel, false).await;
-                return Err(e);
-            }
-        };
-        while self.node.hub.activate(&key, self.conn_id, cursor) == Activation::Reread {
-            cursor = self.replay_pages(&key, cursor).await?;
+        // Everything that can fail after the join is rolled back, `subscribed` sent or not: the
+        // client's `error` (same id) means "not subscribed", and a retry starts clean.
+        if let Err(e) = self.start_delivery(id, p, &key, since).await {
+            self.leave(p, &channel, false).await;
+            return Err(e);
         }
-        if broker
+        // Presence is best-effort: a failure to record or announce it must not undo a
+        // subscription whose messages are already flowing.
+        let broker = self.node.dispatcher.broker();
+        match broker
             .presence_join(&key, &p.user_id, &self.session_id)
-            .await?
+            .await
         {
-            broker
-                .publish_ephemeral(
-                    &key,
-                    ChannelEvent::Join {
-                        user_id: p.user_id.clone(),
-                    },
-                )
-                .await?;
+            Ok(true) => self.node.announce_presence(&key, &p.user_id, true).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, channel = %key, "presence join failed"),
+        }
+        Ok(())
+    }
+
+    /// Replays what the client missed and hands the subscription over to live delivery.
+    async fn start_delivery(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        key: &ChannelKey,
+        since: Option<Offset>,
+    ) -> Result<(), RequestError> {
+        let mut cursor = self.replay(id, p, key, since).await?;
+        while self.node.hub.activate(key, self.conn_id, cursor) == Activation::Reread {
+            cursor = self.replay_pages(key, cursor).await?;
         }
         Ok(())
     }
@@ -603,11 +862,11 @@ impl Session {
             let page = broker.read(key, Some(cursor), REPLAY_PAGE).await?;
             for m in &page.messages {
                 if let Some(frame) = hub::encode_message(self.codec, key, m) {
-                    if !self
+                    let sent = self
                         .outbound
                         .send_in(Class::of(m.envelope.priority), tag, frame)
-                        .await
-                    {
+                        .await;
+                    if sent != Sent::Queued {
                         return Ok(cursor);
                     }
                 }
@@ -649,14 +908,7 @@ impl Session {
             .presence_leave(&key, &p.user_id, &self.session_id)
             .await
         {
-            Ok(true) if announce => {
-                let leave = ChannelEvent::Leave {
-                    user_id: p.user_id.clone(),
-                };
-                if let Err(e) = broker.publish_ephemeral(&key, leave).await {
-                    tracing::debug!(error = %e, "could not announce leave");
-                }
-            }
+            Ok(true) if announce => self.node.announce_presence(&key, &p.user_id, false).await,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, channel = %key, "presence leave failed"),
         }
@@ -673,8 +925,21 @@ impl Session {
     }
 
     async fn typing(&self, p: &Principal, channel: Channel) -> Result<(), RequestError> {
-        policy::check(p, Access::Publish, &channel)?;
+        self.node.authorize(p, Access::Publish, &channel)?;
         let key = Node::key(p, &channel);
+        // Coalesced where it arrives: a typist costs the audience one notice per interval.
+        if !self
+            .node
+            .fairness
+            .typing_allowed(&key, &p.user_id, Instant::now())
+        {
+            self.node
+                .metrics
+                .queue_drops
+                .with_label_values(&["typing_coalesced"])
+                .inc();
+            return Ok(());
+        }
         let event = ChannelEvent::Typing {
             user_id: p.user_id.clone(),
         };
@@ -693,7 +958,7 @@ impl Session {
         channel: Channel,
         offset: Offset,
     ) -> Result<(), RequestError> {
-        policy::check(p, Access::Read, &channel)?;
+        self.node.authorize(p, Access::Read, &channel)?;
         let key = Node::key(p, &channel);
         let (marker, unread) = self
             .node
@@ -706,6 +971,7 @@ impl Session {
             message_id: None,
             offset: marker,
             unread: Some(unread),
+            duplicate: false,
         })
         .await;
         Ok(())
@@ -812,6 +1078,205 @@ mod tests {
             Message::Close(Some(f)) => Some(f.code.into()),
             _ => None,
         }
+    }
+
+    /// A socket whose peer reads at its own pace: the server's writes wait for it (a bounded
+    /// channel), as they wait for a real client's TCP window.
+    struct SlowDuplex {
+        incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        outgoing: mpsc::Sender<Message>,
+    }
+
+    impl Stream for SlowDuplex {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_next_unpin(cx)
+        }
+    }
+
+    impl Sink<Message> for SlowDuplex {
+        type Error = WsError;
+        fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            self.outgoing
+                .poll_ready(cx)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.outgoing
+                .start_send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct SlowPeer {
+        to_server: mpsc::UnboundedSender<Result<Message, WsError>>,
+        from_server: mpsc::Receiver<Message>,
+    }
+
+    impl SlowPeer {
+        fn send(&self, frame: serde_json::Value) {
+            self.to_server
+                .unbounded_send(Ok(Message::text(frame.to_string())))
+                .unwrap();
+        }
+
+        /// Reads the next frame after `pace` (a client reading ~1/pace frames a second); pings
+        /// are answered at once, as a live client's WebSocket library does.
+        async fn next_after(&mut self, pace: Duration) -> Message {
+            loop {
+                tokio::time::sleep(pace).await;
+                let m = self.from_server.next().await.expect("server still writing");
+                if let Message::Ping(_) = m {
+                    self.to_server
+                        .unbounded_send(Ok(Message::Pong(Default::default())))
+                        .unwrap();
+                    continue;
+                }
+                return m;
+            }
+        }
+    }
+
+    /// A node with a one-second heartbeat (closed after two silent seconds) and a small
+    /// outbound queue, holding `stored` messages on `room:101` after the returned offset; and a
+    /// slow peer on it.
+    async fn slow_peer_with_backlog(principal: Principal, stored: usize) -> (SlowPeer, Offset) {
+        let mut config = GatewayConfig::new("secret");
+        config.heartbeat_interval = Duration::from_secs(1);
+        config.heartbeat_timeout = Duration::from_secs(2);
+        config.outbound.max_frames = 64;
+        config.auth.leeway = Duration::ZERO;
+        let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
+        let key = ChannelKey::new("h1", Channel::Room("101".into()));
+        let start = bellhop_dispatcher::Broker::read(broker.as_ref(), &key, None, 0)
+            .await
+            .unwrap()
+            .last;
+        let envelopes: Vec<_> = (0..stored)
+            .map(|i| {
+                Arc::new(bellhop_protocol::Envelope {
+                    message_id: format!("m{i}"),
+                    event: "CHAT_MESSAGE".into(),
+                    namespace: "h1".into(),
+                    channel: key.channel.clone(),
+                    payload: serde_json::json!({ "n": i }),
+                    timestamp: "2026-12-01T10:00:00.000Z".into(),
+                    sender: bellhop_protocol::Sender {
+                        id: "g1".into(),
+                        role: Role::Guest,
+                    },
+                    priority: bellhop_protocol::Priority::Normal,
+                    correlation_id: None,
+                })
+            })
+            .collect();
+        for chunk in envelopes.chunks(500) {
+            let batch = chunk.iter().cloned().map(bellhop_dispatcher::Publish::new);
+            let stored =
+                bellhop_dispatcher::Broker::publish_batch(broker.as_ref(), batch.collect()).await;
+            assert!(stored.iter().all(Result::is_ok));
+        }
+        let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
+        let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
+        let node = Arc::new(Node::new(config, dispatcher, verifier));
+        let (to_server, incoming) = mpsc::unbounded();
+        let (outgoing, from_server) = mpsc::channel(0);
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let opening = Opening {
+            principal: Some(principal),
+            codec: Codec::Json,
+            permit,
+        };
+        tokio::spawn(run(node, SlowDuplex { incoming, outgoing }, opening));
+        (
+            SlowPeer {
+                to_server,
+                from_server,
+            },
+            start,
+        )
+    }
+
+    /// Reproduces issue 10 A.1: before, the session stopped reading during a replay, so the
+    /// client's pongs sat unread and the heartbeat closed it with 4002 when the replay ended,
+    /// and a `ping` sent after the `subscribe` was answered only after the whole replay.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_longer_than_the_heartbeat_timeout_keeps_a_live_reader_connected() {
+        const STORED: usize = 6_000;
+        let (mut peer, since) = slow_peer_with_backlog(principal(86_400), STORED).await;
+        let pace = Duration::from_micros(1_666); // ~600 frames a second
+        assert!(json(peer.next_after(pace).await)["type"] == "welcome");
+        let started = Instant::now();
+        peer.send(serde_json::json!({"type": "subscribe", "id": 1, "channel": "room:101", "since": since}));
+        peer.send(serde_json::json!({"type": "ping", "id": 2}));
+        let mut next_n = 0u64;
+        let mut pong_after = None;
+        let mut subscribed = false;
+        while next_n < STORED as u64 {
+            let frame = peer.next_after(pace).await;
+            assert!(
+                !matches!(frame, Message::Close(_)),
+                "closed mid-replay: {frame:?}"
+            );
+            let frame = json(frame);
+            match frame["type"].as_str() {
+                Some("message") => {
+                    assert_eq!(frame["message"]["payload"]["n"], next_n, "in order, no gap");
+                    next_n += 1;
+                }
+                Some("pong") => {
+                    assert_eq!(frame["id"], 2);
+                    pong_after = Some((next_n, started.elapsed()));
+                }
+                // The pong may come first: the reader answers pings itself.
+                Some("subscribed") => subscribed = true,
+                _ => panic!("unexpected {frame}"),
+            }
+        }
+        assert!(subscribed);
+        let replay = started.elapsed();
+        assert!(
+            replay > Duration::from_secs(2),
+            "the replay outlasted the heartbeat timeout: {replay:?}"
+        );
+        let (messages_before_pong, waited) = pong_after.expect("the ping was answered");
+        assert!(
+            messages_before_pong < 200 && waited < Duration::from_millis(500),
+            "pong after {messages_before_pong} messages and {waited:?}, not after the replay"
+        );
+        // Still connected and served after the replay.
+        peer.send(serde_json::json!({"type": "ping", "id": 3}));
+        let pong = json(peer.next_after(pace).await);
+        assert_eq!(
+            (pong["type"].as_str(), &pong["id"]),
+            (Some("pong"), &3.into())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_that_expires_during_a_long_replay_ends_the_connection_on_time() {
+        let (mut peer, since) = slow_peer_with_backlog(principal(5), 6_000).await;
+        let pace = Duration::from_millis(2);
+        let started = Instant::now();
+        peer.next_after(pace).await; // welcome
+        peer.send(serde_json::json!({"type": "subscribe", "id": 1, "channel": "room:101", "since": since}));
+        let closed = loop {
+            match peer.next_after(pace).await {
+                Message::Close(frame) => break frame,
+                Message::Text(_) => {}
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(closed.map(|f| u16::from(f.code)), Some(close::UNAUTHORIZED));
+        let elapsed = started.elapsed();
+        // 6,000 frames at 2 ms would take 12 s; the token ended it at 5 s (plus what was queued).
+        assert!(elapsed < Duration::from_secs(6), "closed after {elapsed:?}");
     }
 
     #[tokio::test(start_paused = true)]

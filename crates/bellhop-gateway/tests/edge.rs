@@ -365,6 +365,8 @@ async fn drain_closes_everyone_with_1012_and_readiness_turns_false() {
     }
     let (status, _, _) = http(node.admin, "GET", "/readyz", &[], b"").await;
     assert_eq!(status, 200);
+    assert_eq!(node.metric("bellhop_ready").await, 1.0);
+    assert_eq!(node.metric("bellhop_connections_max").await, 10_000.0);
     let gateway = node.gateway.take().unwrap();
     let drain = tokio::spawn(gateway.shutdown());
     // The last close is due 200 ms into the drain; the admin port answers until the drain ends.
@@ -379,6 +381,13 @@ async fn drain_closes_everyone_with_1012_and_readiness_turns_false() {
     .await
     .expect("/readyz turns 503 while draining");
     assert!(not_ready.contains("draining"), "{not_ready}");
+    let (_, _, metrics) = http(node.admin, "GET", "/metrics", &[], b"").await;
+    assert!(metrics.contains("bellhop_ready{"), "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "bellhop_ready"),
+        0.0,
+        "the readiness gauge follows /readyz"
+    );
     let mut codes = Vec::new();
     for c in &mut clients {
         let (code, reason, _) = c.closed().await;
@@ -568,4 +577,158 @@ async fn subscriptions_per_connection_are_capped() {
     c.request(json!({"type": "unsubscribe", "channel": "room:1"}))
         .await;
     c.subscribe("room:3").await;
+}
+
+#[tokio::test]
+async fn an_unsupported_websocket_version_gets_426_naming_version_13() {
+    let node = TestNode::start(Backend::Memory).await;
+    let upgrade = |version: Option<&str>| {
+        let mut head = String::from(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        );
+        if let Some(v) = version {
+            head.push_str(&format!("Sec-WebSocket-Version: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "Authorization: Bearer {}\r\n\r\n",
+            staff("s1", &[])
+        ));
+        head
+    };
+    for version in [Some("8"), Some("14"), None] {
+        let (status, headers) = raw_request(node.addr, upgrade(version).as_bytes()).await;
+        assert_eq!(status, 426, "version {version:?}");
+        assert_eq!(
+            header(&headers, "sec-websocket-version"),
+            Some("13"),
+            "{headers:?}"
+        );
+    }
+    // Version 13 is accepted, and a request that is no upgrade at all is still a 400.
+    let (status, _) = raw_request(node.addr, upgrade(Some("13")).as_bytes()).await;
+    assert_eq!(status, 101);
+    let (status, _) = raw_request(node.addr, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 400);
+}
+
+/// Log output captured by a test's own subscriber.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+impl Logs {
+    fn lines(&self, containing: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock())
+            .lines()
+            .filter(|l| l.contains(containing))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+// A current-thread runtime: the node's tasks run on this thread, where the subscriber is set.
+#[tokio::test]
+async fn refused_upgrades_are_logged_at_the_default_level_with_the_reason_and_address() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.rate_limits.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.rate_limits.connections_per_ip_per_minute = 2;
+        c.allowed_origins = vec!["https://app.hotel.example".into()];
+    })
+    .await;
+    let upgrade = |client: &str, extra: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             X-Forwarded-For: {client}\r\n{extra}\r\n"
+        )
+    };
+    let bad_token = "Authorization: Bearer not-a-token\r\n";
+    let (status, _) = raw_request(node.addr, upgrade("198.51.100.1", bad_token).as_bytes()).await;
+    assert_eq!(status, 401);
+    let evil = "Origin: https://evil.example\r\n";
+    let (status, _) = raw_request(node.addr, upgrade("198.51.100.2", evil).as_bytes()).await;
+    assert_eq!(status, 403);
+    for _ in 0..2 {
+        raw_request(node.addr, upgrade("198.51.100.3", bad_token).as_bytes()).await;
+    }
+    let (status, _) = raw_request(node.addr, upgrade("198.51.100.3", bad_token).as_bytes()).await;
+    assert_eq!(status, 429);
+    // A direct client over its rate is refused (and logged) when it connects.
+    for _ in 0..3 {
+        raw_request_from(
+            "127.0.0.7",
+            node.addr,
+            b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+    }
+    let refused = logs.lines("upgrade refused");
+    let find = |client: &str, answer: &str, reason: &str| {
+        refused.iter().any(|l| {
+            l.contains(" INFO ")
+                && l.contains(&format!("client={client}"))
+                && l.contains(&format!("answer={answer}"))
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+    };
+    assert!(
+        find("198.51.100.1", "401 Unauthorized", "unauthorized"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("198.51.100.1") && l.contains("invalid token")),
+        "the message says why: {refused:#?}"
+    );
+    assert!(
+        find("198.51.100.2", "403 Forbidden", "origin"),
+        "{refused:#?}"
+    );
+    assert!(
+        find("198.51.100.3", "429 Too Many Requests", "connection"),
+        "{refused:#?}"
+    );
+    let at_connect = logs.lines("connection refused");
+    assert!(
+        at_connect
+            .iter()
+            .any(|l| l.contains("client=127.0.0.7") && l.contains("429")),
+        "{at_connect:#?}"
+    );
+    // A flood of refusals is not a flood of log lines.
+    let started = tokio::time::Instant::now();
+    for _ in 0..60 {
+        raw_request(node.addr, upgrade("198.51.100.4", bad_token).as_bytes()).await;
+    }
+    let seconds = started.elapsed().as_secs() + 2;
+    let lines = logs.lines("refused").len() as u64;
+    assert!(
+        lines <= 10 * seconds,
+        "{lines} refusal lines in at most {seconds} s"
+    );
 }

@@ -711,3 +711,226 @@ async fn admin_port_reports_health_readiness_and_metrics() {
     let (status, _, _) = http(node.admin, "GET", "/nothing", &[], b"").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn paths_and_queries_are_percent_decoded_and_a_plus_in_a_path_stays_a_plus() {
+    let node = TestNode::start(Backend::Memory).await;
+    let t = service("pms");
+    let offset = publish_ok(&node, &t, "room:101", "NOTE", json!({"n": 1})).await;
+    publish_ok(&node, &t, "room:101", "NOTE", json!({"n": 2})).await;
+    // `room%3A101` is `room:101`; the query's escapes are decoded too (`%2D` is `-`).
+    let escaped_since = offset.replace('-', "%2D");
+    let (status, body) = history(
+        &node,
+        &t,
+        &format!("room%3A101/history?since={escaped_since}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(history_ns(&body), [2]);
+    // In a path, `+` is a plus sign (only form-encoded queries use it for a space): the
+    // channel the node refuses is the one that was sent.
+    let got = history(&node, &t, "room:a+b/history").await;
+    assert_error(&got, 400, "bad_request");
+    let message = got.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a+b"), "{message}");
+}
+
+/// A `POST /api/v1/publish` head announcing `length` body bytes, with a service token.
+fn publish_head(length: usize) -> String {
+    format!(
+        "POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {}\r\nContent-Length: {length}\r\n\r\n",
+        service("pms")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_gets_408_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.edge.body_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    // A body dribbled one byte at a time, then nothing: the node gives up on it.
+    let mut slow = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    slow.write_all(publish_head(64).as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    for b in br#"{"chan"#.iter() {
+        slow.write_all(&[*b]).await.unwrap();
+    }
+    // Meanwhile others are served.
+    publish_ok(
+        &node,
+        &service("other"),
+        "broadcast",
+        "NOTE",
+        json!({"n": 1}),
+    )
+    .await;
+    let (status, headers) = read_head(&mut slow).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 408, "{headers:?}");
+    assert_eq!(header(&headers, "connection"), Some("close"));
+    assert!(
+        waited >= std::time::Duration::from_millis(280),
+        "cut off by the body timeout, not at once: {waited:?}"
+    );
+    assert!(
+        node.metric("bellhop_errors_total{code=\"bad_request\"}")
+            .await
+            >= 1.0,
+        "counted"
+    );
+}
+
+#[tokio::test]
+async fn a_request_the_node_cannot_answer_in_time_gets_503() {
+    let broker = FaultyBroker::new();
+    let node = TestNode::start_on(broker.clone(), |c| {
+        c.edge.body_timeout = std::time::Duration::from_millis(200);
+        c.edge.request_timeout = std::time::Duration::from_millis(400);
+    })
+    .await;
+    broker
+        .presence_hangs
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let got = http_json(
+        node.addr,
+        "GET",
+        "/api/v1/channels/broadcast/presence",
+        Some(&service("pms")),
+        None,
+    )
+    .await;
+    assert_error(&got, 503, "unavailable");
+    assert!(
+        got.1["error"]["retryAfterMs"].as_u64().is_some(),
+        "{}",
+        got.1
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(380));
+    broker
+        .presence_hangs
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = http_json(
+        node.addr,
+        "GET",
+        "/api/v1/channels/broadcast/presence",
+        Some(&service("pms")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+const APP: &str = "https://app.hotel.example";
+
+/// A CORS preflight for `GET` with an Authorization header, from `origin`.
+async fn preflight(node: &TestNode, origin: &str) -> (u16, Vec<(String, String)>) {
+    let (status, headers, _) = http(
+        node.addr,
+        "OPTIONS",
+        "/api/v1/channels/broadcast/history",
+        &[
+            ("origin", origin),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "authorization"),
+        ],
+        b"",
+    )
+    .await;
+    (status, headers)
+}
+
+#[tokio::test]
+async fn browser_pages_of_cors_allowed_origins_may_call_the_api() {
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.edge.cors_allowed_origins = vec![APP.into()];
+    })
+    .await;
+    // The preflight needs no token.
+    let (status, headers) = preflight(&node, APP).await;
+    assert_eq!(status, 204, "{headers:?}");
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some(APP));
+    let methods = header(&headers, "access-control-allow-methods").unwrap();
+    assert!(
+        methods.contains("GET") && methods.contains("POST"),
+        "{methods}"
+    );
+    let allowed = header(&headers, "access-control-allow-headers").unwrap();
+    assert!(allowed.contains("authorization"), "{allowed}");
+    assert!(header(&headers, "access-control-max-age").is_some());
+    assert!(header(&headers, "access-control-allow-credentials").is_none());
+    // The request itself, and its errors, can be read by the page (Retry-After too).
+    let auth = format!("Bearer {}", service("pms"));
+    for (auth, want) in [(auth.as_str(), 200), ("Bearer nope", 401)] {
+        let (status, headers, body) = http(
+            node.addr,
+            "GET",
+            "/api/v1/channels/broadcast/history",
+            &[("origin", APP), ("authorization", auth)],
+            b"",
+        )
+        .await;
+        assert_eq!(status, want, "{body}");
+        assert_eq!(header(&headers, "access-control-allow-origin"), Some(APP));
+        assert_eq!(header(&headers, "vary"), Some("origin"));
+        assert_eq!(
+            header(&headers, "access-control-expose-headers"),
+            Some("retry-after")
+        );
+    }
+}
+
+#[tokio::test]
+async fn other_origins_get_no_cors_and_cors_is_separate_from_allowed_origins() {
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.edge.cors_allowed_origins = vec![APP.into()];
+        c.allowed_origins = vec!["https://guest.hotel.example".into()];
+    })
+    .await;
+    // Another origin: its preflight is refused, its requests are answered without CORS
+    // headers (the browser keeps the response from the page).
+    let (status, headers) = preflight(&node, "https://evil.example").await;
+    assert_eq!(status, 403, "{headers:?}");
+    assert!(header(&headers, "access-control-allow-origin").is_none());
+    let auth = format!("Bearer {}", service("pms"));
+    let (status, headers, _) = http(
+        node.addr,
+        "GET",
+        "/api/v1/channels/broadcast/history",
+        &[("origin", "https://evil.example"), ("authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(header(&headers, "access-control-allow-origin").is_none());
+    // ALLOWED_ORIGINS guards WebSocket upgrades only, CORS_ALLOWED_ORIGINS the API only.
+    let (status, _) = preflight(&node, "https://guest.hotel.example").await;
+    assert_eq!(
+        status, 403,
+        "an ALLOWED_ORIGINS origin is not a CORS origin"
+    );
+    let upgrade = |origin: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Origin: {origin}\r\n\r\n"
+        )
+    };
+    let (status, _) = raw_request(node.addr, upgrade(APP).as_bytes()).await;
+    assert_eq!(status, 403, "a CORS origin may not open WebSockets");
+    let (status, _) =
+        raw_request(node.addr, upgrade("https://guest.hotel.example").as_bytes()).await;
+    assert_eq!(status, 101);
+}
+
+#[tokio::test]
+async fn without_cors_allowed_origins_no_origin_gets_cors() {
+    let node = TestNode::start(Backend::Memory).await;
+    let (status, headers) = preflight(&node, APP).await;
+    assert_eq!(status, 403, "{headers:?}");
+    assert!(header(&headers, "access-control-allow-origin").is_none());
+}

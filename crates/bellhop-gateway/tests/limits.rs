@@ -456,3 +456,210 @@ async fn a_protocol_violation_is_closed_with_1002() {
     }
     assert_eq!(close, Some(1002), "{:?}", String::from_utf8_lossy(body));
 }
+
+/// An upgrade request head with `token`, as raw bytes.
+fn upgrade_head(token: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_connections_per_address_are_capped_before_a_byte_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start_with(Backend::Memory, |c| c.edge.max_pending_per_ip = 3).await;
+    // Three connections from one address that send nothing: pending until the head timeout.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tcp_from("127.0.0.2", node.addr).await.unwrap());
+    }
+    node.wait_metric("bellhop_pending_connections", 3.0).await;
+    // A fourth from the same address is refused at once, before its head is read: a complete
+    // 429 with Retry-After, then the end of the connection.
+    let mut fourth = tcp_from("127.0.0.2", node.addr).await.unwrap();
+    let (status, headers) = read_head(&mut fourth).await;
+    assert_eq!(status, 429, "{headers:?}");
+    assert_eq!(header(&headers, "retry-after"), Some("1"));
+    assert!(
+        node.metric("bellhop_rate_limited_total{what=\"pending\"}")
+            .await
+            >= 1.0,
+        "counted"
+    );
+    assert!(
+        node.metric("bellhop_connections_rejected_total{reason=\"pending\"}")
+            .await
+            >= 1.0
+    );
+    // Another address is served meanwhile.
+    let mut good = node.connect(&staff("good", &[])).await;
+    assert_eq!(good.request(json!({"type": "ping"})).await["type"], "pong");
+    // Once one of the three sends a head and is upgraded, it is no longer pending.
+    idle[0]
+        .write_all(upgrade_head(&staff("s1", &[])).as_bytes())
+        .await
+        .unwrap();
+    let (status, _) = read_head(&mut idle[0]).await;
+    assert_eq!(status, 101);
+    node.wait_metric_at_most("bellhop_pending_connections", 2.0)
+        .await;
+    let (status, _) = raw_request_from(
+        "127.0.0.2",
+        node.addr,
+        upgrade_head(&staff("s2", &[])).as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 101, "the address has a free place again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_pending_total_the_node_stops_accepting_until_one_ends() {
+    let node = TestNode::start_with(Backend::Memory, |c| c.edge.max_pending = 4).await;
+    let mut idle = Vec::new();
+    for i in 0..4 {
+        idle.push(
+            tcp_from(&format!("127.0.0.{}", 10 + i), node.addr)
+                .await
+                .unwrap(),
+        );
+    }
+    node.wait_metric("bellhop_pending_connections", 4.0).await;
+    // A fifth connection waits in the kernel's backlog: its upgrade is not answered...
+    let mut fifth = tokio::spawn({
+        let addr = node.addr;
+        async move { raw_request(addr, upgrade_head(&staff("s5", &[])).as_bytes()).await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut fifth).await;
+    assert!(early.is_err(), "served while every pending place was taken");
+    // ...until one of the four goes away.
+    drop(idle.pop());
+    let (status, _) = tokio::time::timeout(DEADLINE, fifth)
+        .await
+        .expect("served once a place is free")
+        .unwrap();
+    assert_eq!(status, 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_beyond_max_header_bytes_get_431_without_waiting_for_the_rest() {
+    use tokio::io::AsyncWriteExt;
+    let node = TestNode::start(Backend::Memory).await;
+    let padding = format!("X-Pad: {}\r\n", "a".repeat(1000));
+    // A complete head of 20 KiB (the default cap is 16 KiB).
+    let big = format!(
+        "GET /api/v1/channels/broadcast/history HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        padding.repeat(20)
+    );
+    let (status, _) = raw_request(node.addr, big.as_bytes()).await;
+    assert_eq!(status, 431);
+    // An unfinished head of 100 KiB: refused once the cap is reached, not after the head
+    // timeout (10 s), and never buffered whole.
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let unfinished = format!("GET /ws HTTP/1.1\r\nHost: x\r\n{}", padding.repeat(100));
+    let _ = stream.write_all(unfinished.as_bytes()).await;
+    let (status, _) = read_head(&mut stream).await;
+    assert!(
+        status == 431 || status == 0,
+        "431, or a reset that overtook it: {status}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // A head within the cap is served.
+    let (status, body) = http_json(
+        node.addr,
+        "GET",
+        "/api/v1/channels/broadcast/history",
+        Some(&service("pms")),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_is_limited_per_address_and_a_ban_applies_to_it_before_the_token() {
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.rate_limits.connections_per_ip_per_minute = 3;
+        c.rate_limits.ban_threshold = 2;
+    })
+    .await;
+    let auth = format!("Bearer {}", service("pms"));
+    let get = |source: &'static str, auth: String| {
+        let addr = node.addr;
+        async move {
+            http_from(
+                source,
+                addr,
+                "GET",
+                "/api/v1/channels/broadcast/history",
+                &[("authorization", &auth)],
+            )
+            .await
+        }
+    };
+    // Each new connection is an attempt: three are served, the next are refused at once.
+    for _ in 0..3 {
+        assert_eq!(get("127.0.0.3", auth.clone()).await.0, 200);
+    }
+    let (status, headers, body) = get("127.0.0.3", auth.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(header(&headers, "retry-after").is_some());
+    // A second refusal within the minute bans the address: still 429, now saying so, with a
+    // valid token or without one (the token is never looked at).
+    get("127.0.0.3", auth.clone()).await;
+    node.wait_metric("bellhop_bans_total", 1.0).await;
+    let unauthorized = node
+        .metric("bellhop_errors_total{code=\"unauthorized\"}")
+        .await;
+    for auth in [auth.clone(), "Bearer not-a-token".to_string()] {
+        let (status, _, body) = get("127.0.0.3", auth).await;
+        assert_eq!(status, 429, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("refused for a while"), "{message}");
+    }
+    assert_eq!(
+        node.metric("bellhop_errors_total{code=\"unauthorized\"}")
+            .await,
+        unauthorized,
+        "no token was verified for the banned address"
+    );
+    // Another address is served.
+    assert_eq!(get("127.0.0.4", auth.clone()).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_api_request_counts_for_the_forwarded_client() {
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        behind_proxy(c);
+        c.rate_limits.connections_per_ip_per_minute = 2;
+        c.rate_limits.ban_threshold = 1_000;
+    })
+    .await;
+    let token = service("pms");
+    let get = |client: &'static str| {
+        let (addr, token) = (node.addr, token.clone());
+        async move {
+            let auth = format!("Bearer {token}");
+            http(
+                addr,
+                "GET",
+                "/api/v1/channels/broadcast/history",
+                &[("authorization", &auth), ("x-forwarded-for", client)],
+                b"",
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(get("203.0.113.5").await, 200);
+    assert_eq!(get("203.0.113.5").await, 200);
+    assert_eq!(get("203.0.113.5").await, 429);
+    assert_eq!(get("203.0.113.6").await, 200, "another client of the proxy");
+}

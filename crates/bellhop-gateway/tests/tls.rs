@@ -513,3 +513,52 @@ async fn rapid_symlink_swaps_are_never_reported_as_failures() {
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_address_is_closed_before_the_handshake_and_others_are_served() {
+    let node = TestNode::start_tls(|c| {
+        c.rate_limits.connections_per_ip_per_minute = 2;
+        c.rate_limits.ban_threshold = 2;
+    })
+    .await;
+    // Each connection is an attempt, counted before the handshake: two complete...
+    for _ in 0..2 {
+        tls_from(&node, "127.0.0.5").await.expect("within the rate");
+    }
+    // ...the next two are refused before it (and ban the address).
+    for _ in 0..2 {
+        assert!(tls_from(&node, "127.0.0.5").await.is_err());
+    }
+    node.wait_metric("bellhop_bans_total", 1.0).await;
+    // A banned address gets no handshake at all: nothing is even counted as a failed one.
+    let failures = node.metric("bellhop_tls_handshake_failures_total").await;
+    for _ in 0..20 {
+        assert!(
+            tls_from(&node, "127.0.0.5").await.is_err(),
+            "handshake done"
+        );
+    }
+    assert_eq!(
+        node.metric("bellhop_tls_handshake_failures_total").await,
+        failures
+    );
+    assert!(
+        node.metric("bellhop_rate_limited_total{what=\"banned\"}")
+            .await
+            >= 20.0
+    );
+    // Everyone else is served, over wss and https.
+    let mut ok = node.connect(&staff("ok", &[])).await;
+    assert_eq!(ok.request(json!({"type": "ping"})).await["type"], "pong");
+    let auth = format!("Bearer {}", service("pms"));
+    let (status, _, body) = https(
+        node.addr,
+        node.tls.as_ref().unwrap().client.clone(),
+        "GET",
+        "/api/v1/channels/broadcast/history",
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}

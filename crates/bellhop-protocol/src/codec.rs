@@ -111,6 +111,22 @@ impl Codec {
         Ok(Request { id, frame })
     }
 
+    /// The request id of a frame, without decoding the rest into values: for frames refused
+    /// before they are processed (over the frame rate), whose `error` must still echo the id.
+    /// `None` when the frame has no valid id or is not an object.
+    pub fn peek_id(self, bytes: &[u8]) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            #[serde(default)]
+            id: Option<u64>,
+        }
+        let parsed: Option<IdOnly> = match self {
+            Codec::Json => serde_json::from_slice(bytes).ok(),
+            Codec::MsgPack => rmp_serde::from_slice(bytes).ok(),
+        };
+        parsed.and_then(|p| p.id)
+    }
+
     /// Decodes one server frame (used by clients and tests).
     pub fn decode_server(self, bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
         let value = self.decode_value(bytes)?;
@@ -186,6 +202,7 @@ mod tests {
                 payload: json!({"text": "hi"}),
                 priority: Some(Priority::High),
                 correlation_id: Some("c".into()),
+                idempotency_key: Some("k-1".into()),
             }),
             ClientFrame::History {
                 channel: room.clone(),
@@ -204,6 +221,25 @@ mod tests {
             },
             ClientFrame::Ping,
         ]
+    }
+
+    #[test]
+    fn peek_id_finds_the_id_of_any_frame_and_nothing_in_garbage() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            for frame in every_client_frame() {
+                let bytes = codec
+                    .encode_request(&Request {
+                        id: Some(77),
+                        frame,
+                    })
+                    .unwrap();
+                assert_eq!(codec.peek_id(&bytes), Some(77), "{codec:?}");
+            }
+        }
+        assert_eq!(Codec::Json.peek_id(br#"{"type":"ping"}"#), None);
+        assert_eq!(Codec::Json.peek_id(br#"{"id":-1}"#), None);
+        assert_eq!(Codec::Json.peek_id(b"\xff\x00"), None);
+        assert_eq!(Codec::MsgPack.peek_id(b"\xc1"), None);
     }
 
     fn every_server_frame() -> Vec<ServerFrame> {
@@ -234,6 +270,7 @@ mod tests {
                 message_id: Some("m1".into()),
                 offset: Offset::new(2, 0),
                 unread: None,
+                duplicate: true,
             },
             ServerFrame::History {
                 id: Some(3),
@@ -242,6 +279,7 @@ mod tests {
                     offset: Offset::new(3, 0),
                     message: envelope(),
                 }],
+                more: true,
             },
             ServerFrame::Presence {
                 id: Some(4),
@@ -451,6 +489,7 @@ mod tests {
                     payload: json!({"x": x}),
                     priority: None,
                     correlation_id: None,
+                    idempotency_key: None,
                 }),
             };
             for codec in [Codec::Json, Codec::MsgPack] {

@@ -91,6 +91,11 @@ pub struct PublishFrame {
     /// Ties this message to an earlier one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+    /// Makes a retried publish safe: a repeat by the same user with the same key, to the same
+    /// channel, inside the idempotency window gets the original `ack` and stores nothing new.
+    /// 1 to 64 characters of `[A-Za-z0-9_.:-]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Every frame a client may send.
@@ -323,6 +328,10 @@ pub enum ServerFrame {
         /// Messages still unread after the marker (read).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unread: Option<u64>,
+        /// True when this publish repeated an earlier one's `idempotencyKey`: the offset and id
+        /// are the original message's, and nothing new was stored.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
     },
     /// Stored messages, oldest first.
     History {
@@ -333,6 +342,11 @@ pub enum ServerFrame {
         channel: Channel,
         /// The messages, oldest first.
         messages: Vec<HistoryEntry>,
+        /// True when the page was cut short (by the count asked for or by the node's byte budget
+        /// for one reply) and newer messages follow the last one: ask again with `since` set to
+        /// the last message's offset to get them.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// Users on a channel now.
     Presence {

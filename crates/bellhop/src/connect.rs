@@ -59,6 +59,43 @@ fn trusting(path: &Path) -> Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
+/// Most bytes of a refusal's body shown: the server's reason is one short JSON object.
+const MAX_REASON_BYTES: usize = 512;
+
+/// An upgrade the server refused (401, 403, 429, 503, ...) becomes its status and the reason
+/// the server gave in the body (`{"error":{"code":..,"message":..}}`), instead of the status
+/// alone; every other error is kept as it is.
+fn refusal(error: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
+    use tokio_tungstenite::tungstenite::Error;
+    let Error::Http(response) = &error else {
+        return error.into();
+    };
+    let status = response.status();
+    let body = response.body().as_deref().unwrap_or_default();
+    let body = &body[..body.len().min(MAX_REASON_BYTES)];
+    let reason = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => match v.pointer("/error/message").and_then(Value::as_str) {
+            Some(message) => {
+                let code = v.pointer("/error/code").and_then(Value::as_str);
+                format!("{}: {message}", code.unwrap_or("error"))
+            }
+            None => v.to_string(),
+        },
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    };
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| format!(" (retry after {s} s)"))
+        .unwrap_or_default();
+    if reason.is_empty() {
+        anyhow::anyhow!("the server refused the upgrade: HTTP {status}{retry}")
+    } else {
+        anyhow::anyhow!("the server refused the upgrade: HTTP {status}: {reason}{retry}")
+    }
+}
+
 #[allow(clippy::print_stdout)]
 pub(crate) async fn run(url: &str, token: &str, options: &Options) -> Result<()> {
     let Options {
@@ -79,6 +116,7 @@ pub(crate) async fn run(url: &str, token: &str, options: &Options) -> Result<()>
     };
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
         .await
+        .map_err(refusal)
         .with_context(|| format!("cannot connect to {url}"))?;
     let (mut tx, mut rx) = ws.split();
     let mut next_id = 1u64;

@@ -48,7 +48,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a gateway node (embedded broker; settings from the environment, see docs/CONFIGURATION.md).
+    /// Run a gateway node: alone on the embedded broker, or one of many sharing Redis (REDIS_URL);
+    /// settings from the environment, see docs/CONFIGURATION.md.
     Serve {
         /// A TOML file with settings (environment variables win over it).
         #[arg(long, env = "BELLHOP_CONFIG")]
@@ -59,7 +60,8 @@ enum Command {
         /// Admin port for /metrics, /healthz, /readyz (overrides METRICS_PORT).
         #[arg(long)]
         metrics_port: Option<u16>,
-        /// Address to bind (overrides BIND_ADDR; default 0.0.0.0).
+        /// Address to bind (overrides BIND_ADDR; default 0.0.0.0, or 127.0.0.1 with the
+        /// development secret).
         #[arg(long)]
         bind: Option<std::net::IpAddr>,
     },
@@ -150,8 +152,10 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: not in files, pipes or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -283,6 +287,11 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
         tracing::warn!(
             "JWT_SECRET is unset or the development secret: using the PUBLIC development secret. Anyone can mint tokens for this node. \
              Set JWT_SECRET (and BELLHOP_ENV=production) before exposing it."
+        );
+    }
+    if settings.loopback_for_dev_secret {
+        tracing::warn!(
+            "listening on 127.0.0.1 only, because the development secret is in use; set JWT_SECRET, or BIND_ADDR=0.0.0.0 to listen on every interface anyway"
         );
     }
     if settings.tls_paths_ignored {

@@ -70,6 +70,12 @@ pub(crate) struct FileSettings {
     max_connections_per_user: Option<usize>,
     trusted_proxies: Option<String>,
     allowed_origins: Option<String>,
+    cors_allowed_origins: Option<String>,
+    max_pending_connections: Option<usize>,
+    max_pending_per_ip: Option<usize>,
+    max_header_bytes: Option<usize>,
+    http_body_timeout_seconds: Option<u64>,
+    http_request_timeout_seconds: Option<u64>,
     message_retention_hours: Option<u64>,
     enable_metrics: Option<bool>,
     metrics_port: Option<u16>,
@@ -87,6 +93,10 @@ pub(crate) struct FileSettings {
     heartbeat_seconds: Option<u64>,
     auth_timeout_seconds: Option<u64>,
     log_format: Option<String>,
+    departments: Option<String>,
+    publish_bytes_per_user_per_minute: Option<u32>,
+    history_max_bytes: Option<usize>,
+    idempotency_window_seconds: Option<u64>,
 }
 
 /// Values given on the command line (they win over everything else).
@@ -169,6 +179,15 @@ fn parse_networks(list: &str) -> Result<Vec<bellhop_gateway::IpNet>> {
         .collect()
 }
 
+/// A comma-separated list of origins (`ALLOWED_ORIGINS`, `CORS_ALLOWED_ORIGINS`): trimmed, without
+/// a trailing `/`, empty entries dropped.
+fn origin_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect()
+}
+
 /// Percent-encodes everything but unreserved URL characters.
 fn url_encode(s: &str) -> String {
     s.bytes()
@@ -213,6 +232,9 @@ pub(crate) struct ServeSettings {
     pub(crate) dev_secret: bool,
     /// Log output format.
     pub(crate) log_format: LogFormat,
+    /// True when the node binds loopback only because the development secret is in use and no
+    /// address was configured (`BIND_ADDR`, `bind_addr`, `--bind`); the binary says so.
+    pub(crate) loopback_for_dev_secret: bool,
     /// True when `SSL_CERT_PATH` or `SSL_KEY_PATH` is set but `SSL_ENABLED` is not true: the node
     /// serves plain `ws`/`http`, and says so loudly, since that is rarely what was meant.
     pub(crate) tls_paths_ignored: bool,
@@ -461,8 +483,15 @@ pub(crate) fn serve_settings(
         (None, None, Some(text)) => text.parse().map_err(|e| {
             anyhow::anyhow!("bind_addr = {text:?} in the config file is invalid: {e}")
         })?,
+        // Nothing said where to listen: every interface, except with the public development
+        // secret, with which anyone who can reach the node can mint tokens for it.
+        (None, None, None) if dev_secret => IpAddr::from([127, 0, 0, 1]),
         (None, None, None) => IpAddr::from([0, 0, 0, 0]),
     };
+    let loopback_for_dev_secret = dev_secret
+        && flags.bind_addr.is_none()
+        && env.get("BIND_ADDR").is_none()
+        && file.bind_addr.is_none();
     let ws_port = flags
         .ws_port
         .or(s.parse("WS_PORT", file.ws_port)?)
@@ -511,11 +540,31 @@ pub(crate) fn serve_settings(
         limits.trusted_proxies = parse_networks(&list)?;
     }
     if let Some(list) = s.string("ALLOWED_ORIGINS", &file.allowed_origins) {
-        gateway.allowed_origins = list
-            .split(',')
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect();
+        gateway.allowed_origins = origin_list(&list);
+    }
+    let edge = &mut gateway.edge;
+    if let Some(list) = s.string("CORS_ALLOWED_ORIGINS", &file.cors_allowed_origins) {
+        edge.cors_allowed_origins = origin_list(&list);
+    }
+    if let Some(n) = s.parse("MAX_PENDING_CONNECTIONS", file.max_pending_connections)? {
+        edge.max_pending = n;
+    }
+    if let Some(n) = s.parse("MAX_PENDING_PER_IP", file.max_pending_per_ip)? {
+        edge.max_pending_per_ip = n;
+    }
+    if let Some(n) = s.parse("MAX_HEADER_BYTES", file.max_header_bytes)? {
+        edge.max_header_bytes = n;
+    }
+    if let Some(secs) =
+        s.parse::<u64>("HTTP_BODY_TIMEOUT_SECONDS", file.http_body_timeout_seconds)?
+    {
+        edge.body_timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = s.parse::<u64>(
+        "HTTP_REQUEST_TIMEOUT_SECONDS",
+        file.http_request_timeout_seconds,
+    )? {
+        edge.request_timeout = Duration::from_secs(secs);
     }
     gateway.node_id = s
         .string("NODE_ID", &file.node_id)
@@ -539,6 +588,22 @@ pub(crate) fn serve_settings(
     if let Some(secs) = s.parse::<u64>("AUTH_TIMEOUT_SECONDS", file.auth_timeout_seconds)? {
         gateway.auth.auth_timeout = Duration::from_secs(secs);
     }
+    if let Some(list) = s.string("DEPARTMENTS", &file.departments) {
+        gateway.departments = list
+            .split(',')
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+            .collect();
+    }
+    if let Some(n) = s.parse(
+        "PUBLISH_BYTES_PER_USER_PER_MINUTE",
+        file.publish_bytes_per_user_per_minute,
+    )? {
+        gateway.hotel.publish_bytes_per_user_per_minute = n;
+    }
+    if let Some(n) = s.parse("HISTORY_MAX_BYTES", file.history_max_bytes)? {
+        gateway.history_max_bytes = n;
+    }
     gateway.validate().map_err(anyhow::Error::msg)?;
     // Read the key file now, so a missing or bad one stops the node with its setting named.
     bellhop_gateway::auth::Verifier::new(&gateway.auth)?;
@@ -549,12 +614,23 @@ pub(crate) fn serve_settings(
         }
         retention = Duration::from_secs(hours * 3600);
     }
+    let mut idempotency_window = Duration::from_secs(600);
+    if let Some(secs) = s.parse::<u64>(
+        "IDEMPOTENCY_WINDOW_SECONDS",
+        file.idempotency_window_seconds,
+    )? {
+        if secs == 0 || secs > 24 * 3600 {
+            bail!("IDEMPOTENCY_WINDOW_SECONDS must be between 1 and 86400");
+        }
+        idempotency_window = Duration::from_secs(secs);
+    }
     let broker = match redis_url {
         None if redis_cluster => {
             bail!("REDIS_CLUSTER=true needs REDIS_URL (or REDIS_HOST): any one node of the cluster")
         }
         None => BrokerSettings::Embedded(MemoryConfig {
             retention,
+            idempotency_window,
             ..MemoryConfig::default()
         }),
         Some(url) => {
@@ -565,6 +641,7 @@ pub(crate) fn serve_settings(
                     .string("REDIS_TLS_CA_PATH", &file.redis_tls_ca_path)
                     .map(Into::into),
                 retention,
+                idempotency_window,
                 ..RedisConfig::default()
             };
             config.validate().map_err(anyhow::Error::msg)?;
@@ -578,6 +655,7 @@ pub(crate) fn serve_settings(
         Some(other) => bail!("LOG_FORMAT={other:?} is invalid: use text or json"),
     };
     Ok(ServeSettings {
+        loopback_for_dev_secret,
         tls_paths_ignored,
         gateway,
         broker,
@@ -612,6 +690,30 @@ mod tests {
         assert_eq!(s.broker.retention(), Duration::from_secs(24 * 3600));
         assert!(s.dev_secret);
         assert_eq!(s.environment, Environment::Development);
+    }
+
+    #[test]
+    fn the_development_secret_binds_loopback_unless_an_address_is_given() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.gateway.listen.ip(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(
+            s.gateway.admin_listen.unwrap().ip(),
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert!(s.loopback_for_dev_secret);
+        let s = settings(&[("JWT_SECRET", DEV_SECRET)]).unwrap();
+        assert!(s.loopback_for_dev_secret && s.gateway.listen.ip().is_loopback());
+        // A real secret, or an address asked for, keeps every interface.
+        let s = settings(&[("JWT_SECRET", "s3cret")]).unwrap();
+        assert!(s.gateway.listen.ip().is_unspecified() && !s.loopback_for_dev_secret);
+        let s = settings(&[("BIND_ADDR", "0.0.0.0")]).unwrap();
+        assert!(s.gateway.listen.ip().is_unspecified() && !s.loopback_for_dev_secret);
+        let flags = Overrides {
+            bind_addr: Some(IpAddr::from([0, 0, 0, 0])),
+            ..Default::default()
+        };
+        let s = serve_settings(&env(&[]), &FileSettings::default(), &flags).unwrap();
+        assert!(s.gateway.listen.ip().is_unspecified() && !s.loopback_for_dev_secret);
     }
 
     #[test]
@@ -940,6 +1042,67 @@ mod tests {
         let plain =
             settings(&[("REDIS_URL", "redis://r"), ("REDIS_TLS_CA_PATH", "/ca.pem")]).unwrap_err();
         assert!(plain.to_string().contains("REDIS_TLS_CA_PATH"), "{plain}");
+    }
+
+    #[test]
+    fn edge_limits_and_cors_are_read_with_their_defaults() {
+        let defaults = settings(&[]).unwrap().gateway.edge;
+        assert_eq!(defaults, bellhop_gateway::EdgeConfig::default());
+        assert_eq!(defaults.max_pending, 1024);
+        assert_eq!(defaults.max_pending_per_ip, 32);
+        assert_eq!(defaults.max_header_bytes, 16 * 1024);
+        assert_eq!(defaults.body_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.request_timeout, Duration::from_secs(30));
+        assert!(defaults.cors_allowed_origins.is_empty());
+        let s = settings(&[
+            ("MAX_PENDING_CONNECTIONS", "500"),
+            ("MAX_PENDING_PER_IP", "8"),
+            ("MAX_HEADER_BYTES", "8192"),
+            ("HTTP_BODY_TIMEOUT_SECONDS", "5"),
+            ("HTTP_REQUEST_TIMEOUT_SECONDS", "20"),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://app.hotel.example/, http://localhost:5173",
+            ),
+            ("ALLOWED_ORIGINS", "https://guest.hotel.example"),
+        ])
+        .unwrap()
+        .gateway;
+        assert_eq!(
+            (
+                s.edge.max_pending,
+                s.edge.max_pending_per_ip,
+                s.edge.max_header_bytes
+            ),
+            (500, 8, 8192)
+        );
+        assert_eq!(s.edge.body_timeout, Duration::from_secs(5));
+        assert_eq!(s.edge.request_timeout, Duration::from_secs(20));
+        assert_eq!(
+            s.edge.cors_allowed_origins,
+            ["https://app.hotel.example", "http://localhost:5173"]
+        );
+        assert_eq!(
+            s.allowed_origins,
+            ["https://guest.hotel.example"],
+            "separate lists"
+        );
+        let file: FileSettings =
+            toml::from_str("cors_allowed_origins = \"*\"\nmax_header_bytes = 32768").unwrap();
+        let s = serve_settings(&env(&[]), &file, &Overrides::default()).unwrap();
+        assert_eq!(s.gateway.edge.cors_allowed_origins, ["*"]);
+        assert_eq!(s.gateway.edge.max_header_bytes, 32768);
+        for (k, v) in [
+            ("MAX_PENDING_CONNECTIONS", "0"),
+            ("MAX_PENDING_PER_IP", "none"),
+            ("MAX_HEADER_BYTES", "100"),
+            ("HTTP_BODY_TIMEOUT_SECONDS", "0"),
+            ("HTTP_REQUEST_TIMEOUT_SECONDS", "1"),
+            ("CORS_ALLOWED_ORIGINS", "app.hotel.example"),
+        ] {
+            let err = settings(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{k}={v}: {err}");
+        }
     }
 
     #[test]

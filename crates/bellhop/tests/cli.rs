@@ -921,3 +921,62 @@ async fn a_real_node_serves_wss_and_bellhop_connect_trusts_its_ca() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// With the development secret and no address configured, the node listens on loopback only and
+/// says so; its text logs carry no colour codes when stderr is not a terminal (here, a pipe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_secret_binds_loopback_and_piped_logs_have_no_colours() {
+    let mut child = bellhop(&["serve", "--port", "0", "--metrics-port", "0"], &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let seen = tokio::time::timeout(DEADLINE, async {
+        let mut seen = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.contains("gateway listening");
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+        panic!("stderr ended before `gateway listening`: {seen:#?}");
+    })
+    .await
+    .expect("`gateway listening` within the deadline");
+    let text = seen.join("\n");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in piped logs: {text}"
+    );
+    assert!(
+        text.contains("listening on 127.0.0.1 only, because the development secret is in use"),
+        "{text}"
+    );
+    assert!(text.contains("local_addr=127.0.0.1:"), "{text}");
+    assert!(!text.contains("addr=0.0.0.0"), "{text}");
+}
+
+/// A refused upgrade shows the server's reason, not only the HTTP status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bellhop_connect_shows_why_the_server_refused_the_upgrade() {
+    let (node, _) = serve(&[("LOG_FORMAT", "json"), ("JWT_SECRET", SECRET)]).await;
+    let foreign = mint(
+        "another-secret-0123456789abcdef0123456789",
+        &["--sub", "u1", "--role", "staff", "--prop", "h1"],
+    )
+    .await;
+    let url = format!("ws://{}/ws", node.local);
+    let out = connect_cli(&["--url", &url, "--token", &foreign], &[], "").await;
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the server refused the upgrade: HTTP 401 Unauthorized: unauthorized: "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("signature"),
+        "the verifier's reason: {stderr}"
+    );
+}

@@ -147,6 +147,9 @@ pub fn config() -> GatewayConfig {
     c.rate_limits.publishes_per_user_per_minute = 10_000_000;
     c.rate_limits.frames_per_second = 1_000_000;
     c.rate_limits.connections_per_ip_per_minute = 1_000_000;
+    c.hotel.publish_bytes_per_user_per_minute = u32::MAX;
+    // Every test client comes from 127.0.0.1; tests/limits.rs checks the pending caps.
+    c.edge.max_pending_per_ip = 100_000;
     c
 }
 
@@ -394,6 +397,22 @@ impl TestNode {
         assert!(
             waited.is_ok(),
             "metric {name_and_labels} never reached {value}"
+        );
+    }
+}
+
+impl TestNode {
+    /// Waits (with a deadline) until a metric is at most `value`.
+    pub async fn wait_metric_at_most(&self, name_and_labels: &str, value: f64) {
+        let waited = tokio::time::timeout(DEADLINE, async {
+            while self.metric(name_and_labels).await > value {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "metric {name_and_labels} stayed above {value}"
         );
     }
 }
@@ -738,6 +757,12 @@ pub async fn http_json(
 pub struct FaultyBroker {
     pub inner: MemoryBroker,
     pub publish_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    /// When set, `presence_join` fails with it.
+    pub presence_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    /// When set, reads with a `since` fail with it (a replay fails after `subscribed`).
+    pub read_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    /// While true, presence reads never answer (a broker that hangs).
+    pub presence_hangs: std::sync::atomic::AtomicBool,
 }
 
 impl FaultyBroker {
@@ -745,6 +770,9 @@ impl FaultyBroker {
         Arc::new(FaultyBroker {
             inner: MemoryBroker::new(MemoryConfig::default()),
             publish_error: Default::default(),
+            presence_error: Default::default(),
+            read_error: Default::default(),
+            presence_hangs: Default::default(),
         })
     }
 }
@@ -753,8 +781,8 @@ impl FaultyBroker {
 impl Broker for FaultyBroker {
     async fn publish_batch(
         &self,
-        batch: Vec<Arc<bellhop_protocol::Envelope>>,
-    ) -> Vec<Result<bellhop_protocol::Offset, bellhop_dispatcher::BrokerError>> {
+        batch: Vec<bellhop_dispatcher::Publish>,
+    ) -> Vec<Result<bellhop_dispatcher::Published, bellhop_dispatcher::BrokerError>> {
         let failure = self.publish_error.lock().clone();
         match failure {
             Some(e) => batch.iter().map(|_| Err(e.clone())).collect(),
@@ -780,6 +808,11 @@ impl Broker for FaultyBroker {
         since: Option<bellhop_protocol::Offset>,
         limit: usize,
     ) -> Result<bellhop_dispatcher::ReadResult, bellhop_dispatcher::BrokerError> {
+        if since.is_some() {
+            if let Some(e) = self.read_error.lock().clone() {
+                return Err(e);
+            }
+        }
         self.inner.read(key, since, limit).await
     }
     async fn presence_join(
@@ -788,6 +821,9 @@ impl Broker for FaultyBroker {
         u: &str,
         s: &str,
     ) -> Result<bool, bellhop_dispatcher::BrokerError> {
+        if let Some(e) = self.presence_error.lock().clone() {
+            return Err(e);
+        }
         self.inner.presence_join(key, u, s).await
     }
     async fn presence_leave(
@@ -802,6 +838,12 @@ impl Broker for FaultyBroker {
         &self,
         key: &bellhop_dispatcher::ChannelKey,
     ) -> Result<Vec<String>, bellhop_dispatcher::BrokerError> {
+        if self
+            .presence_hangs
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            std::future::pending::<()>().await;
+        }
         self.inner.presence(key).await
     }
     async fn mark_read(
@@ -819,4 +861,126 @@ impl Broker for FaultyBroker {
     ) -> Result<u64, bellhop_dispatcher::BrokerError> {
         self.inner.unread(key, u).await
     }
+}
+
+/// Sends `request` (raw bytes: a request head, perhaps a body) over a fresh socket and reads the
+/// response head: the status (0 when the node closed without one) and the headers (lower-case
+/// names). Does not wait for the connection to end, so keep-alive responses work too.
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (u16, Vec<(String, String)>) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The node may answer (and close) before all of a large request is written.
+    let _ = stream.write_all(request).await;
+    read_head(&mut stream).await
+}
+
+/// [`raw_request`] from the loopback address `source`.
+pub async fn raw_request_from(
+    source: &str,
+    addr: SocketAddr,
+    request: &[u8],
+) -> (u16, Vec<(String, String)>) {
+    let mut stream = tcp_from(source, addr).await.expect("connect");
+    let _ = stream.write_all(request).await;
+    read_head(&mut stream).await
+}
+
+/// Reads a response head from `stream` (deadline: [`DEADLINE`]); status 0 when the stream ended
+/// (or was reset) first.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, Vec<(String, String)>) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a response head (or the end of the connection) within the deadline");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+/// The value of header `name` (lower case) in `headers`.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (any 127.x.y.z works on
+/// Linux), so one test can be several clients the node tells apart by address.
+pub async fn tcp_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.parse().unwrap(), 0))?;
+    socket.connect(addr).await
+}
+
+/// A TLS handshake with `node` (a TLS node) over a connection from `source`.
+pub async fn tls_from(
+    node: &TestNode,
+    source: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tcp_from(source, node.addr).await?;
+    let config = node.tls.as_ref().expect("a TLS node").client.clone();
+    let name = rustls::pki_types::ServerName::IpAddress(node.addr.ip().into());
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// One HTTP/1.1 request from `source` over a fresh connection: the status and the JSON body
+/// (`Null` when there is none), or status 0 when the node closed without answering.
+pub async fn http_from(
+    source: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Value) {
+    let Ok(stream) = tcp_from(source, addr).await else {
+        return (0, Vec::new(), Value::Null);
+    };
+    let mut stream = stream;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .expect("a response (or the end of the connection) within the deadline");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (
+        status,
+        headers,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
