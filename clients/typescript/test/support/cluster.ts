@@ -172,6 +172,7 @@ export class BellhopNode {
       RATE_LIMIT_FRAMES_PER_SECOND: "1000000",
       RATE_LIMIT_PER_IP: "1000000",
       MAX_CONNECTIONS_PER_USER: "1000",
+      PUBLISH_BYTES_PER_USER_PER_MINUTE: "1000000000",
       ...(options.redisUrl ? { REDIS_URL: options.redisUrl } : {}),
       ...options.env,
     };
