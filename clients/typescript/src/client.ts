@@ -189,6 +189,8 @@ export type ClientEvents = {
 };
 
 interface Pending {
+  /** The request's type. */
+  request: ClientFrame["type"];
   resolve: (frame: ServerFrame) => void;
   reject: (error: BellhopError) => void;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -240,6 +242,8 @@ function defaultWebSocket(): Promise<{ ctor: WebSocketConstructor; isWsPackage: 
 }
 
 const OPEN = 1;
+/** The longest delay setTimeout honours. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class BellhopClient extends Emitter<ClientEvents> implements SubscriptionHost {
   readonly #urls: string[];
@@ -342,6 +346,28 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
   disconnect(): void {
     if (this.#state === "disconnected" || this.#state === "closed") return;
     this.#toDisconnected(CloseCode.normal, "disconnect called", "client_disconnected");
+  }
+
+  /**
+   * Resolves once connected (at once if it is); rejects if the client stops (`disconnected`,
+   * `closed`) or `timeoutMs` passes first.
+   */
+  ready(timeoutMs: number = this.#opts.connectTimeoutMs): Promise<void> {
+    if (this.#state === "connected") return Promise.resolve();
+    if (this.#state !== "connecting") return Promise.reject(new BellhopError(this.#state === "closed" ? "closed" : "disconnected", `the client is ${this.#state}`));
+    return new Promise<void>((resolve, reject) => {
+      const done = (e?: BellhopError) => {
+        clearTimeout(timer);
+        off();
+        if (e) reject(e);
+        else resolve();
+      };
+      const off = this.on("state", ({ newState }) => {
+        if (newState === "connected") done();
+        else if (newState !== "connecting") done(new BellhopError(newState === "closed" ? "closed" : "disconnected", `the client is ${newState}`));
+      });
+      const timer = setTimeout(() => done(new BellhopError("timeout", `not connected within ${timeoutMs} ms`)), Math.min(timeoutMs, MAX_TIMER_MS));
+    });
   }
 
   /** Disconnects for good: subscriptions end, the client cannot connect again. */
@@ -565,8 +591,10 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
         (frame) => this.#onWelcome(conn, this.#expect<WelcomeFrame>(frame, "welcome")),
         (error: BellhopError) => {
           if (this.#conn !== conn) return;
-          // The node closes with 4001 right after an unauthorized error; wait for that close.
-          if (error.code !== "unauthorized") this.#abandon(conn, CloseCode.abnormal, `auth: ${error.message}`);
+          // A refused auth (unauthorized: 4001; too many connections of the user: 1008) is
+          // followed by the node's close, whose code decides what comes next: wait for it (the
+          // connect timeout covers a node that never closes). Only silence drops it here.
+          if (error.code === "timeout") this.#abandon(conn, CloseCode.abnormal, `auth: ${error.message}`);
         },
       );
     };
@@ -650,7 +678,10 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
       if (p) {
         conn.pending.delete(frame.id);
         if (p.timer !== undefined) clearTimeout(p.timer);
-        if (frame.type === "error") p.reject(new BellhopError(frame.code, frame.message, frame.retryAfterMs));
+        if (frame.type === "error") {
+          if (p.request === "auth") conn.lastError = frame; // the node closes next: this says why
+          p.reject(new BellhopError(frame.code, frame.message, frame.retryAfterMs));
+        }
         else p.resolve(frame);
         return;
       }
@@ -780,10 +811,12 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
   }
 
   #timer(conn: Conn, ms: number, f: () => void): void {
+    // setTimeout fires at once for more than 2^31-1 ms (a token valid for a year): clamp, so a
+    // far-off refresh happens early (harmless) rather than in a loop.
     const t = setTimeout(() => {
       conn.timers.delete(t);
       if (this.#conn === conn) f();
-    }, ms);
+    }, Math.min(Math.max(0, ms), MAX_TIMER_MS));
     conn.timers.add(t);
   }
 
@@ -794,7 +827,10 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
     const times = tokenTimes(conn.token);
     if (!times) return;
     const due = refreshDelayMs(times, Date.now(), this.#opts.tokenRefreshLeadMs);
-    const delay = failures === 0 ? due : Math.min(backoffDelay(failures, this.#backoff, this.#opts.random), Math.max(due, 1_000));
+    // After a failed refresh: again within a second or so (at least 100 ms apart), until one
+    // succeeds or the token expires.
+    const delay =
+      failures === 0 ? due : Math.max(100, Math.min(backoffDelay(failures, this.#backoff, this.#opts.random), Math.max(due, 1_000)));
     this.#timer(conn, delay, () => void this.#refresh(conn, failures));
   }
 
@@ -857,7 +893,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
         reject(e);
         return;
       }
-      const p: Pending = { resolve, reject, timer: undefined };
+      const p: Pending = { request: frame.type, resolve, reject, timer: undefined };
       const receivedBefore = conn.received;
       p.timer = setTimeout(() => {
         conn.pending.delete(id);

@@ -1,6 +1,5 @@
 /** A small typed event emitter: `on` returns the function that removes the listener. */
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type EventMap = { [event: string]: (...args: any[]) => void };
 
 export class Emitter<Events extends EventMap> {

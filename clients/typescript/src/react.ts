@@ -301,7 +301,6 @@ export function useChannel(channel: string, options: UseChannelOptions = {}): Us
       release(client, channel);
     };
     // `since` only matters for a new subscription; changing it later does not resubscribe.
-    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, channel, keep]);
 
   const publish = useCallback(

@@ -211,6 +211,28 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.#host._unsubscribe(this);
   }
 
+  /**
+   * Resolves once subscribed (at once if it is); rejects if the subscription ends
+   * (`unsubscribed`: refused, or `unsubscribe()`) or `timeoutMs` passes first.
+   */
+  ready(timeoutMs = 10_000): Promise<void> {
+    if (this.#state === "subscribed") return Promise.resolve();
+    if (this.#state === "unsubscribed") return Promise.reject(new Error(`${this.channel}: not subscribing`));
+    return new Promise<void>((resolve, reject) => {
+      const done = (e?: Error) => {
+        clearTimeout(timer);
+        off();
+        if (e) reject(e);
+        else resolve();
+      };
+      const off = this.on("state", ({ newState }) => {
+        if (newState === "subscribed") done();
+        else if (newState === "unsubscribed") done(new Error(`${this.channel}: unsubscribed`));
+      });
+      const timer = setTimeout(() => done(new Error(`${this.channel}: not subscribed within ${timeoutMs} ms`)), timeoutMs);
+    });
+  }
+
   publish(event: string, payload?: Json, options?: PublishOptions): Promise<PublishResult> {
     return this.#host.publish(this.channel, event, payload, options);
   }

@@ -103,6 +103,19 @@ for (const codec of ["json", "msgpack"] as const) {
       expect(await staff.read(ch, "1-0")).toEqual({ offset: ack.offset, unread: 0 });
     });
 
+    it("ready() of a client and of a subscription", async () => {
+      const c = track(new BellhopClient({ url: node.url, token: await mintToken({ sub: `r-${codec}`, role: "staff" }), codec }));
+      await expect(c.ready()).rejects.toMatchObject({ code: "disconnected" });
+      const sub = c.newSubscription("broadcast");
+      sub.subscribe();
+      c.connect();
+      await c.ready();
+      await sub.ready();
+      expect(sub.state).toBe("subscribed");
+      const refused = c.subscribe("dept:kitchen"); // a staff without that department
+      await expect(refused.ready()).rejects.toThrow(/unsubscribed/);
+    });
+
     it("presence, join, typing (throttled), leave, unsubscribe -> unsubscribed", async () => {
       const ch = `room:${codec}-205`;
       const a = await connected({ token: await mintToken({ sub: `joe-${codec}`, role: "staff" }), codec, typingThrottleMs: 60_000 });

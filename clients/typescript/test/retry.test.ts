@@ -8,7 +8,7 @@
 
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BellhopClient, type MessageContext, type RetryContext } from "../src/index.js";
-import { BellhopNode, Redis, mintToken, nextEvent, until } from "./support/cluster.js";
+import { BellhopNode, Redis, mintToken, nextEvent, recordingWebSocket, until } from "./support/cluster.js";
 
 describe("publish retries", () => {
   let redis: Redis;
@@ -37,7 +37,8 @@ describe("publish retries", () => {
   }
 
   it("unavailable (Redis down) is retried after retryAfterMs, with the same key, until Redis is back", async () => {
-    const c = await connect({ url: b.url, token: await mintToken({ sub: "pms", role: "service" }) });
+    const rec = recordingWebSocket();
+    const c = await connect({ url: b.url, token: await mintToken({ sub: "pms", role: "service" }), WebSocket: rec.WebSocket });
     await redis.kill();
     // The node answers `unavailable` with its hint; once the SDK is retrying, bring Redis back.
     const refused = nextEvent<RetryContext>(c, "retry", (r) => r.error.code === "unavailable", 15_000);
@@ -50,6 +51,10 @@ describe("publish retries", () => {
       `sdk-ts publish-unavailable: attempts=${ack.attempts} first_refusal="${r.error.message}" retryAfterMs=${r.error.retryAfterMs}`,
     );
     expect(ack.attempts).toBeGreaterThan(1);
+    const sends = rec.sent.filter((f) => f.type === "publish");
+    expect(sends.length).toBe(ack.attempts);
+    expect(new Set(sends.map((f) => f.idempotencyKey))).toEqual(new Set([ack.idempotencyKey]));
+    expect(new Set(sends.map((f) => f.id)).size).toBe(sends.length); // a new request id each time
     const h = await c.history("room:retry");
     expect(h.messages.map((m) => m.message.messageId)).toEqual([ack.messageId]);
   });
@@ -85,7 +90,9 @@ describe("publish timeout on a stopped node", () => {
     follower.connect();
     await ready;
 
+    const rec = recordingWebSocket();
     const pub = new BellhopClient({
+      WebSocket: rec.WebSocket,
       url: [s.url, b.url],
       token: await mintToken({ sub: "pms", role: "service" }),
       requestTimeoutMs: 1_000,
@@ -104,6 +111,8 @@ describe("publish timeout on a stopped node", () => {
     await s.kill(); // never let the stopped node process the stale frame
     expect(ack.attempts).toBe(2);
     expect(ack.idempotencyKey).toBe("room33-n7");
+    // Sent once to the stopped node and once to the other, with the same key.
+    expect(rec.sent.filter((f) => f.type === "publish").map((f) => f.idempotencyKey)).toEqual(["room33-n7", "room33-n7"]);
     await until(() => got.length >= 1, 10_000, "delivery");
     const h = await follower.history("room:33");
     expect(h.messages.map((m) => m.offset)).toEqual([ack.offset]);

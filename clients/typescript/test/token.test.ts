@@ -6,7 +6,7 @@
  * client; a re-authentication with narrower rights ends the subscriptions it no longer allows.
  */
 
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { BellhopClient, type BellhopError, type MessageContext, type ReconnectingContext } from "../src/index.js";
 import { BellhopNode, mintToken, nextEvent, type TokenClaims } from "./support/cluster.js";
 
@@ -138,5 +138,24 @@ describe("token refresh", () => {
     expect(dept.state).toBe("unsubscribed");
     expect(room.state).toBe("subscribed");
     expect(c.state).toBe("connected");
+  });
+
+  it("a token valid for a year is not refreshed in a loop (delays past setTimeout's 2^31-1 ms are clamped)", async () => {
+    const t = tokens(() => ({ sub: "lee", role: "staff", ttl: 365 * 24 * 3600 }));
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      const c = client({ url: node.url, getToken: t.get, pingIntervalMs: 0 });
+      const refreshed: unknown[] = [];
+      c.on("token", (x) => refreshed.push(x));
+      const up = nextEvent(c, "connected");
+      c.connect();
+      await up;
+      await vi.advanceTimersByTimeAsync(10 * 60_000);
+      expect(refreshed).toEqual([]);
+      expect(t.calls).toBe(1);
+      expect(c.state).toBe("connected");
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -11,6 +11,9 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { WebSocket as WsWebSocket } from "ws";
+import type { WebSocketConstructor } from "../../src/index.js";
+import { decodeFrame } from "../../src/codec.js";
 
 const execFileP = promisify(execFile);
 
@@ -169,6 +172,7 @@ export class BellhopNode {
       RATE_LIMIT_FRAMES_PER_SECOND: "1000000",
       RATE_LIMIT_PER_IP: "1000000",
       MAX_CONNECTIONS_PER_USER: "1000",
+      PUBLISH_BYTES_PER_USER_PER_MINUTE: "1000000000",
       ...(options.redisUrl ? { REDIS_URL: options.redisUrl } : {}),
       ...options.env,
     };
@@ -209,28 +213,9 @@ export class BellhopNode {
     return killChild(this.child, "SIGKILL");
   }
 
-  /**
-   * SIGSTOP, and waits until every thread of the process is stopped (a signal is delivered
-   * asynchronously): its sockets stay open and nothing answers.
-   */
-  async pause(): Promise<void> {
-    const pid = this.child.pid!;
-    this.child.kill("SIGSTOP");
-    const deadline = Date.now() + 5_000;
-    for (;;) {
-      const tasks = readdirSync(`/proc/${pid}/task`);
-      const states = tasks.map((t) => {
-        try {
-          const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
-          return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-        } catch {
-          return "T"; // the thread is gone
-        }
-      });
-      if (states.every((st) => st === "T" || st === "t")) return;
-      if (Date.now() > deadline) throw new Error(`${this.nodeId}: not stopped within 5 s (${states.join("")})`);
-      await new Promise((r) => setTimeout(r, 5));
-    }
+  /** SIGSTOP, and waits until the process is stopped: its sockets stay open, nothing answers. */
+  pause(): Promise<void> {
+    return pauseProcess(this.child);
   }
 
   /** SIGTERM: the node drains (1012 to each connection over DRAIN_SECONDS) and exits. */
@@ -246,6 +231,29 @@ export class BellhopNode {
 
   stop(): Promise<void> {
     return killChild(this.child, "SIGKILL");
+  }
+}
+
+/**
+ * SIGSTOP, and waits until every thread of the process is stopped (a signal is delivered
+ * asynchronously).
+ */
+export async function pauseProcess(child: ChildProcess): Promise<void> {
+  const pid = child.pid!;
+  child.kill("SIGSTOP");
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const states = readdirSync(`/proc/${pid}/task`).map((t) => {
+      try {
+        const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+        return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+      } catch {
+        return "T"; // the thread is gone
+      }
+    });
+    if (states.every((st) => st === "T" || st === "t")) return;
+    if (Date.now() > deadline) throw new Error(`pid ${pid}: not stopped within 5 s (${states.join("")})`);
+    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
@@ -299,4 +307,16 @@ export async function until(cond: () => boolean, ms: number, what: string): Prom
     if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
     await new Promise<void>((r) => setTimeout(r, 10));
   }
+}
+
+/** The `ws` WebSocket, recording every frame the client sends (decoded), on every connection. */
+export function recordingWebSocket(): { WebSocket: WebSocketConstructor; sent: Record<string, unknown>[] } {
+  const sent: Record<string, unknown>[] = [];
+  class Recording extends WsWebSocket {
+    override send(data: string | Uint8Array): void {
+      sent.push((typeof data === "string" ? JSON.parse(data) : decodeFrame(data)) as Record<string, unknown>);
+      super.send(data);
+    }
+  }
+  return { WebSocket: Recording as unknown as WebSocketConstructor, sent };
 }
