@@ -12,20 +12,25 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `bh:{h1\|room:101}:log` | stream | the messages: ID = offset, fields `s` (sequence) and `e` (envelope JSON) |
-//! | `bh:{h1\|room:101}:meta` | hash | `seq` (messages ever stored, contiguous), `last` (newest position handed out), `origin` (where this channel's history starts) |
+//! | `bh:{h1\|room:101}:meta` | hash | `seq` (messages ever stored, contiguous), `last` (newest offset stored), `origin` (where this channel's history starts), `trimmed` (newest entry trimmed by the length cap) |
 //! | `bh:{h1\|room:101}:read` | hash | read markers: user → offset |
 //! | `bh:{h1\|room:101}:presence` | sorted set | sessions `<user>\x1f<session>`, scored by expiry (ms) |
 //! | `bh:{h1\|room:101}:users` | hash | presence: user → number of present sessions |
 //! | `bh:{h1\|room:101}:idem:<key>` | string | `<offset> <message id>` of the publish with idempotency key `<key>`, for `idempotency_window` |
 //! | `bh:{h1\|room:101}:live` | pub/sub channel | live events (below) |
 //!
-//! Outside this scheme: each broker's own probe channel, `bh:probe:<client id>`, and the client
-//! bans every node enforces, `bh:{bans}` (a sorted set of banned addresses scored by expiry, ms)
-//! announced on `bh:{bans}:live` (`<ms left> <address>`).
+//! Outside this scheme: the **origin** where the server's data starts, `bh:origin` (a string
+//! `<ms>-0`, no expiry; in a cluster one per slot, `bh:{<tag>}:origin` with a tag that hashes to
+//! that slot, so every channel's script can read its slot's), set at connect where missing; each
+//! broker's own probe channel, `bh:probe:<client id>`; and the client bans every node enforces,
+//! `bh:{bans}` (a sorted set of banned addresses scored by expiry, ms) announced on
+//! `bh:{bans}:live` (`<ms left> <address>`).
 //!
-//! Nothing needs a sweeper: the log, meta and markers expire one retention window after the
-//! newest message (or the newest position handed out), the presence keys one presence TTL after
-//! the last join or refresh.
+//! A channel has keys only once something was published to it (log, meta, and the markers users
+//! save afterwards) or someone joined it (presence): reads, read markers and unread counts of a
+//! channel nobody published to, and subscriptions, create nothing. Nothing needs a sweeper: the
+//! log, meta and markers expire one retention window after the newest message, the idempotency
+//! keys after their window, the presence keys one presence TTL after the last join or refresh.
 //!
 //! # The channel script
 //!
@@ -38,10 +43,14 @@
 //!    id and does nothing else (no entry, no live event);
 //! 1. computes the offset like [`Offset::next_after`]: the server's millisecond, or one past
 //!    `meta.last` when the clock has not moved past it (it stepped back), so offsets strictly
-//!    increase and a position handed out for an empty channel is never undercut;
-//! 2. `XADD log MINID ~ <now - retention> <offset> s <seq> e <envelope>` (the explicit ID keeps
-//!    time-based trimming; the sequence is `meta.seq + 1`), then `HSET meta seq last` and
-//!    `HSETNX meta origin`;
+//!    increase (and a position a read handed out for an empty channel is below it, see below);
+//! 2. for a new channel, `HSET meta origin` to its slot's origin (so positions handed out by reads
+//!    while it was empty stay good; `now` when its log survived its meta), then
+//!    `XADD log MINID ~ <now - retention> <offset> s <seq> e <envelope>` (the explicit ID keeps
+//!    time-based trimming; the sequence is `meta.seq + 1`); then the length cap: when the stream
+//!    holds more than `max_messages_per_channel`, the oldest entries beyond it are removed
+//!    exactly (`XTRIM MAXLEN =`, since `XADD` takes one trim strategy and `MINID` is the one
+//!    there) and the newest of them is remembered as `meta.trimmed`; then `HSET meta seq last`;
 //! 3. extends the channel's keys to live until the message leaves the window, and with an
 //!    idempotency key `SET idem:<key> "<offset> <message id>" PX <idempotency window>`;
 //! 4. `PUBLISH live {"k":"m","o":<offset>,"s":<seq>,"e":<envelope>}`.
@@ -92,17 +101,20 @@
 //!
 //! # Reads and recovery
 //!
-//! A read is one script call: `XRANGE` strictly after `since` (`COUNT limit + 1`, for `more`), or
-//! `XREVRANGE` for the newest `limit`, never older than `now - retention` (an entry the
-//! approximate `MINID ~` trim has not removed yet is out of the window all the same). `last` is
-//! `meta.last`, the newest position handed out; when nothing is retained, the read hands out a
-//! position just below now and above every earlier one, and stores it in `meta.last`, which is
-//! what the embedded broker's `fresh_state` and `high_water` do. The channel's **floor** is
-//! `max(origin, (now - retention)-0)`, and `recovered` is `since >= floor`, with `since` known
-//! (not beyond both now and `last`). `origin` is set when the channel's meta is created (by a read
-//! or a publish): a Redis that lost its data (restart without persistence, flush, eviction)
-//! starts a new origin, so positions from before are reported `recovered: false`, like the
-//! embedded broker after a restart.
+//! A read is one script call and writes nothing: `XRANGE` strictly after `since`
+//! (`COUNT limit + 1`, for `more`), or `XREVRANGE` for the newest `limit`, never older than
+//! `now - retention` (an entry the approximate `MINID ~` trim has not removed yet is out of the
+//! window all the same). `last` is the newest retained offset (or `meta.last`, if later); when
+//! nothing is retained, the read hands out a position one second below now (half the retention
+//! if that is shorter) and not below `meta.last` or the floor, without storing it: nothing lies
+//! in that second (the channel is empty), and a Redis clock that steps back by less than the
+//! margin still gives the next message a later offset. The channel's **floor** is the latest of
+//! its origin (`meta.origin`, or for a channel never published to its slot's origin), the
+//! retention cut-off `(now - retention)-0` and `meta.trimmed`; `recovered` is `since >= floor`,
+//! with `since` known (not beyond both now and `last`). A Redis that lost its data (restart
+//! without persistence, flush) loses the origins too: positions from before are
+//! `recovered: false`, like the embedded broker after a restart, and the next publish (or node
+//! connect) sets a new origin.
 //!
 //! # Presence and read markers
 //!
@@ -111,7 +123,9 @@
 //! refreshes the sessions it added every `presence_refresh`, and every presence call first drops
 //! expired sessions (a node that died leaves nobody behind for longer than the TTL). A read
 //! marker only moves forward; the unread count is the newest sequence minus the sequence of the
-//! first retained entry after the marker, plus one (exact, not a scan).
+//! first retained entry after the marker, plus one (exact, not a scan). A marker on a channel
+//! nobody published to is not saved (it would precede nothing): the answer is the floor and no
+//! unread messages, and every later message counts as unread.
 //!
 //! # Limits of this slice
 //!
@@ -124,7 +138,11 @@
 //! - The floor is time-based, so a `since` older than `now - retention` is `recovered: false`
 //!   even when the newest message trimmed happens to be older still (the embedded broker knows
 //!   exactly what it trimmed and says true there): conservative, never the other way round.
-//!   Redis keeps no per-channel message count cap; retention alone bounds a log.
+//! - After a data loss, until a publish on the slot (or a node's connect) sets a new origin, a
+//!   position handed out for an empty channel is `recovered: false` once it is resumed from:
+//!   conservative. Eviction is detected only while one of a channel's log and meta survives
+//!   (all of Bellhop's keys carry expiries, so a `volatile-*` eviction policy may take them; run
+//!   Redis with `maxmemory-policy noeviction`).
 //! - A publish carries a deadline (the node's clock plus the command timeout); the script refuses
 //!   to store it after that, so a call that a client library queued across a reconnect, and that
 //!   the publisher was already told failed, is not stored late. Node and Redis clocks must agree
@@ -195,6 +213,10 @@ pub struct RedisConfig {
     pub presence_ttl: Duration,
     /// How often this broker refreshes the sessions it added (30 s); well under `presence_ttl`.
     pub presence_refresh: Duration,
+    /// Most messages kept per channel (10,000, the same as the embedded broker's): each publish
+    /// trims the stream to it exactly, oldest first, and a `since` older than a message trimmed
+    /// this way is `recovered: false`.
+    pub max_messages_per_channel: usize,
     /// How long the result of a publish with an idempotency key is remembered (600 s,
     /// `IDEMPOTENCY_WINDOW_SECONDS`): a repeat within it is answered with the original (a key
     /// `<prefix>:{<property>|<channel>}:idem:<key>` with that expiry).
@@ -234,6 +256,7 @@ impl Default for RedisConfig {
             retention: Duration::from_secs(24 * 3600),
             presence_ttl: Duration::from_secs(90),
             presence_refresh: Duration::from_secs(30),
+            max_messages_per_channel: 10_000,
             idempotency_window: Duration::from_secs(600),
             command_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
@@ -258,6 +281,7 @@ impl fmt::Debug for RedisConfig {
             .field("retention", &self.retention)
             .field("presence_ttl", &self.presence_ttl)
             .field("presence_refresh", &self.presence_refresh)
+            .field("max_messages_per_channel", &self.max_messages_per_channel)
             .field("idempotency_window", &self.idempotency_window)
             .field("command_timeout", &self.command_timeout)
             .field("retry_after", &self.retry_after)
@@ -325,6 +349,9 @@ impl RedisConfig {
                     .into(),
             );
         }
+        if self.max_messages_per_channel == 0 {
+            return Err("the per-channel message cap must be at least 1".into());
+        }
         if self.idempotency_window.as_millis() == 0
             || self.idempotency_window > Duration::from_secs(7 * 24 * 3600)
         {
@@ -351,8 +378,9 @@ impl RedisConfig {
 }
 
 /// The channel script (`channel.lua`); see the module docs. `KEYS`: log, meta, read markers,
-/// presence sessions, presence users (and for an idempotent publish, its result's key). `ARGV`:
-/// operation, retention (ms), presence TTL (ms), then the operation's arguments.
+/// presence sessions, presence users, the slot's (or server's) origin, and for an idempotent
+/// publish its result's key. `ARGV`: operation, retention (ms), presence TTL (ms), then the
+/// operation's arguments.
 const SCRIPT: &str = include_str!("channel.lua");
 
 /// The names of one channel's keys and live channel (see the module docs).
@@ -372,12 +400,52 @@ struct ChannelKeys {
     live: String,
     /// What every idempotency key's name starts with (`<base>:idem:`).
     idem_prefix: String,
+    /// Where the data of the channel's slot (in a cluster) or of the server starts.
+    origin: String,
 }
 
+/// The origin key of a server (`<prefix>:origin`) or, in a cluster, of one slot
+/// (`<prefix>:{<tag>}:origin`, with a tag that hashes to that slot, so the channel script of any
+/// channel on the slot may read and write it).
+fn origin_key(prefix: &str, cluster: bool, slot: u16) -> String {
+    if cluster {
+        format!("{prefix}:{{{}}}:origin", slot_tag(slot))
+    } else {
+        format!("{prefix}:origin")
+    }
+}
+
+/// A short string that hashes to `slot` (the smallest decimal number that does), computed once
+/// for all 16,384 slots.
+fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); CLUSTER_SLOTS];
+        let mut missing = CLUSTER_SLOTS;
+        let mut n = 0u64;
+        while missing > 0 {
+            let tag = n.to_string();
+            let slot = usize::from(redis_keyslot(tag.as_bytes()));
+            if tags[slot].is_empty() {
+                tags[slot] = tag;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &tags[usize::from(slot) % CLUSTER_SLOTS]
+}
+
+/// The slots of a Redis Cluster.
+const CLUSTER_SLOTS: usize = 16_384;
+
 impl ChannelKeys {
-    fn new(prefix: &str, key: &ChannelKey) -> Self {
-        let base = format!("{prefix}:{{{}|{}}}", key.property, key.channel);
+    fn new(prefix: &str, cluster: bool, key: &ChannelKey) -> Self {
+        let tag = format!("{}|{}", key.property, key.channel);
+        let base = format!("{prefix}:{{{tag}}}");
         ChannelKeys {
+            origin: origin_key(prefix, cluster, redis_keyslot(tag.as_bytes())),
             log: format!("{base}:log"),
             meta: format!("{base}:meta"),
             read: format!("{base}:read"),
@@ -403,6 +471,7 @@ impl ChannelKeys {
             self.read.clone(),
             self.presence.clone(),
             self.users.clone(),
+            self.origin.clone(),
         ]
     }
 }
@@ -704,7 +773,7 @@ fn parse_entry(entry: Value) -> Result<StoredMessage, BrokerError> {
 
 impl Inner {
     fn keys(&self, key: &ChannelKey) -> ChannelKeys {
-        ChannelKeys::new(&self.config.key_prefix, key)
+        ChannelKeys::new(&self.config.key_prefix, self.config.cluster, key)
     }
 
     /// The command that announces a stored message on its live channel, as the script runs it.
@@ -940,6 +1009,30 @@ impl Inner {
         }
     }
 
+    /// Sets the origin of the server (in a cluster: of every slot) where it is missing, to just
+    /// below the server's now. Runs at connect, so that a channel first read and later published
+    /// to starts its history before the position the read handed out; a publish sets its slot's
+    /// origin again if the server lost it meanwhile.
+    async fn ensure_origins(&self) -> Result<(), BrokerError> {
+        let slots = if self.config.cluster {
+            0..CLUSTER_SLOTS as u16
+        } else {
+            0..1
+        };
+        let prefix = &self.config.key_prefix;
+        let calls = slots
+            .map(|slot| {
+                let key = origin_key(prefix, self.config.cluster, slot);
+                (vec![key], self.script_args("origin", []))
+            })
+            .collect();
+        self.eval_many(calls)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
     /// Refreshes the expiry of every session this broker added.
     async fn refresh_sessions(&self) {
         let held: Vec<HeldSession> = self.sessions.lock().iter().cloned().collect();
@@ -1022,6 +1115,7 @@ impl RedisBroker {
             bans_channel,
             ban_tx: broadcast::channel(256).0,
         });
+        inner.ensure_origins().await?;
         let tasks = vec![
             tokio::spawn(route_messages(inner.clone(), messages)),
             tokio::spawn(resubscribe_on_reconnect(inner.clone(), reconnects)),
@@ -1276,6 +1370,7 @@ impl Broker for RedisBroker {
                 .as_millis()
                 .min(u64::MAX as u128) as u64)
             .to_string();
+        let max_len = inner.config.max_messages_per_channel.to_string();
         let window = inner
             .config
             .idempotency_window
@@ -1296,7 +1391,13 @@ impl Broker for RedisBroker {
                     let mut script_keys = keys.script_keys();
                     let mut args = inner.script_args(
                         "publish",
-                        [json, keys.live.clone(), deadline.clone(), inner.announce()],
+                        [
+                            json,
+                            keys.live.clone(),
+                            deadline.clone(),
+                            inner.announce(),
+                            max_len.clone(),
+                        ],
                     );
                     if let Some(key) = idempotency_key {
                         script_keys.push(keys.idempotency(key));
@@ -1443,9 +1544,9 @@ impl Broker for RedisBroker {
         let since_arg = since.map(|s| s.to_string()).unwrap_or_default();
         let args = inner.script_args("read", [since_arg, limit.to_string()]);
         let reply = inner.eval(&inner.keys(key), args).await?;
-        let [now, origin, last, entries] = reply_parts(reply, "read")?;
+        let [now, floor, last, entries] = reply_parts(reply, "read")?;
         let now = parse_u64(&now)?;
-        let origin = parse_offset(&origin)?;
+        let floor = parse_offset(&floor)?;
         let last = parse_offset(&last)?;
         let mut messages = entries
             .into_array()
@@ -1461,8 +1562,6 @@ impl Broker for RedisBroker {
             Some(since) => {
                 let more = messages.len() > limit;
                 messages.truncate(limit);
-                let retention = inner.config.retention.as_millis().min(u64::MAX as u128) as u64;
-                let floor = origin.max(Offset::new(now.saturating_sub(retention), 0));
                 // Not beyond both the clock and the newest position handed out (after a clock
                 // step back, offsets run ahead of the clock).
                 let known = since.ms <= now || since <= last;
@@ -1661,15 +1760,34 @@ mod tests {
 
     #[test]
     fn a_channels_keys_share_one_hash_tag() {
-        let keys = ChannelKeys::new("bh", &ChannelKey::new("h1", Channel::Room("101".into())));
+        let keys = ChannelKeys::new(
+            "bh",
+            false,
+            &ChannelKey::new("h1", Channel::Room("101".into())),
+        );
         assert_eq!(keys.log, "bh:{h1|room:101}:log");
         assert_eq!(keys.meta, "bh:{h1|room:101}:meta");
         assert_eq!(keys.read, "bh:{h1|room:101}:read");
         assert_eq!(keys.presence, "bh:{h1|room:101}:presence");
         assert_eq!(keys.users, "bh:{h1|room:101}:users");
         assert_eq!(keys.live, "bh:{h1|room:101}:live");
-        let broadcast = ChannelKeys::new("x", &ChannelKey::new("h2", Channel::Broadcast));
+        assert_eq!(keys.origin, "bh:origin", "one server, one origin");
+        assert_eq!(keys.idempotency("u1:k"), "bh:{h1|room:101}:idem:u1:k");
+        let broadcast = ChannelKeys::new("x", true, &ChannelKey::new("h2", Channel::Broadcast));
         assert_eq!(broadcast.log, "x:{h2|broadcast}:log");
+        // In a cluster, the slot's origin is on the channel's slot.
+        assert_eq!(
+            redis_keyslot(broadcast.origin.as_bytes()),
+            redis_keyslot(broadcast.log.as_bytes())
+        );
+        assert!(broadcast.origin.starts_with("x:{") && broadcast.origin.ends_with("}:origin"));
+    }
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        for slot in 0..CLUSTER_SLOTS as u16 {
+            assert_eq!(redis_keyslot(slot_tag(slot).as_bytes()), slot);
+        }
     }
 
     #[test]
@@ -1745,6 +1863,8 @@ mod tests {
             .contains("REDIS_TLS_CA_PATH"));
         assert!(with(|c| c.key_prefix = "b{h}".into()).is_err());
         assert!(with(|c| c.presence_refresh = c.presence_ttl).is_err());
+        assert!(with(|c| c.max_messages_per_channel = 0).is_err());
+        assert!(with(|c| c.idempotency_window = Duration::ZERO).is_err());
         assert!(with(|c| c.retention = Duration::ZERO)
             .unwrap_err()
             .contains("MESSAGE_RETENTION_HOURS"));
