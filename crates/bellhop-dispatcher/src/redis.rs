@@ -63,14 +63,17 @@
 //!
 //! One dedicated subscriber connection per broker. A map from live channel to a
 //! [`broadcast`] sender fans events out to local [`Subscription`]s; the channel is `SUBSCRIBE`d
-//! when its first local subscription is created and `UNSUBSCRIBE`d when the last one is dropped:
-//! each subscription holds a lease whose `Drop` hands the channel to a release task, which
-//! unsubscribes if no receiver is left (drop-triggered rather than periodic, so a channel nobody
-//! wants stops costing Redis fan-out at once). Subscribing and unsubscribing are serialized, so an
-//! `UNSUBSCRIBE` can never overtake a newer `SUBSCRIBE`. `subscribe` returns only once Redis has
-//! processed the `SUBSCRIBE` (a `PING` behind it on the same connection has been answered: fred
-//! resolves a `SUBSCRIBE` as soon as it is written), so anything published after it returns is
-//! delivered.
+//! when its first local subscription is created and `UNSUBSCRIBE`d when the last one is dropped
+//! (each subscription holds a lease whose `Drop` tells the subscription task to look; drop-
+//! triggered rather than periodic, so a channel nobody wants stops costing Redis fan-out at
+//! once). One subscription task sends every `SUBSCRIBE` and `UNSUBSCRIBE`, so an `UNSUBSCRIBE`
+//! can never overtake a newer `SUBSCRIBE`; it works in rounds, each taking every request that
+//! waits: one `UNSUBSCRIBE` for the channels nobody here wants anymore, one `SUBSCRIBE` for the
+//! new ones (in chunks of 1,024 names; per slot in a cluster) and one `PING` behind it, and no
+//! lock is held across the round trip, so 1,000 channels joined at once cost two rounds, not
+//! 1,000 round trips. `subscribe` returns only once Redis has processed the `SUBSCRIBE` (the
+//! `PING` behind it on the same connection has been answered: fred resolves a `SUBSCRIBE` as soon
+//! as it is written), so anything published after it returns is delivered.
 //!
 //! Gaps are reported in band, in order with the events around them:
 //! - **Sequence jumps.** The broker remembers the last sequence seen per channel; a message whose
@@ -86,7 +89,9 @@
 //!   behind a broken middlebox). Every `probe_interval` the broker publishes a numbered probe to
 //!   its own channel (`bh:probe:<client id>`); if it does not come back on the subscriber
 //!   connection within `probe_timeout`, the connection is replaced (which is a reconnect, above)
-//!   and [`RedisBroker::subscriber_healthy`] reads false until a probe comes back.
+//!   and [`RedisBroker::subscriber_healthy`] reads false until a probe comes back. The next probe
+//!   waits until the new connection is subscribed again (one sent earlier would find nobody
+//!   subscribed and replace the connection once more).
 //!
 //! # Redis Cluster
 //!
@@ -176,7 +181,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use fred::util::redis_keyslot;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{
@@ -517,9 +522,11 @@ enum Live {
 struct LiveChannel {
     /// Fan-out to the local subscriptions.
     tx: broadcast::Sender<Feed>,
-    /// Redis confirmed the `SUBSCRIBE`. Only false while the subscribing call holds
-    /// `Inner::sub_lock`.
+    /// Redis confirmed the `SUBSCRIBE`. False until the subscription task's round that subscribes
+    /// it has been answered.
     subscribed: bool,
+    /// Local subscribers waiting for that confirmation (or its failure).
+    waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
     /// The sequence number of the last message routed, to detect jumps; `None` after a gap.
     last_seq: Option<u64>,
     /// The subscription was renewed (a reconnect): the next event must be preceded by a gap,
@@ -550,19 +557,20 @@ struct Inner {
     script_sha: String,
     /// Live channels with local subscribers, by pub/sub channel name.
     live: Mutex<HashMap<String, LiveChannel>>,
-    /// Serializes `SUBSCRIBE` and `UNSUBSCRIBE` decisions and commands, so an unsubscribe never
-    /// overtakes a newer subscribe of the same channel. A tokio lock: held across the command.
-    sub_lock: tokio::sync::Mutex<()>,
     /// Sessions this broker added and refreshes.
     sessions: Mutex<HashSet<HeldSession>>,
-    /// Where dropped subscriptions send their live channel, for the release task.
-    released: mpsc::UnboundedSender<String>,
+    /// The subscription task's inbox: channels whose local subscribers came or went, and
+    /// reconnects. That task alone sends `SUBSCRIBE` and `UNSUBSCRIBE`, so they stay in order.
+    sub_requests: mpsc::UnboundedSender<SubRequest>,
     /// This broker's own pub/sub channel, where the probe goes round.
     probe_channel: String,
     /// The newest probe number that came back on the subscriber connection.
     probe_seen: watch::Sender<u64>,
     /// False from an unanswered probe until one is answered again.
     subscriber_healthy: AtomicBool,
+    /// Counts the subscription task's resubscriptions after reconnects (done or failed), so the
+    /// probe waits for the one its replacement of the connection causes before probing again.
+    resubscribed: watch::Sender<u64>,
     /// Client bans shared by every node: a sorted set of subjects scored by expiry (ms).
     bans_key: String,
     /// Where bans are announced.
@@ -571,19 +579,34 @@ struct Inner {
     ban_tx: broadcast::Sender<(String, Duration)>,
 }
 
-/// Dropped with a [`Subscription`]: tells the release task to check whether the channel still has
-/// local subscribers.
+/// What the subscription task is asked to look at.
+#[derive(Debug)]
+enum SubRequest {
+    /// A live channel gained a local subscriber that waits for Redis, or lost its last one:
+    /// subscribe or unsubscribe it as its subscribers now need.
+    Channel(String),
+    /// The subscriber connection came back: subscribe every channel again, then give each a gap.
+    Resubscribe,
+}
+
+/// Most channels named in one `SUBSCRIBE` command.
+const SUBSCRIBE_CHUNK: usize = 1_024;
+
+/// Dropped with a [`Subscription`]: tells the subscription task to check whether the channel
+/// still has local subscribers.
 struct Release {
     /// The live channel.
     channel: String,
-    /// The release task's inbox.
-    tx: mpsc::UnboundedSender<String>,
+    /// The subscription task's inbox.
+    tx: mpsc::UnboundedSender<SubRequest>,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
         // The task is gone only when the broker is: nothing left to unsubscribe then.
-        let _ = self.tx.send(std::mem::take(&mut self.channel));
+        let _ = self
+            .tx
+            .send(SubRequest::Channel(std::mem::take(&mut self.channel)));
     }
 }
 
@@ -666,7 +689,10 @@ async fn subscribe_confirmed(
     channels: Vec<String>,
 ) -> Result<(), FredError> {
     if !cluster {
-        subscriber.subscribe(channels).await?;
+        // One command per chunk, all written before the one PING that confirms them.
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            subscriber.subscribe(chunk.to_vec()).await?;
+        }
         return subscriber.ping::<Value>(None).await.map(|_| ());
     }
     // Sharded pub/sub: one `SSUBSCRIBE` per slot (Redis refuses channels of several slots in one
@@ -697,17 +723,32 @@ async fn subscribe_confirmed(
         .collect()
 }
 
-/// `UNSUBSCRIBE`s (`SUNSUBSCRIBE`s in a cluster) one live channel.
+/// `UNSUBSCRIBE`s (`SUNSUBSCRIBE`s in a cluster, one call per slot) live channels.
 async fn unsubscribe_live(
     subscriber: &fred::clients::Client,
     cluster: bool,
-    channel: String,
+    channels: Vec<String>,
 ) -> Result<(), FredError> {
-    if cluster {
-        subscriber.sunsubscribe(channel).await
-    } else {
-        subscriber.unsubscribe(channel).await
+    if !cluster {
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            subscriber.unsubscribe(chunk.to_vec()).await?;
+        }
+        return Ok(());
     }
+    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+    for channel in channels {
+        by_slot
+            .entry(redis_keyslot(channel.as_bytes()))
+            .or_default()
+            .push(channel);
+    }
+    let calls = by_slot
+        .into_values()
+        .map(|channels| subscriber.sunsubscribe(channels));
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect()
 }
 
 fn is_noscript(error: &FredError) -> bool {
@@ -950,61 +991,108 @@ impl Inner {
         }
     }
 
-    /// After the subscriber connection came back: subscribe every active channel again, then
-    /// tell each it has a gap (after, so the re-read covers everything the new subscription
-    /// does not).
-    async fn resubscribe(&self) {
-        let subscribed = {
-            let _order = self.sub_lock.lock().await;
-            let mut channels: Vec<String> = {
-                let mut live = self.live.lock();
-                // A message routed before `gap_all` below must not pass for contiguous: the
-                // ones published while the connection was down are only in the log.
-                for state in live.values_mut() {
-                    state.needs_gap = true;
-                }
-                live.keys().cloned().collect()
-            };
-            channels.push(self.probe_channel.clone());
-            channels.push(self.bans_channel.clone());
-            let count = channels.len();
-            let subscribed =
-                subscribe_confirmed(&self.subscriber, self.config.cluster, channels).await;
-            match &subscribed {
-                Ok(()) => tracing::info!(channels = count, "subscribed again after a reconnect"),
-                Err(error) => {
-                    tracing::error!(%error, channels = count, "could not subscribe again after a reconnect; reconnecting")
+    /// After the subscriber connection came back: subscribe every active channel again, then tell
+    /// each it has a gap (after, so the re-read covers everything the new subscription does not).
+    /// Channels waiting for their first subscription are among them, and are answered. Runs in
+    /// the subscription task.
+    async fn resubscribe(&self, at_redis: &mut HashSet<String>) {
+        let mut channels: Vec<String> = {
+            let mut live = self.live.lock();
+            // A message routed before `gap_all` below must not pass for contiguous: the ones
+            // published while the connection was down are only in the log.
+            for state in live.values_mut() {
+                state.needs_gap = true;
+            }
+            live.keys().cloned().collect()
+        };
+        at_redis.extend(channels.iter().cloned());
+        let active = channels.len();
+        channels.push(self.probe_channel.clone());
+        channels.push(self.bans_channel.clone());
+        let subscribed = subscribe_confirmed(&self.subscriber, self.config.cluster, channels).await;
+        match &subscribed {
+            Ok(()) => {
+                tracing::info!(channels = active, "subscribed again after a reconnect");
+                for state in self.live.lock().values_mut() {
+                    state.subscribed = true;
+                    for waiter in state.waiters.drain(..) {
+                        let _ = waiter.send(Ok(()));
+                    }
                 }
             }
-            self.gap_all();
-            subscribed.is_ok()
-        };
-        if !subscribed {
-            tokio::time::sleep(self.config.retry_after).await;
-            let _ = self.subscriber.force_reconnection().await;
+            Err(error) => {
+                tracing::error!(%error, channels = active, "could not subscribe again after a reconnect; reconnecting");
+                let subscriber = self.subscriber.clone();
+                let wait = self.config.retry_after;
+                // Not in the subscription task: subscribing and unsubscribing go on meanwhile
+                // (and fail fast while the connection is down).
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = subscriber.force_reconnection().await;
+                });
+            }
         }
+        self.gap_all();
+        self.resubscribed.send_modify(|n| *n += 1);
     }
 
-    /// Unsubscribes `channel` if no local subscription is left.
-    async fn release(&self, channel: String) {
-        let _order = self.sub_lock.lock().await;
-        let unused = {
+    /// One round of the subscription task: looks at each channel whose subscribers changed, and
+    /// with one `UNSUBSCRIBE` for the ones nobody here wants anymore and one `SUBSCRIBE` plus one
+    /// `PING` for the new ones (per slot in a cluster) brings Redis in line, then answers the
+    /// subscribers that waited. `at_redis` holds what this connection may be subscribed to.
+    async fn reconcile(&self, touched: Vec<String>, at_redis: &mut HashSet<String>) {
+        let (to_subscribe, to_unsubscribe) = {
             let mut live = self.live.lock();
-            match live.get(&channel) {
-                Some(state) if state.tx.receiver_count() == 0 => {
-                    live.remove(&channel);
-                    true
+            let (mut to_subscribe, mut to_unsubscribe) = (Vec::new(), Vec::new());
+            let mut seen = HashSet::new();
+            for channel in touched {
+                if !seen.insert(channel.clone()) {
+                    continue;
                 }
-                _ => false,
+                let Some(state) = live.get_mut(&channel) else {
+                    if at_redis.remove(&channel) {
+                        to_unsubscribe.push(channel);
+                    }
+                    continue;
+                };
+                state.waiters.retain(|w| !w.is_closed());
+                if state.tx.receiver_count() == 0 && state.waiters.is_empty() {
+                    live.remove(&channel);
+                    if at_redis.remove(&channel) {
+                        to_unsubscribe.push(channel);
+                    }
+                } else if !state.subscribed {
+                    to_subscribe.push(channel);
+                }
             }
+            (to_subscribe, to_unsubscribe)
         };
-        if unused {
+        if !to_unsubscribe.is_empty() {
+            let count = to_unsubscribe.len();
             if let Err(error) =
-                unsubscribe_live(&self.subscriber, self.config.cluster, channel.clone()).await
+                unsubscribe_live(&self.subscriber, self.config.cluster, to_unsubscribe).await
             {
                 // Harmless: messages for a channel not in the map are ignored, and it is not
                 // subscribed again after a reconnect.
-                tracing::debug!(channel, %error, "could not unsubscribe");
+                tracing::debug!(count, %error, "could not unsubscribe");
+            }
+        }
+        if to_subscribe.is_empty() {
+            return;
+        }
+        // From the moment the command may reach Redis, unsubscribing it later is needed.
+        at_redis.extend(to_subscribe.iter().cloned());
+        let result =
+            subscribe_confirmed(&self.subscriber, self.config.cluster, to_subscribe.clone())
+                .await
+                .map_err(|e| self.error(&e));
+        let mut live = self.live.lock();
+        for channel in to_subscribe {
+            if let Some(state) = live.get_mut(&channel) {
+                state.subscribed |= result.is_ok();
+                for waiter in state.waiters.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
             }
         }
     }
@@ -1098,19 +1186,19 @@ impl RedisBroker {
             .await
             .map_err(|e| broker_error(&e, retry_after))?;
 
-        let (released, releases) = mpsc::unbounded_channel();
+        let (sub_requests, sub_inbox) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             config,
             client,
             subscriber,
             script_sha,
             live: Mutex::new(HashMap::new()),
-            sub_lock: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(HashSet::new()),
-            released,
+            sub_requests,
             probe_channel,
             probe_seen: watch::channel(0).0,
             subscriber_healthy: AtomicBool::new(true),
+            resubscribed: watch::channel(0).0,
             bans_key,
             bans_channel,
             ban_tx: broadcast::channel(256).0,
@@ -1119,7 +1207,7 @@ impl RedisBroker {
         let tasks = vec![
             tokio::spawn(route_messages(inner.clone(), messages)),
             tokio::spawn(resubscribe_on_reconnect(inner.clone(), reconnects)),
-            tokio::spawn(release_unused(inner.clone(), releases)),
+            tokio::spawn(manage_subscriptions(inner.clone(), sub_inbox)),
             tokio::spawn(refresh_presence(inner.clone())),
             tokio::spawn(probe_subscriber(inner.clone())),
         ];
@@ -1267,7 +1355,8 @@ async fn route_messages(
     }
 }
 
-/// Subscribes every active channel again after each reconnect of the subscriber connection.
+/// Asks for every active channel to be subscribed again after each reconnect of the subscriber
+/// connection.
 async fn resubscribe_on_reconnect(
     inner: Arc<Inner>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
@@ -1276,18 +1365,37 @@ async fn resubscribe_on_reconnect(
         match reconnects.recv().await {
             Ok(server) => {
                 tracing::warn!(%server, "Redis subscriber connection reconnected");
-                inner.resubscribe().await;
+                let _ = inner.sub_requests.send(SubRequest::Resubscribe);
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => inner.resubscribe().await,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let _ = inner.sub_requests.send(SubRequest::Resubscribe);
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
 
-/// Unsubscribes channels whose last local subscription was dropped.
-async fn release_unused(inner: Arc<Inner>, mut releases: mpsc::UnboundedReceiver<String>) {
-    while let Some(channel) = releases.recv().await {
-        inner.release(channel).await;
+/// The subscription task: the only one that sends `SUBSCRIBE` and `UNSUBSCRIBE`, so they reach
+/// Redis in the order they were decided. Each round takes every request waiting, so subscribers
+/// that arrive while a round is in flight share the next round's one `SUBSCRIBE` and `PING`
+/// instead of queueing for a round trip each; nothing is locked across a round trip.
+async fn manage_subscriptions(inner: Arc<Inner>, mut inbox: mpsc::UnboundedReceiver<SubRequest>) {
+    let mut at_redis: HashSet<String> = HashSet::new();
+    while let Some(first) = inbox.recv().await {
+        let mut resubscribe = false;
+        let mut touched = Vec::new();
+        let mut take = |request| match request {
+            SubRequest::Channel(channel) => touched.push(channel),
+            SubRequest::Resubscribe => resubscribe = true,
+        };
+        take(first);
+        while let Ok(request) = inbox.try_recv() {
+            take(request);
+        }
+        if resubscribe {
+            inner.resubscribe(&mut at_redis).await;
+        }
+        inner.reconcile(touched, &mut at_redis).await;
     }
 }
 
@@ -1336,9 +1444,16 @@ async fn probe_subscriber(inner: Arc<Inner>) {
                 probe,
                 "subscriber probe lost; replacing the subscriber connection"
             );
+            let mut resubscribed = inner.resubscribed.subscribe();
+            resubscribed.mark_unchanged();
             if let Err(error) = inner.subscriber.force_reconnection().await {
                 tracing::warn!(%error, "could not replace the subscriber connection");
             }
+            // The next probe only once the new connection is subscribed again (or that failed):
+            // one sent before would find nobody subscribed and replace it once more.
+            let wait = inner.config.probe_timeout + inner.config.command_timeout;
+            let _ = tokio::time::timeout(wait, resubscribed.changed()).await;
+            tick.reset();
         }
     }
 }
@@ -1491,46 +1606,47 @@ impl Broker for RedisBroker {
         let lease = |channel: String| -> crate::broker::Lease {
             Box::new(Release {
                 channel,
-                tx: inner.released.clone(),
+                tx: inner.sub_requests.clone(),
             })
         };
         if let Some(rx) = inner.join_live(&channel) {
             return Ok(Subscription::with_feed(rx, lease(channel)));
         }
-        let _order = inner.sub_lock.lock().await;
-        let (rx, needs_subscribe) = {
+        let (rx, confirmed) = {
             let mut live = inner.live.lock();
             let state = live.entry(channel.clone()).or_insert_with(|| LiveChannel {
                 tx: broadcast::channel(inner.config.subscriber_buffer).0,
                 subscribed: false,
+                waiters: Vec::new(),
                 last_seq: None,
                 needs_gap: false,
             });
-            (state.tx.subscribe(), !state.subscribed)
-        };
-        if needs_subscribe {
-            if let Err(e) = subscribe_confirmed(
-                &inner.subscriber,
-                inner.config.cluster,
-                vec![channel.clone()],
-            )
-            .await
-            {
-                drop(rx);
-                let mut live = inner.live.lock();
-                if live
-                    .get(&channel)
-                    .is_some_and(|s| s.tx.receiver_count() == 0)
-                {
-                    live.remove(&channel);
-                }
-                return Err(inner.error(&e));
+            let rx = state.tx.subscribe();
+            if state.subscribed {
+                (rx, None)
+            } else {
+                let (tx, confirmed) = oneshot::channel();
+                state.waiters.push(tx);
+                (rx, Some(confirmed))
             }
-            if let Some(state) = inner.live.lock().get_mut(&channel) {
-                state.subscribed = true;
+        };
+        // Made before waiting, so that a failure or a cancelled call drops it like any other
+        // subscription (the receiver first, then the lease that tells the task to look).
+        let subscription = Subscription::with_feed(rx, lease(channel.clone()));
+        if let Some(confirmed) = confirmed {
+            let _ = inner.sub_requests.send(SubRequest::Channel(channel));
+            match confirmed.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    return Err(BrokerError::Unavailable {
+                        reason: "the Redis broker is shutting down".into(),
+                        retry_after: inner.config.retry_after,
+                    })
+                }
             }
         }
-        Ok(Subscription::with_feed(rx, lease(channel)))
+        Ok(subscription)
     }
 
     async fn read(
