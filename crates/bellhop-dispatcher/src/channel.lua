@@ -186,7 +186,8 @@ if op == 'publish' then
       last = top[1][1]
     end
   end
-  -- Offset::next_after: the server's millisecond, or one past the newest position handed out.
+  -- Offset::next_after: the server's millisecond, or one past the newest offset stored (the
+  -- positions reads hand out for an empty channel stay below now, see empty_position).
   local id_ms, id_seq = now, 0
   if last then
     local ms, seq = parts(last)
