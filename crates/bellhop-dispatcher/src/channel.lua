@@ -1,8 +1,14 @@
 -- Bellhop's channel script: every operation on one channel, atomically, in one call (see the docs
--- at the top of redis.rs). KEYS: log, meta, read markers, presence sessions, presence users, and
--- for a publish with an idempotency key the key remembering its result. ARGV: operation,
--- retention (ms), presence TTL (ms), then the operation's arguments.
+-- at the top of redis.rs). KEYS: log, meta, read markers, presence sessions, presence users, the
+-- origin of the channel's slot (or of the server), and for a publish with an idempotency key the
+-- key remembering its result. ARGV: operation, retention (ms), presence TTL (ms), then the
+-- operation's arguments. The operation 'origin' takes one key only (an origin).
+--
+-- Reads ('read', 'mark' of a channel nobody published to, 'unread', 'presence' of an empty
+-- channel) write nothing: a channel exists in Redis only once something was published to it or
+-- someone joined it.
 local log, meta, markers, sessions, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local slot_origin = KEYS[6]
 local op, retention, presence_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
 local time = redis.call('TIME')
@@ -16,6 +22,15 @@ end
 
 local cutoff_id = int(cutoff) .. '-0'
 local max_id = '18446744073709551615-18446744073709551615'
+local just_before_now = int(now - 1) .. '-0'
+
+if op == 'origin' then
+  -- KEYS[1]: an origin, set once to just below now: where this slot's (or server's) data starts.
+  -- A server that lost its data loses it too, and the next one set is later than every position
+  -- handed out before.
+  redis.call('SET', KEYS[1], just_before_now, 'NX')
+  return redis.call('GET', KEYS[1])
+end
 
 -- The two parts of a canonical stream ID ("<ms>-<seq>", no leading zeros), as strings.
 local function parts(id)
@@ -60,6 +75,34 @@ local function start_after(id)
     return false
   end
   return '(' .. id
+end
+
+-- Where the channel's history starts: positions before it may have lost messages. The later of
+-- the channel's origin (or, for a channel never published to, its slot's origin; just below now
+-- when that is missing too, after a data loss), the retention cut-off and the newest entry
+-- trimmed for length.
+local function floor()
+  local origin = redis.call('HGET', meta, 'origin') or redis.call('GET', slot_origin)
+      or just_before_now
+  local result = id_max(origin, cutoff_id)
+  local trimmed = redis.call('HGET', meta, 'trimmed')
+  if trimmed then
+    result = id_max(result, trimmed)
+  end
+  return result
+end
+
+-- The position handed out for a channel with nothing retained, without writing it down: a second
+-- below now (at most half the retention), so a Redis clock that steps back by less than that
+-- cannot give a later message an offset at or below it; and not below the newest position handed
+-- out or the channel's floor.
+local function empty_position(last)
+  local margin = math.min(1000, math.floor(retention / 2))
+  local position = id_max(int(math.max(now - margin, 0)) .. '-0', floor())
+  if last then
+    position = id_max(position, last)
+  end
+  return position
 end
 
 -- Keeps `key` for at least `ms` more milliseconds (a longer life it already has is kept).
@@ -117,8 +160,9 @@ if op == 'publish' then
   -- deadline (ms); ARGV[7]: 'PUBLISH', or 'SPUBLISH' in a cluster (the live channel carries
   -- the keys' hash tag, so it is on this shard). A call that reaches the server after its
   -- deadline (queued in a client across a reconnect) has already been answered `unavailable`:
-  -- storing it now would make the publisher's retry a duplicate. With an idempotency key
-  -- (KEYS[6]): ARGV[8], how long its result is remembered (ms); ARGV[9], the message id.
+  -- storing it now would make the publisher's retry a duplicate. ARGV[8]: the most entries the
+  -- channel keeps. With an idempotency key (KEYS[7]): ARGV[9], how long its result is remembered
+  -- (ms); ARGV[10], the message id.
   local announce = ARGV[7]
   if announce ~= 'PUBLISH' and announce ~= 'SPUBLISH' then
     return redis.error_reply('bellhop channel script: bad publish command ' .. tostring(announce))
@@ -126,7 +170,7 @@ if op == 'publish' then
   if now > tonumber(ARGV[6]) then
     return {'expired', int(now)}
   end
-  local idempotency = KEYS[6]
+  local idempotency = KEYS[7]
   if idempotency then
     -- A repeat within the window: the original's offset and message id, nothing stored.
     local original = redis.call('GET', idempotency)
@@ -142,7 +186,8 @@ if op == 'publish' then
       last = top[1][1]
     end
   end
-  -- Offset::next_after: the server's millisecond, or one past the newest position handed out.
+  -- Offset::next_after: the server's millisecond, or one past the newest offset stored (the
+  -- positions reads hand out for an empty channel stay below now, see empty_position).
   local id_ms, id_seq = now, 0
   if last then
     local ms, seq = parts(last)
@@ -152,15 +197,34 @@ if op == 'publish' then
   end
   local id = int(id_ms) .. '-' .. int(id_seq)
   local seq = tonumber(redis.call('HGET', meta, 'seq') or '0') + 1
+  if redis.call('HEXISTS', meta, 'origin') == 0 then
+    -- A new channel's history starts where its slot's does (positions handed out by reads of it
+    -- while it was empty stay good); one whose meta went while its log stayed starts now.
+    redis.call('SET', slot_origin, just_before_now, 'NX')
+    local origin = redis.call('GET', slot_origin)
+    if redis.call('XLEN', log) > 0 then
+      origin = just_before_now
+    end
+    redis.call('HSET', meta, 'origin', origin)
+  end
   redis.call('XADD', log, 'MINID', '~', int(cutoff), id, 's', int(seq), 'e', ARGV[4])
-  redis.call('HSETNX', meta, 'origin', int(now - 1) .. '-0')
+  -- The length cap (ARGV[8]), exactly (XADD takes one trim strategy; MINID is the one above). The
+  -- newest entry trimmed for length is the channel's `trimmed` floor: a `since` before it is not
+  -- recovered. At most 1,000 entries go per publish, so a cap lowered by configuration costs
+  -- several publishes, not one long script.
+  local excess = redis.call('XLEN', log) - tonumber(ARGV[8])
+  if excess > 0 then
+    local gone = redis.call('XRANGE', log, '-', '+', 'COUNT', math.min(excess, 1000))
+    redis.call('XTRIM', log, 'MAXLEN', '=', redis.call('XLEN', log) - #gone)
+    redis.call('HSET', meta, 'trimmed', gone[#gone][1])
+  end
   redis.call('HSET', meta, 'seq', int(seq), 'last', id)
   local keep = id_ms + retention - now
   extend(log, keep)
   extend(meta, keep)
   extend(markers, keep)
   if idempotency then
-    redis.call('SET', idempotency, id .. ' ' .. ARGV[9], 'PX', ARGV[8])
+    redis.call('SET', idempotency, id .. ' ' .. ARGV[10], 'PX', ARGV[9])
   end
   redis.call(announce, ARGV[5],
     '{"k":"m","o":"' .. id .. '","s":' .. int(seq) .. ',"e":' .. ARGV[4] .. '}')
@@ -179,7 +243,6 @@ elseif op == 'read' then
       entries = redis.call('XRANGE', log, start, '+', 'COUNT', limit + 1)
     end
   end
-  local origin = redis.call('HGET', meta, 'origin')
   local last = redis.call('HGET', meta, 'last')
   local newest = redis.call('XREVRANGE', log, '+', cutoff_id, 'COUNT', 1)
   local position
@@ -189,25 +252,16 @@ elseif op == 'read' then
       position = id_max(position, last)
     end
   else
-    -- Nothing retained: hand out a position just below now and above every earlier one (the
-    -- clock may have stepped back), and remember it so the next message comes after it.
-    position = int(now - 1) .. '-0'
-    if last then
-      position = id_max(position, last)
-    end
-    if origin then
-      position = id_max(position, origin)
-    end
+    position = empty_position(last)
   end
-  if not origin or position ~= last then
-    origin = origin or (int(now - 1) .. '-0')
-    redis.call('HSET', meta, 'origin', origin, 'last', position)
-    extend(meta, tonumber((parts(position))) + retention - now)
-  end
-  return {int(now), origin, position, entries}
+  return {int(now), floor(), position, entries}
 elseif op == 'mark' then
   -- ARGV[4]: user; ARGV[5]: the offset read up to, clamped to the newest position handed out
-  -- (a marker beyond it would hide every later message).
+  -- (a marker beyond it would hide every later message). On a channel nobody published to, no
+  -- marker is saved (it would precede nothing): the answer is the floor and nothing unread.
+  if redis.call('EXISTS', meta) == 0 and redis.call('XLEN', log) == 0 then
+    return {floor(), 0}
+  end
   local requested = ARGV[5]
   local newest = redis.call('HGET', meta, 'last') or (int(now - 1) .. '-0')
   if id_less(newest, requested) then

@@ -12,20 +12,25 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `bh:{h1\|room:101}:log` | stream | the messages: ID = offset, fields `s` (sequence) and `e` (envelope JSON) |
-//! | `bh:{h1\|room:101}:meta` | hash | `seq` (messages ever stored, contiguous), `last` (newest position handed out), `origin` (where this channel's history starts) |
+//! | `bh:{h1\|room:101}:meta` | hash | `seq` (messages ever stored, contiguous), `last` (newest offset stored), `origin` (where this channel's history starts), `trimmed` (newest entry trimmed by the length cap) |
 //! | `bh:{h1\|room:101}:read` | hash | read markers: user → offset |
 //! | `bh:{h1\|room:101}:presence` | sorted set | sessions `<user>\x1f<session>`, scored by expiry (ms) |
 //! | `bh:{h1\|room:101}:users` | hash | presence: user → number of present sessions |
 //! | `bh:{h1\|room:101}:idem:<key>` | string | `<offset> <message id>` of the publish with idempotency key `<key>`, for `idempotency_window` |
 //! | `bh:{h1\|room:101}:live` | pub/sub channel | live events (below) |
 //!
-//! Outside this scheme: each broker's own probe channel, `bh:probe:<client id>`, and the client
-//! bans every node enforces, `bh:{bans}` (a sorted set of banned addresses scored by expiry, ms)
-//! announced on `bh:{bans}:live` (`<ms left> <address>`).
+//! Outside this scheme: the **origin** where the server's data starts, `bh:origin` (a string
+//! `<ms>-0`, no expiry; in a cluster one per slot, `bh:{<tag>}:origin` with a tag that hashes to
+//! that slot, so every channel's script can read its slot's), set at connect where missing; each
+//! broker's own probe channel, `bh:probe:<client id>`; and the client bans every node enforces,
+//! `bh:{bans}` (a sorted set of banned addresses scored by expiry, ms) announced on
+//! `bh:{bans}:live` (`<ms left> <address>`).
 //!
-//! Nothing needs a sweeper: the log, meta and markers expire one retention window after the
-//! newest message (or the newest position handed out), the presence keys one presence TTL after
-//! the last join or refresh.
+//! A channel has keys only once something was published to it (log, meta, and the markers users
+//! save afterwards) or someone joined it (presence): reads, read markers and unread counts of a
+//! channel nobody published to, and subscriptions, create nothing. Nothing needs a sweeper: the
+//! log, meta and markers expire one retention window after the newest message, the idempotency
+//! keys after their window, the presence keys one presence TTL after the last join or refresh.
 //!
 //! # The channel script
 //!
@@ -38,10 +43,14 @@
 //!    id and does nothing else (no entry, no live event);
 //! 1. computes the offset like [`Offset::next_after`]: the server's millisecond, or one past
 //!    `meta.last` when the clock has not moved past it (it stepped back), so offsets strictly
-//!    increase and a position handed out for an empty channel is never undercut;
-//! 2. `XADD log MINID ~ <now - retention> <offset> s <seq> e <envelope>` (the explicit ID keeps
-//!    time-based trimming; the sequence is `meta.seq + 1`), then `HSET meta seq last` and
-//!    `HSETNX meta origin`;
+//!    increase (and a position a read handed out for an empty channel is below it, see below);
+//! 2. for a new channel, `HSET meta origin` to its slot's origin (so positions handed out by reads
+//!    while it was empty stay good; `now` when its log survived its meta), then
+//!    `XADD log MINID ~ <now - retention> <offset> s <seq> e <envelope>` (the explicit ID keeps
+//!    time-based trimming; the sequence is `meta.seq + 1`); then the length cap: when the stream
+//!    holds more than `max_messages_per_channel`, the oldest entries beyond it are removed
+//!    exactly (`XTRIM MAXLEN =`, since `XADD` takes one trim strategy and `MINID` is the one
+//!    there) and the newest of them is remembered as `meta.trimmed`; then `HSET meta seq last`;
 //! 3. extends the channel's keys to live until the message leaves the window, and with an
 //!    idempotency key `SET idem:<key> "<offset> <message id>" PX <idempotency window>`;
 //! 4. `PUBLISH live {"k":"m","o":<offset>,"s":<seq>,"e":<envelope>}`.
@@ -54,14 +63,17 @@
 //!
 //! One dedicated subscriber connection per broker. A map from live channel to a
 //! [`broadcast`] sender fans events out to local [`Subscription`]s; the channel is `SUBSCRIBE`d
-//! when its first local subscription is created and `UNSUBSCRIBE`d when the last one is dropped:
-//! each subscription holds a lease whose `Drop` hands the channel to a release task, which
-//! unsubscribes if no receiver is left (drop-triggered rather than periodic, so a channel nobody
-//! wants stops costing Redis fan-out at once). Subscribing and unsubscribing are serialized, so an
-//! `UNSUBSCRIBE` can never overtake a newer `SUBSCRIBE`. `subscribe` returns only once Redis has
-//! processed the `SUBSCRIBE` (a `PING` behind it on the same connection has been answered: fred
-//! resolves a `SUBSCRIBE` as soon as it is written), so anything published after it returns is
-//! delivered.
+//! when its first local subscription is created and `UNSUBSCRIBE`d when the last one is dropped
+//! (each subscription holds a lease whose `Drop` tells the subscription task to look; drop-
+//! triggered rather than periodic, so a channel nobody wants stops costing Redis fan-out at
+//! once). One subscription task sends every `SUBSCRIBE` and `UNSUBSCRIBE`, so an `UNSUBSCRIBE`
+//! can never overtake a newer `SUBSCRIBE`; it works in rounds, each taking every request that
+//! waits: one `UNSUBSCRIBE` for the channels nobody here wants anymore, one `SUBSCRIBE` for the
+//! new ones (in chunks of 1,024 names; per slot in a cluster) and one `PING` behind it, and no
+//! lock is held across the round trip, so 1,000 channels joined at once cost two rounds, not
+//! 1,000 round trips. `subscribe` returns only once Redis has processed the `SUBSCRIBE` (the
+//! `PING` behind it on the same connection has been answered: fred resolves a `SUBSCRIBE` as soon
+//! as it is written), so anything published after it returns is delivered.
 //!
 //! Gaps are reported in band, in order with the events around them:
 //! - **Sequence jumps.** The broker remembers the last sequence seen per channel; a message whose
@@ -77,7 +89,9 @@
 //!   behind a broken middlebox). Every `probe_interval` the broker publishes a numbered probe to
 //!   its own channel (`bh:probe:<client id>`); if it does not come back on the subscriber
 //!   connection within `probe_timeout`, the connection is replaced (which is a reconnect, above)
-//!   and [`RedisBroker::subscriber_healthy`] reads false until a probe comes back.
+//!   and [`RedisBroker::subscriber_healthy`] reads false until a probe comes back. The next probe
+//!   waits until the new connection is subscribed again (one sent earlier would find nobody
+//!   subscribed and replace the connection once more).
 //!
 //! # Redis Cluster
 //!
@@ -92,17 +106,20 @@
 //!
 //! # Reads and recovery
 //!
-//! A read is one script call: `XRANGE` strictly after `since` (`COUNT limit + 1`, for `more`), or
-//! `XREVRANGE` for the newest `limit`, never older than `now - retention` (an entry the
-//! approximate `MINID ~` trim has not removed yet is out of the window all the same). `last` is
-//! `meta.last`, the newest position handed out; when nothing is retained, the read hands out a
-//! position just below now and above every earlier one, and stores it in `meta.last`, which is
-//! what the embedded broker's `fresh_state` and `high_water` do. The channel's **floor** is
-//! `max(origin, (now - retention)-0)`, and `recovered` is `since >= floor`, with `since` known
-//! (not beyond both now and `last`). `origin` is set when the channel's meta is created (by a read
-//! or a publish): a Redis that lost its data (restart without persistence, flush, eviction)
-//! starts a new origin, so positions from before are reported `recovered: false`, like the
-//! embedded broker after a restart.
+//! A read is one script call and writes nothing: `XRANGE` strictly after `since`
+//! (`COUNT limit + 1`, for `more`), or `XREVRANGE` for the newest `limit`, never older than
+//! `now - retention` (an entry the approximate `MINID ~` trim has not removed yet is out of the
+//! window all the same). `last` is the newest retained offset (or `meta.last`, if later); when
+//! nothing is retained, the read hands out a position one second below now (half the retention
+//! if that is shorter) and not below `meta.last` or the floor, without storing it: nothing lies
+//! in that second (the channel is empty), and a Redis clock that steps back by less than the
+//! margin still gives the next message a later offset. The channel's **floor** is the latest of
+//! its origin (`meta.origin`, or for a channel never published to its slot's origin), the
+//! retention cut-off `(now - retention)-0` and `meta.trimmed`; `recovered` is `since >= floor`,
+//! with `since` known (not beyond both now and `last`). A Redis that lost its data (restart
+//! without persistence, flush) loses the origins too: positions from before are
+//! `recovered: false`, like the embedded broker after a restart, and the next publish (or node
+//! connect) sets a new origin.
 //!
 //! # Presence and read markers
 //!
@@ -111,7 +128,9 @@
 //! refreshes the sessions it added every `presence_refresh`, and every presence call first drops
 //! expired sessions (a node that died leaves nobody behind for longer than the TTL). A read
 //! marker only moves forward; the unread count is the newest sequence minus the sequence of the
-//! first retained entry after the marker, plus one (exact, not a scan).
+//! first retained entry after the marker, plus one (exact, not a scan). A marker on a channel
+//! nobody published to is not saved (it would precede nothing): the answer is the floor and no
+//! unread messages, and every later message counts as unread.
 //!
 //! # Limits of this slice
 //!
@@ -124,7 +143,11 @@
 //! - The floor is time-based, so a `since` older than `now - retention` is `recovered: false`
 //!   even when the newest message trimmed happens to be older still (the embedded broker knows
 //!   exactly what it trimmed and says true there): conservative, never the other way round.
-//!   Redis keeps no per-channel message count cap; retention alone bounds a log.
+//! - After a data loss, until a publish on the slot (or a node's connect) sets a new origin, a
+//!   position handed out for an empty channel is `recovered: false` once it is resumed from:
+//!   conservative. Eviction is detected only while one of a channel's log and meta survives
+//!   (all of Bellhop's keys carry expiries, so a `volatile-*` eviction policy may take them; run
+//!   Redis with `maxmemory-policy noeviction`).
 //! - A publish carries a deadline (the node's clock plus the command timeout); the script refuses
 //!   to store it after that, so a call that a client library queued across a reconnect, and that
 //!   the publisher was already told failed, is not stored late. Node and Redis clocks must agree
@@ -158,7 +181,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use fred::util::redis_keyslot;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{
@@ -195,6 +218,10 @@ pub struct RedisConfig {
     pub presence_ttl: Duration,
     /// How often this broker refreshes the sessions it added (30 s); well under `presence_ttl`.
     pub presence_refresh: Duration,
+    /// Most messages kept per channel (10,000, the same as the embedded broker's): each publish
+    /// trims the stream to it exactly, oldest first, and a `since` older than a message trimmed
+    /// this way is `recovered: false`.
+    pub max_messages_per_channel: usize,
     /// How long the result of a publish with an idempotency key is remembered (600 s,
     /// `IDEMPOTENCY_WINDOW_SECONDS`): a repeat within it is answered with the original (a key
     /// `<prefix>:{<property>|<channel>}:idem:<key>` with that expiry).
@@ -234,6 +261,7 @@ impl Default for RedisConfig {
             retention: Duration::from_secs(24 * 3600),
             presence_ttl: Duration::from_secs(90),
             presence_refresh: Duration::from_secs(30),
+            max_messages_per_channel: 10_000,
             idempotency_window: Duration::from_secs(600),
             command_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
@@ -258,6 +286,7 @@ impl fmt::Debug for RedisConfig {
             .field("retention", &self.retention)
             .field("presence_ttl", &self.presence_ttl)
             .field("presence_refresh", &self.presence_refresh)
+            .field("max_messages_per_channel", &self.max_messages_per_channel)
             .field("idempotency_window", &self.idempotency_window)
             .field("command_timeout", &self.command_timeout)
             .field("retry_after", &self.retry_after)
@@ -325,6 +354,9 @@ impl RedisConfig {
                     .into(),
             );
         }
+        if self.max_messages_per_channel == 0 {
+            return Err("the per-channel message cap must be at least 1".into());
+        }
         if self.idempotency_window.as_millis() == 0
             || self.idempotency_window > Duration::from_secs(7 * 24 * 3600)
         {
@@ -351,8 +383,9 @@ impl RedisConfig {
 }
 
 /// The channel script (`channel.lua`); see the module docs. `KEYS`: log, meta, read markers,
-/// presence sessions, presence users (and for an idempotent publish, its result's key). `ARGV`:
-/// operation, retention (ms), presence TTL (ms), then the operation's arguments.
+/// presence sessions, presence users, the slot's (or server's) origin, and for an idempotent
+/// publish its result's key. `ARGV`: operation, retention (ms), presence TTL (ms), then the
+/// operation's arguments.
 const SCRIPT: &str = include_str!("channel.lua");
 
 /// The names of one channel's keys and live channel (see the module docs).
@@ -372,12 +405,52 @@ struct ChannelKeys {
     live: String,
     /// What every idempotency key's name starts with (`<base>:idem:`).
     idem_prefix: String,
+    /// Where the data of the channel's slot (in a cluster) or of the server starts.
+    origin: String,
 }
 
+/// The origin key of a server (`<prefix>:origin`) or, in a cluster, of one slot
+/// (`<prefix>:{<tag>}:origin`, with a tag that hashes to that slot, so the channel script of any
+/// channel on the slot may read and write it).
+fn origin_key(prefix: &str, cluster: bool, slot: u16) -> String {
+    if cluster {
+        format!("{prefix}:{{{}}}:origin", slot_tag(slot))
+    } else {
+        format!("{prefix}:origin")
+    }
+}
+
+/// A short string that hashes to `slot` (the smallest decimal number that does), computed once
+/// for all 16,384 slots.
+fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); CLUSTER_SLOTS];
+        let mut missing = CLUSTER_SLOTS;
+        let mut n = 0u64;
+        while missing > 0 {
+            let tag = n.to_string();
+            let slot = usize::from(redis_keyslot(tag.as_bytes()));
+            if tags[slot].is_empty() {
+                tags[slot] = tag;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &tags[usize::from(slot) % CLUSTER_SLOTS]
+}
+
+/// The slots of a Redis Cluster.
+const CLUSTER_SLOTS: usize = 16_384;
+
 impl ChannelKeys {
-    fn new(prefix: &str, key: &ChannelKey) -> Self {
-        let base = format!("{prefix}:{{{}|{}}}", key.property, key.channel);
+    fn new(prefix: &str, cluster: bool, key: &ChannelKey) -> Self {
+        let tag = format!("{}|{}", key.property, key.channel);
+        let base = format!("{prefix}:{{{tag}}}");
         ChannelKeys {
+            origin: origin_key(prefix, cluster, redis_keyslot(tag.as_bytes())),
             log: format!("{base}:log"),
             meta: format!("{base}:meta"),
             read: format!("{base}:read"),
@@ -403,6 +476,7 @@ impl ChannelKeys {
             self.read.clone(),
             self.presence.clone(),
             self.users.clone(),
+            self.origin.clone(),
         ]
     }
 }
@@ -448,9 +522,11 @@ enum Live {
 struct LiveChannel {
     /// Fan-out to the local subscriptions.
     tx: broadcast::Sender<Feed>,
-    /// Redis confirmed the `SUBSCRIBE`. Only false while the subscribing call holds
-    /// `Inner::sub_lock`.
+    /// Redis confirmed the `SUBSCRIBE`. False until the subscription task's round that subscribes
+    /// it has been answered.
     subscribed: bool,
+    /// Local subscribers waiting for that confirmation (or its failure).
+    waiters: Vec<oneshot::Sender<Result<(), BrokerError>>>,
     /// The sequence number of the last message routed, to detect jumps; `None` after a gap.
     last_seq: Option<u64>,
     /// The subscription was renewed (a reconnect): the next event must be preceded by a gap,
@@ -481,19 +557,20 @@ struct Inner {
     script_sha: String,
     /// Live channels with local subscribers, by pub/sub channel name.
     live: Mutex<HashMap<String, LiveChannel>>,
-    /// Serializes `SUBSCRIBE` and `UNSUBSCRIBE` decisions and commands, so an unsubscribe never
-    /// overtakes a newer subscribe of the same channel. A tokio lock: held across the command.
-    sub_lock: tokio::sync::Mutex<()>,
     /// Sessions this broker added and refreshes.
     sessions: Mutex<HashSet<HeldSession>>,
-    /// Where dropped subscriptions send their live channel, for the release task.
-    released: mpsc::UnboundedSender<String>,
+    /// The subscription task's inbox: channels whose local subscribers came or went, and
+    /// reconnects. That task alone sends `SUBSCRIBE` and `UNSUBSCRIBE`, so they stay in order.
+    sub_requests: mpsc::UnboundedSender<SubRequest>,
     /// This broker's own pub/sub channel, where the probe goes round.
     probe_channel: String,
     /// The newest probe number that came back on the subscriber connection.
     probe_seen: watch::Sender<u64>,
     /// False from an unanswered probe until one is answered again.
     subscriber_healthy: AtomicBool,
+    /// Counts the subscription task's resubscriptions after reconnects (done or failed), so the
+    /// probe waits for the one its replacement of the connection causes before probing again.
+    resubscribed: watch::Sender<u64>,
     /// Client bans shared by every node: a sorted set of subjects scored by expiry (ms).
     bans_key: String,
     /// Where bans are announced.
@@ -502,19 +579,34 @@ struct Inner {
     ban_tx: broadcast::Sender<(String, Duration)>,
 }
 
-/// Dropped with a [`Subscription`]: tells the release task to check whether the channel still has
-/// local subscribers.
+/// What the subscription task is asked to look at.
+#[derive(Debug)]
+enum SubRequest {
+    /// A live channel gained a local subscriber that waits for Redis, or lost its last one:
+    /// subscribe or unsubscribe it as its subscribers now need.
+    Channel(String),
+    /// The subscriber connection came back: subscribe every channel again, then give each a gap.
+    Resubscribe,
+}
+
+/// Most channels named in one `SUBSCRIBE` command.
+const SUBSCRIBE_CHUNK: usize = 1_024;
+
+/// Dropped with a [`Subscription`]: tells the subscription task to check whether the channel
+/// still has local subscribers.
 struct Release {
     /// The live channel.
     channel: String,
-    /// The release task's inbox.
-    tx: mpsc::UnboundedSender<String>,
+    /// The subscription task's inbox.
+    tx: mpsc::UnboundedSender<SubRequest>,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
         // The task is gone only when the broker is: nothing left to unsubscribe then.
-        let _ = self.tx.send(std::mem::take(&mut self.channel));
+        let _ = self
+            .tx
+            .send(SubRequest::Channel(std::mem::take(&mut self.channel)));
     }
 }
 
@@ -626,7 +718,10 @@ async fn subscribe_confirmed(
     channels: Vec<String>,
 ) -> Result<(), FredError> {
     if !cluster {
-        subscriber.subscribe(channels).await?;
+        // One command per chunk, all written before the one PING that confirms them.
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            subscriber.subscribe(chunk.to_vec()).await?;
+        }
         return subscriber.ping::<Value>(None).await.map(|_| ());
     }
     // Sharded pub/sub: one `SSUBSCRIBE` per slot (Redis refuses channels of several slots in one
@@ -657,17 +752,32 @@ async fn subscribe_confirmed(
         .collect()
 }
 
-/// `UNSUBSCRIBE`s (`SUNSUBSCRIBE`s in a cluster) one live channel.
+/// `UNSUBSCRIBE`s (`SUNSUBSCRIBE`s in a cluster, one call per slot) live channels.
 async fn unsubscribe_live(
     subscriber: &fred::clients::Client,
     cluster: bool,
-    channel: String,
+    channels: Vec<String>,
 ) -> Result<(), FredError> {
-    if cluster {
-        subscriber.sunsubscribe(channel).await
-    } else {
-        subscriber.unsubscribe(channel).await
+    if !cluster {
+        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+            subscriber.unsubscribe(chunk.to_vec()).await?;
+        }
+        return Ok(());
     }
+    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+    for channel in channels {
+        by_slot
+            .entry(redis_keyslot(channel.as_bytes()))
+            .or_default()
+            .push(channel);
+    }
+    let calls = by_slot
+        .into_values()
+        .map(|channels| subscriber.sunsubscribe(channels));
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect()
 }
 
 fn is_noscript(error: &FredError) -> bool {
@@ -733,7 +843,7 @@ fn parse_entry(entry: Value) -> Result<StoredMessage, BrokerError> {
 
 impl Inner {
     fn keys(&self, key: &ChannelKey) -> ChannelKeys {
-        ChannelKeys::new(&self.config.key_prefix, key)
+        ChannelKeys::new(&self.config.key_prefix, self.config.cluster, key)
     }
 
     /// The command that announces a stored message on its live channel, as the script runs it.
@@ -910,63 +1020,134 @@ impl Inner {
         }
     }
 
-    /// After the subscriber connection came back: subscribe every active channel again, then
-    /// tell each it has a gap (after, so the re-read covers everything the new subscription
-    /// does not).
-    async fn resubscribe(&self) {
-        let subscribed = {
-            let _order = self.sub_lock.lock().await;
-            let mut channels: Vec<String> = {
-                let mut live = self.live.lock();
-                // A message routed before `gap_all` below must not pass for contiguous: the
-                // ones published while the connection was down are only in the log.
-                for state in live.values_mut() {
-                    state.needs_gap = true;
-                }
-                live.keys().cloned().collect()
-            };
-            channels.push(self.probe_channel.clone());
-            channels.push(self.bans_channel.clone());
-            let count = channels.len();
-            let subscribed =
-                subscribe_confirmed(&self.subscriber, self.config.cluster, channels).await;
-            match &subscribed {
-                Ok(()) => tracing::info!(channels = count, "subscribed again after a reconnect"),
-                Err(error) => {
-                    tracing::error!(%error, channels = count, "could not subscribe again after a reconnect; reconnecting")
+    /// After the subscriber connection came back: subscribe every active channel again, then tell
+    /// each it has a gap (after, so the re-read covers everything the new subscription does not).
+    /// Channels waiting for their first subscription are among them, and are answered. Runs in
+    /// the subscription task.
+    async fn resubscribe(&self, at_redis: &mut HashSet<String>) {
+        let mut channels: Vec<String> = {
+            let mut live = self.live.lock();
+            // A message routed before `gap_all` below must not pass for contiguous: the ones
+            // published while the connection was down are only in the log.
+            for state in live.values_mut() {
+                state.needs_gap = true;
+            }
+            live.keys().cloned().collect()
+        };
+        at_redis.extend(channels.iter().cloned());
+        let active = channels.len();
+        channels.push(self.probe_channel.clone());
+        channels.push(self.bans_channel.clone());
+        let subscribed = subscribe_confirmed(&self.subscriber, self.config.cluster, channels).await;
+        match &subscribed {
+            Ok(()) => {
+                tracing::info!(channels = active, "subscribed again after a reconnect");
+                for state in self.live.lock().values_mut() {
+                    state.subscribed = true;
+                    for waiter in state.waiters.drain(..) {
+                        let _ = waiter.send(Ok(()));
+                    }
                 }
             }
-            self.gap_all();
-            subscribed.is_ok()
-        };
-        if !subscribed {
-            tokio::time::sleep(self.config.retry_after).await;
-            let _ = self.subscriber.force_reconnection().await;
+            Err(error) => {
+                tracing::error!(%error, channels = active, "could not subscribe again after a reconnect; reconnecting");
+                let subscriber = self.subscriber.clone();
+                let wait = self.config.retry_after;
+                // Not in the subscription task: subscribing and unsubscribing go on meanwhile
+                // (and fail fast while the connection is down).
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = subscriber.force_reconnection().await;
+                });
+            }
         }
+        self.gap_all();
+        self.resubscribed.send_modify(|n| *n += 1);
     }
 
-    /// Unsubscribes `channel` if no local subscription is left.
-    async fn release(&self, channel: String) {
-        let _order = self.sub_lock.lock().await;
-        let unused = {
+    /// One round of the subscription task: looks at each channel whose subscribers changed, and
+    /// with one `UNSUBSCRIBE` for the ones nobody here wants anymore and one `SUBSCRIBE` plus one
+    /// `PING` for the new ones (per slot in a cluster) brings Redis in line, then answers the
+    /// subscribers that waited. `at_redis` holds what this connection may be subscribed to.
+    async fn reconcile(&self, touched: Vec<String>, at_redis: &mut HashSet<String>) {
+        let (to_subscribe, to_unsubscribe) = {
             let mut live = self.live.lock();
-            match live.get(&channel) {
-                Some(state) if state.tx.receiver_count() == 0 => {
-                    live.remove(&channel);
-                    true
+            let (mut to_subscribe, mut to_unsubscribe) = (Vec::new(), Vec::new());
+            let mut seen = HashSet::new();
+            for channel in touched {
+                if !seen.insert(channel.clone()) {
+                    continue;
                 }
-                _ => false,
+                let Some(state) = live.get_mut(&channel) else {
+                    if at_redis.remove(&channel) {
+                        to_unsubscribe.push(channel);
+                    }
+                    continue;
+                };
+                state.waiters.retain(|w| !w.is_closed());
+                if state.tx.receiver_count() == 0 && state.waiters.is_empty() {
+                    live.remove(&channel);
+                    if at_redis.remove(&channel) {
+                        to_unsubscribe.push(channel);
+                    }
+                } else if !state.subscribed {
+                    to_subscribe.push(channel);
+                }
             }
+            (to_subscribe, to_unsubscribe)
         };
-        if unused {
+        if !to_unsubscribe.is_empty() {
+            let count = to_unsubscribe.len();
             if let Err(error) =
-                unsubscribe_live(&self.subscriber, self.config.cluster, channel.clone()).await
+                unsubscribe_live(&self.subscriber, self.config.cluster, to_unsubscribe).await
             {
                 // Harmless: messages for a channel not in the map are ignored, and it is not
                 // subscribed again after a reconnect.
-                tracing::debug!(channel, %error, "could not unsubscribe");
+                tracing::debug!(count, %error, "could not unsubscribe");
             }
         }
+        if to_subscribe.is_empty() {
+            return;
+        }
+        // From the moment the command may reach Redis, unsubscribing it later is needed.
+        at_redis.extend(to_subscribe.iter().cloned());
+        let result =
+            subscribe_confirmed(&self.subscriber, self.config.cluster, to_subscribe.clone())
+                .await
+                .map_err(|e| self.error(&e));
+        let mut live = self.live.lock();
+        for channel in to_subscribe {
+            if let Some(state) = live.get_mut(&channel) {
+                state.subscribed |= result.is_ok();
+                for waiter in state.waiters.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        }
+    }
+
+    /// Sets the origin of the server (in a cluster: of every slot) where it is missing, to just
+    /// below the server's now. Runs at connect, so that a channel first read and later published
+    /// to starts its history before the position the read handed out; a publish sets its slot's
+    /// origin again if the server lost it meanwhile.
+    async fn ensure_origins(&self) -> Result<(), BrokerError> {
+        let slots = if self.config.cluster {
+            0..CLUSTER_SLOTS as u16
+        } else {
+            0..1
+        };
+        let prefix = &self.config.key_prefix;
+        let calls = slots
+            .map(|slot| {
+                let key = origin_key(prefix, self.config.cluster, slot);
+                (vec![key], self.script_args("origin", []))
+            })
+            .collect();
+        self.eval_many(calls)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     /// Refreshes the expiry of every session this broker added.
@@ -1034,27 +1215,28 @@ impl RedisBroker {
             .await
             .map_err(|e| broker_error(&e, retry_after))?;
 
-        let (released, releases) = mpsc::unbounded_channel();
+        let (sub_requests, sub_inbox) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             config,
             client,
             subscriber,
             script_sha,
             live: Mutex::new(HashMap::new()),
-            sub_lock: tokio::sync::Mutex::new(()),
             sessions: Mutex::new(HashSet::new()),
-            released,
+            sub_requests,
             probe_channel,
             probe_seen: watch::channel(0).0,
             subscriber_healthy: AtomicBool::new(true),
+            resubscribed: watch::channel(0).0,
             bans_key,
             bans_channel,
             ban_tx: broadcast::channel(256).0,
         });
+        inner.ensure_origins().await?;
         let tasks = vec![
             tokio::spawn(route_messages(inner.clone(), messages)),
             tokio::spawn(resubscribe_on_reconnect(inner.clone(), reconnects)),
-            tokio::spawn(release_unused(inner.clone(), releases)),
+            tokio::spawn(manage_subscriptions(inner.clone(), sub_inbox)),
             tokio::spawn(refresh_presence(inner.clone())),
             tokio::spawn(probe_subscriber(inner.clone())),
         ];
@@ -1202,7 +1384,8 @@ async fn route_messages(
     }
 }
 
-/// Subscribes every active channel again after each reconnect of the subscriber connection.
+/// Asks for every active channel to be subscribed again after each reconnect of the subscriber
+/// connection.
 async fn resubscribe_on_reconnect(
     inner: Arc<Inner>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
@@ -1211,18 +1394,37 @@ async fn resubscribe_on_reconnect(
         match reconnects.recv().await {
             Ok(server) => {
                 tracing::warn!(%server, "Redis subscriber connection reconnected");
-                inner.resubscribe().await;
+                let _ = inner.sub_requests.send(SubRequest::Resubscribe);
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => inner.resubscribe().await,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                let _ = inner.sub_requests.send(SubRequest::Resubscribe);
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
 
-/// Unsubscribes channels whose last local subscription was dropped.
-async fn release_unused(inner: Arc<Inner>, mut releases: mpsc::UnboundedReceiver<String>) {
-    while let Some(channel) = releases.recv().await {
-        inner.release(channel).await;
+/// The subscription task: the only one that sends `SUBSCRIBE` and `UNSUBSCRIBE`, so they reach
+/// Redis in the order they were decided. Each round takes every request waiting, so subscribers
+/// that arrive while a round is in flight share the next round's one `SUBSCRIBE` and `PING`
+/// instead of queueing for a round trip each; nothing is locked across a round trip.
+async fn manage_subscriptions(inner: Arc<Inner>, mut inbox: mpsc::UnboundedReceiver<SubRequest>) {
+    let mut at_redis: HashSet<String> = HashSet::new();
+    while let Some(first) = inbox.recv().await {
+        let mut resubscribe = false;
+        let mut touched = Vec::new();
+        let mut take = |request| match request {
+            SubRequest::Channel(channel) => touched.push(channel),
+            SubRequest::Resubscribe => resubscribe = true,
+        };
+        take(first);
+        while let Ok(request) = inbox.try_recv() {
+            take(request);
+        }
+        if resubscribe {
+            inner.resubscribe(&mut at_redis).await;
+        }
+        inner.reconcile(touched, &mut at_redis).await;
     }
 }
 
@@ -1271,9 +1473,16 @@ async fn probe_subscriber(inner: Arc<Inner>) {
                 probe,
                 "subscriber probe lost; replacing the subscriber connection"
             );
+            let mut resubscribed = inner.resubscribed.subscribe();
+            resubscribed.mark_unchanged();
             if let Err(error) = inner.subscriber.force_reconnection().await {
                 tracing::warn!(%error, "could not replace the subscriber connection");
             }
+            // The next probe only once the new connection is subscribed again (or that failed):
+            // one sent before would find nobody subscribed and replace it once more.
+            let wait = inner.config.probe_timeout + inner.config.command_timeout;
+            let _ = tokio::time::timeout(wait, resubscribed.changed()).await;
+            tick.reset();
         }
     }
 }
@@ -1305,6 +1514,7 @@ impl Broker for RedisBroker {
                 .as_millis()
                 .min(u64::MAX as u128) as u64)
             .to_string();
+        let max_len = inner.config.max_messages_per_channel.to_string();
         let window = inner
             .config
             .idempotency_window
@@ -1325,7 +1535,13 @@ impl Broker for RedisBroker {
                     let mut script_keys = keys.script_keys();
                     let mut args = inner.script_args(
                         "publish",
-                        [json, keys.live.clone(), deadline.clone(), inner.announce()],
+                        [
+                            json,
+                            keys.live.clone(),
+                            deadline.clone(),
+                            inner.announce(),
+                            max_len.clone(),
+                        ],
                     );
                     if let Some(key) = idempotency_key {
                         script_keys.push(keys.idempotency(key));
@@ -1419,46 +1635,47 @@ impl Broker for RedisBroker {
         let lease = |channel: String| -> crate::broker::Lease {
             Box::new(Release {
                 channel,
-                tx: inner.released.clone(),
+                tx: inner.sub_requests.clone(),
             })
         };
         if let Some(rx) = inner.join_live(&channel) {
             return Ok(Subscription::with_feed(rx, lease(channel)));
         }
-        let _order = inner.sub_lock.lock().await;
-        let (rx, needs_subscribe) = {
+        let (rx, confirmed) = {
             let mut live = inner.live.lock();
             let state = live.entry(channel.clone()).or_insert_with(|| LiveChannel {
                 tx: broadcast::channel(inner.config.subscriber_buffer).0,
                 subscribed: false,
+                waiters: Vec::new(),
                 last_seq: None,
                 needs_gap: false,
             });
-            (state.tx.subscribe(), !state.subscribed)
-        };
-        if needs_subscribe {
-            if let Err(e) = subscribe_confirmed(
-                &inner.subscriber,
-                inner.config.cluster,
-                vec![channel.clone()],
-            )
-            .await
-            {
-                drop(rx);
-                let mut live = inner.live.lock();
-                if live
-                    .get(&channel)
-                    .is_some_and(|s| s.tx.receiver_count() == 0)
-                {
-                    live.remove(&channel);
-                }
-                return Err(inner.error(&e));
+            let rx = state.tx.subscribe();
+            if state.subscribed {
+                (rx, None)
+            } else {
+                let (tx, confirmed) = oneshot::channel();
+                state.waiters.push(tx);
+                (rx, Some(confirmed))
             }
-            if let Some(state) = inner.live.lock().get_mut(&channel) {
-                state.subscribed = true;
+        };
+        // Made before waiting, so that a failure or a cancelled call drops it like any other
+        // subscription (the receiver first, then the lease that tells the task to look).
+        let subscription = Subscription::with_feed(rx, lease(channel.clone()));
+        if let Some(confirmed) = confirmed {
+            let _ = inner.sub_requests.send(SubRequest::Channel(channel));
+            match confirmed.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    return Err(BrokerError::Unavailable {
+                        reason: "the Redis broker is shutting down".into(),
+                        retry_after: inner.config.retry_after,
+                    })
+                }
             }
         }
-        Ok(Subscription::with_feed(rx, lease(channel)))
+        Ok(subscription)
     }
 
     async fn read(
@@ -1472,9 +1689,9 @@ impl Broker for RedisBroker {
         let since_arg = since.map(|s| s.to_string()).unwrap_or_default();
         let args = inner.script_args("read", [since_arg, limit.to_string()]);
         let reply = inner.eval(&inner.keys(key), args).await?;
-        let [now, origin, last, entries] = reply_parts(reply, "read")?;
+        let [now, floor, last, entries] = reply_parts(reply, "read")?;
         let now = parse_u64(&now)?;
-        let origin = parse_offset(&origin)?;
+        let floor = parse_offset(&floor)?;
         let last = parse_offset(&last)?;
         let mut messages = entries
             .into_array()
@@ -1490,8 +1707,6 @@ impl Broker for RedisBroker {
             Some(since) => {
                 let more = messages.len() > limit;
                 messages.truncate(limit);
-                let retention = inner.config.retention.as_millis().min(u64::MAX as u128) as u64;
-                let floor = origin.max(Offset::new(now.saturating_sub(retention), 0));
                 // Not beyond both the clock and the newest position handed out (after a clock
                 // step back, offsets run ahead of the clock).
                 let known = since.ms <= now || since <= last;
@@ -1690,15 +1905,34 @@ mod tests {
 
     #[test]
     fn a_channels_keys_share_one_hash_tag() {
-        let keys = ChannelKeys::new("bh", &ChannelKey::new("h1", Channel::Room("101".into())));
+        let keys = ChannelKeys::new(
+            "bh",
+            false,
+            &ChannelKey::new("h1", Channel::Room("101".into())),
+        );
         assert_eq!(keys.log, "bh:{h1|room:101}:log");
         assert_eq!(keys.meta, "bh:{h1|room:101}:meta");
         assert_eq!(keys.read, "bh:{h1|room:101}:read");
         assert_eq!(keys.presence, "bh:{h1|room:101}:presence");
         assert_eq!(keys.users, "bh:{h1|room:101}:users");
         assert_eq!(keys.live, "bh:{h1|room:101}:live");
-        let broadcast = ChannelKeys::new("x", &ChannelKey::new("h2", Channel::Broadcast));
+        assert_eq!(keys.origin, "bh:origin", "one server, one origin");
+        assert_eq!(keys.idempotency("u1:k"), "bh:{h1|room:101}:idem:u1:k");
+        let broadcast = ChannelKeys::new("x", true, &ChannelKey::new("h2", Channel::Broadcast));
         assert_eq!(broadcast.log, "x:{h2|broadcast}:log");
+        // In a cluster, the slot's origin is on the channel's slot.
+        assert_eq!(
+            redis_keyslot(broadcast.origin.as_bytes()),
+            redis_keyslot(broadcast.log.as_bytes())
+        );
+        assert!(broadcast.origin.starts_with("x:{") && broadcast.origin.ends_with("}:origin"));
+    }
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        for slot in 0..CLUSTER_SLOTS as u16 {
+            assert_eq!(redis_keyslot(slot_tag(slot).as_bytes()), slot);
+        }
     }
 
     #[test]
@@ -1796,6 +2030,8 @@ mod tests {
             .contains("REDIS_TLS_CA_PATH"));
         assert!(with(|c| c.key_prefix = "b{h}".into()).is_err());
         assert!(with(|c| c.presence_refresh = c.presence_ttl).is_err());
+        assert!(with(|c| c.max_messages_per_channel = 0).is_err());
+        assert!(with(|c| c.idempotency_window = Duration::ZERO).is_err());
         assert!(with(|c| c.retention = Duration::ZERO)
             .unwrap_err()
             .contains("MESSAGE_RETENTION_HOURS"));

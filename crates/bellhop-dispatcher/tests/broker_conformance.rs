@@ -549,6 +549,63 @@ async fn check_read_markers_count_unread_and_never_move_back(broker: Arc<dyn Bro
     assert_eq!(broker.unread(&key, "u3").await.unwrap(), 1);
 }
 
+/// A read marker of a channel nobody published to: nothing is unread, the marker is at most the
+/// position a read hands out, and what is published afterwards counts as unread.
+async fn check_a_read_marker_of_an_unused_channel_counts_what_comes_later(broker: Arc<dyn Broker>) {
+    let key = ChannelKey::new(property("markers-unused"), room("101"));
+    let position = broker.read(&key, None, 50).await.unwrap().last;
+    let (marker, unread) = broker.mark_read(&key, "u1", position).await.unwrap();
+    assert_eq!(unread, 0);
+    assert!(marker <= position, "{marker} after the position {position}");
+    assert_eq!(broker.unread(&key, "u1").await.unwrap(), 0);
+    let o = publish_each(&broker, &key, &ids("m", 2)).await;
+    assert_eq!(broker.unread(&key, "u1").await.unwrap(), 2);
+    assert_eq!(broker.mark_read(&key, "u1", o[0]).await.unwrap(), (o[0], 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks: the length cap
+// ---------------------------------------------------------------------------------------------
+
+/// Each channel keeps its newest `max_messages_per_channel` messages. A `since` before the newest
+/// message trimmed for length is not recovered (messages are missing); one at or after it is.
+async fn check_the_length_cap_keeps_the_newest_and_recovery_follows_it(broker: Arc<dyn Broker>) {
+    let cap = LENGTH_CAP.max_messages_per_channel;
+    let key = ChannelKey::new(property("length-cap"), room("101"));
+    let start = broker.read(&key, None, 1).await.unwrap().last;
+    let names = ids("m", cap + 3);
+    let o = publish_each(&broker, &key, &names).await;
+    let kept = expected(&o[3..], &names[3..]);
+
+    let read = broker.read(&key, None, 50).await.unwrap();
+    assert_eq!(pairs(&read.messages), kept, "the newest {cap}");
+    assert_eq!(read.last, o[cap + 2]);
+    for since in [start, o[0], o[1]] {
+        let read = broker.read(&key, Some(since), 50).await.unwrap();
+        assert!(!read.recovered, "m2 was trimmed after {since}");
+        assert_eq!(pairs(&read.messages), kept);
+    }
+    let read = broker.read(&key, Some(o[2]), 50).await.unwrap();
+    assert!(
+        read.recovered,
+        "m2 is the newest trimmed: nothing after it is missing"
+    );
+    assert_eq!(pairs(&read.messages), kept);
+    let read = broker.read(&key, Some(o[4]), 2).await.unwrap();
+    assert!(read.recovered);
+    assert_eq!(pairs(&read.messages), expected(&o[5..7], &names[5..7]));
+    assert!(read.more);
+    assert_eq!(
+        broker.unread(&key, "u1").await.unwrap(),
+        cap as u64,
+        "only kept count"
+    );
+    assert_eq!(
+        broker.mark_read(&key, "u1", o[1]).await.unwrap().1,
+        cap as u64
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Checks: idempotent publishes
 // ---------------------------------------------------------------------------------------------
@@ -743,6 +800,12 @@ const DEFAULTS: Tuning = Tuning {
     idempotency_window: Duration::from_secs(600),
 };
 
+/// A cap small enough to pass.
+const LENGTH_CAP: Tuning = Tuning {
+    max_messages_per_channel: 5,
+    ..DEFAULTS
+};
+
 /// A window short enough to wait out.
 const SHORT_WINDOW: Tuning = Tuning {
     idempotency_window: Duration::from_millis(400),
@@ -758,6 +821,10 @@ fn the_backends_share_their_defaults() {
     );
     assert_eq!(memory.idempotency_window, DEFAULTS.idempotency_window);
     assert_eq!(redis.idempotency_window, DEFAULTS.idempotency_window);
+    assert_eq!(
+        redis.max_messages_per_channel,
+        DEFAULTS.max_messages_per_channel
+    );
 }
 
 /// What a backend factory hands a check: the broker, and what must live until the check is done.
@@ -798,6 +865,8 @@ macro_rules! conformance {
             check_resume_reads_then_live_without_gap_or_duplicate,
             check_presence_tracks_users_across_sessions,
             check_read_markers_count_unread_and_never_move_back,
+            check_a_read_marker_of_an_unused_channel_counts_what_comes_later,
+            check_the_length_cap_keeps_the_newest_and_recovery_follows_it = LENGTH_CAP,
             check_a_repeated_idempotency_key_stores_and_delivers_nothing,
             check_repeats_within_one_batch_are_stored_once,
             check_after_the_window_a_repeat_is_a_new_message = SHORT_WINDOW,
@@ -832,6 +901,7 @@ fn memory_config(tuning: Tuning) -> MemoryConfig {
 fn redis_config(url: String, tuning: Tuning) -> RedisConfig {
     RedisConfig {
         url,
+        max_messages_per_channel: tuning.max_messages_per_channel,
         idempotency_window: tuning.idempotency_window,
         ..RedisConfig::default()
     }

@@ -340,6 +340,16 @@ async fn the_keys_are_laid_out_as_documented_and_expire_with_the_window() {
             .await,
         ["1".to_owned(), o.to_string()]
     );
+    // The server's origin never expires, and the channel's history starts there.
+    assert_eq!(server.command(&["TYPE", "bh:origin"]).await, ["string"]);
+    assert_eq!(server.command(&["PTTL", "bh:origin"]).await, ["-1"]);
+    let origin = server.command(&["GET", "bh:origin"]).await;
+    assert_eq!(
+        server
+            .command(&["HGET", &format!("{base}:meta"), "origin"])
+            .await,
+        origin
+    );
     let entry = server
         .command(&["XRANGE", &format!("{base}:log"), "-", "+"])
         .await;
@@ -527,4 +537,136 @@ async fn tls_is_verified_against_the_configured_authority() {
     })
     .await;
     assert!(error.contains("REDIS_TLS_CA_PATH"), "{error}");
+}
+
+/// The number of keys in the server's current database.
+async fn dbsize(server: &RedisServer) -> u64 {
+    server.command(&["DBSIZE"]).await[0].parse().unwrap()
+}
+
+#[tokio::test]
+async fn reads_of_channels_nobody_published_to_create_no_keys() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let before = dbsize(&server).await;
+    let started = tokio::time::Instant::now();
+    let channels = 100;
+    for i in 0..channels {
+        let k = ChannelKey::new("h1", Channel::Room(format!("quiet{i}")));
+        let read = broker.read(&k, None, 50).await.unwrap();
+        assert!(read.messages.is_empty());
+        let again = broker.read(&k, Some(read.last), 50).await.unwrap();
+        assert!(again.recovered, "the position just handed out is good");
+        assert_eq!(broker.unread(&k, "u1").await.unwrap(), 0);
+        let (_marker, unread) = broker.mark_read(&k, "u1", read.last).await.unwrap();
+        assert_eq!(unread, 0);
+        drop(broker.subscribe(&k).await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let after = dbsize(&server).await;
+    eprintln!(
+        "DBSIZE before {before}, after {after} reads of {channels} unknown channels: {} keys created in {elapsed:?} ({:.0} keys/s)",
+        after - before,
+        (after - before) as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(after, before, "reads must not write");
+}
+
+/// Subscribes to 1,000 channels at once through a link with a 2 ms round trip; every subscription
+/// must work, and they share round trips (one `SUBSCRIBE` and one `PING` per round) instead of
+/// queueing behind a lock for one each (1,000 round trips: 2 s and more).
+#[tokio::test]
+async fn a_thousand_concurrent_subscribes_share_round_trips_and_all_deliver() {
+    let server = RedisServer::start().await;
+    let rtt = Duration::from_millis(2);
+    let proxy = Proxy::start_with_latency(server.port(), rtt).await;
+    let broker = Arc::new(broker_on(&server, |c| c.url = proxy.url()).await);
+    let keys: Vec<ChannelKey> = (0..1000)
+        .map(|i| ChannelKey::new("h1", Channel::Room(format!("r{i}"))))
+        .collect();
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = keys
+        .iter()
+        .cloned()
+        .map(|k| {
+            let broker = broker.clone();
+            tokio::spawn(async move { broker.subscribe(&k).await })
+        })
+        .collect();
+    let mut subs = Vec::new();
+    for task in tasks {
+        subs.push(task.await.unwrap().unwrap());
+    }
+    let elapsed = started.elapsed();
+    eprintln!("1000 concurrent subscribes over a {rtt:?} round trip took {elapsed:?}");
+    assert!(
+        elapsed < 250 * rtt,
+        "1,000 subscribes took {elapsed:?}: they are not sharing round trips"
+    );
+    let batch = keys.iter().map(|k| envelope(k, "m").into()).collect();
+    let offsets: Vec<Offset> = broker
+        .publish_batch(batch)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().offset)
+        .collect();
+    for ((k, sub), o) in keys.iter().zip(&mut subs).zip(offsets) {
+        assert_eq!(next_message(sub).await.offset, o, "{k}");
+    }
+    // Dropping them all unsubscribes every channel (in shared rounds too).
+    drop(subs);
+    eventually("every channel unsubscribed", || async {
+        server
+            .command(&[
+                "PUBSUB",
+                "NUMSUB",
+                "bh:{h1|room:0}:live",
+                "bh:{h1|room:999}:live",
+            ])
+            .await
+            == ["bh:{h1|room:0}:live", "0", "bh:{h1|room:999}:live", "0"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn positions_from_before_the_server_lost_its_data_are_not_recovered() {
+    let server = RedisServer::start().await;
+    let broker = broker_on(&server, |_| {}).await;
+    let busy = key();
+    let quiet = ChannelKey::new("h1", Channel::Room("quiet".into()));
+    let o = publish(&broker, &busy, "m0").await;
+    let position = broker.read(&quiet, None, 50).await.unwrap().last;
+    assert!(
+        broker
+            .read(&quiet, Some(position), 50)
+            .await
+            .unwrap()
+            .recovered
+    );
+
+    // The loss comes later than the positions (not in the same millisecond).
+    let after = o.ms.max(position.ms) + 2;
+    eventually("the server's clock moves on", || async {
+        let time = server.command(&["TIME"]).await;
+        time[0].parse::<u64>().unwrap() * 1000 + time[1].parse::<u64>().unwrap() / 1000 > after
+    })
+    .await;
+    // A restart without persistence, as far as the data goes.
+    assert_eq!(server.command(&["FLUSHALL"]).await, ["OK"]);
+    let read = broker.read(&busy, Some(o), 50).await.unwrap();
+    assert!(!read.recovered, "m0 is gone");
+    let read = broker.read(&quiet, Some(position), 50).await.unwrap();
+    assert!(
+        !read.recovered,
+        "whatever was published after it is gone too"
+    );
+    let o1 = publish(&broker, &busy, "m1").await;
+    let read = broker.read(&busy, Some(o), 50).await.unwrap();
+    assert!(!read.recovered, "the new history starts after the loss");
+    assert_eq!(read.messages.len(), 1);
+    assert_eq!(read.messages[0].offset, o1);
+    // The new history's own positions are good.
+    let read = broker.read(&busy, Some(o1), 50).await.unwrap();
+    assert!(read.recovered);
 }

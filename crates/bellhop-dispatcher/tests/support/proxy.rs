@@ -1,14 +1,19 @@
 //! A loopback TCP proxy in front of a server that can silence one connection: the server's bytes
 //! stop reaching the client while the connection stays open, which is how a pub/sub connection
-//! fails after a failover behind a middlebox (no error, no close, just nothing).
+//! fails after a failover behind a middlebox (no error, no close, just nothing). It can also delay
+//! the server's bytes, to give loopback the round-trip time of a network.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// A running proxy; stops accepting when dropped.
 #[derive(Debug)]
@@ -31,6 +36,12 @@ impl Drop for Proxy {
 impl Proxy {
     /// Forwards a loopback port to `127.0.0.1:<upstream>`.
     pub(crate) async fn start(upstream: u16) -> Proxy {
+        Self::start_with_latency(upstream, Duration::ZERO).await
+    }
+
+    /// Like [`Proxy::start`], and every byte from the server reaches the client `latency` late
+    /// (in order, without limiting throughput): each round trip takes `latency` longer.
+    pub(crate) async fn start_with_latency(upstream: u16, latency: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let silenced = Arc::new(Mutex::new(Vec::new()));
@@ -42,7 +53,7 @@ impl Proxy {
                 };
                 let silence = Arc::new(AtomicBool::new(false));
                 switches.lock().push(silence.clone());
-                tokio::spawn(forward(client, server, silence));
+                tokio::spawn(forward(client, server, silence, latency));
             }
         });
         Proxy {
@@ -68,10 +79,17 @@ impl Proxy {
     }
 }
 
-/// Copies both ways until either side closes; the server's bytes only while not silenced.
-async fn forward(client: TcpStream, server: TcpStream, silence: Arc<AtomicBool>) {
+/// Copies both ways until either side closes; the server's bytes only while not silenced, each
+/// `latency` after it arrived.
+async fn forward(
+    client: TcpStream,
+    server: TcpStream,
+    silence: Arc<AtomicBool>,
+    latency: Duration,
+) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
+    let (delayed_tx, mut delayed) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let up = async {
         let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
     };
@@ -81,7 +99,8 @@ async fn forward(client: TcpStream, server: TcpStream, silence: Arc<AtomicBool>)
             match server_read.read(&mut buffer).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) if !silence.load(Ordering::SeqCst) => {
-                    if client_write.write_all(&buffer[..n]).await.is_err() {
+                    let due = Instant::now() + latency;
+                    if delayed_tx.send((due, buffer[..n].to_vec())).is_err() {
                         return;
                     }
                 }
@@ -89,8 +108,17 @@ async fn forward(client: TcpStream, server: TcpStream, silence: Arc<AtomicBool>)
             }
         }
     };
+    let deliver = async {
+        while let Some((due, bytes)) = delayed.recv().await {
+            tokio::time::sleep_until(due).await;
+            if client_write.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
     tokio::select! {
         () = up => {}
         () = down => {}
+        () = deliver => {}
     }
 }
