@@ -97,6 +97,7 @@ pub(crate) struct FileSettings {
     publish_bytes_per_user_per_minute: Option<u32>,
     history_max_bytes: Option<usize>,
     idempotency_window_seconds: Option<u64>,
+    max_messages_per_channel: Option<usize>,
 }
 
 /// Values given on the command line (they win over everything else).
@@ -624,6 +625,16 @@ pub(crate) fn serve_settings(
         }
         idempotency_window = Duration::from_secs(secs);
     }
+    let max_messages_per_channel = match s.parse::<usize>(
+        "MAX_MESSAGES_PER_CHANNEL",
+        file.max_messages_per_channel,
+    )? {
+        Some(n) if !(100..=1_000_000).contains(&n) => {
+            bail!("MAX_MESSAGES_PER_CHANNEL must be between 100 and 1000000")
+        }
+        Some(n) => n,
+        None => MemoryConfig::default().max_messages_per_channel,
+    };
     let broker = match redis_url {
         None if redis_cluster => {
             bail!("REDIS_CLUSTER=true needs REDIS_URL (or REDIS_HOST): any one node of the cluster")
@@ -631,6 +642,7 @@ pub(crate) fn serve_settings(
         None => BrokerSettings::Embedded(MemoryConfig {
             retention,
             idempotency_window,
+            max_messages_per_channel,
             ..MemoryConfig::default()
         }),
         Some(url) => {
@@ -642,6 +654,7 @@ pub(crate) fn serve_settings(
                     .map(Into::into),
                 retention,
                 idempotency_window,
+                max_messages_per_channel,
                 ..RedisConfig::default()
             };
             config.validate().map_err(anyhow::Error::msg)?;
