@@ -44,6 +44,10 @@ pub struct Metrics {
     pub broker_live: IntGauge,
     /// Publishes refused because the circuit breaker was open.
     pub breaker_rejections: IntCounter,
+    /// WebSocket connections opened (upgraded), for connects per second.
+    pub connections_opened: IntCounter,
+    /// Subscribes with `since`, by whether the replay was complete (`recovered`).
+    pub resumes: IntCounterVec,
     /// Publishes answered with an earlier ack because they repeated its idempotency key.
     pub idempotent_repeats: IntCounter,
     /// Times the dispatcher's worker died and was restarted (read from the dispatcher).
@@ -178,6 +182,28 @@ impl Metrics {
                 "Requests refused by a rate limit, by what was limited.",
                 &["what"],
             ),
+            connections_opened: {
+                let c = IntCounter::new(
+                    "bellhop_connections_opened_total",
+                    "WebSocket connections opened (upgraded) on this node.",
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            resumes: {
+                let c = counter_vec(
+                    "bellhop_resumes_total",
+                    "Subscribes with since (resumes), by whether nothing was missing (recovered).",
+                    &["recovered"],
+                );
+                // Both series exist from the start, so a dashboard shows 0 rather than nothing.
+                c.with_label_values(&["true"]);
+                c.with_label_values(&["false"]);
+                c
+            },
             idempotent_repeats: {
                 let c = IntCounter::new(
                     "bellhop_idempotent_repeats_total",

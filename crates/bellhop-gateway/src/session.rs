@@ -75,6 +75,7 @@ where
     let outbound = Arc::new(Outbound::new(node.config.outbound.clone()));
     node.connections.lock().insert(conn_id, outbound.clone());
     node.metrics.connections.inc();
+    node.metrics.connections_opened.inc();
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(write_loop(
         sink,
@@ -825,6 +826,11 @@ impl Session<'_> {
             return Ok(last);
         };
         let first = broker.read(key, Some(since), REPLAY_PAGE).await?;
+        self.node
+            .metrics
+            .resumes
+            .with_label_values(&[if first.recovered { "true" } else { "false" }])
+            .inc();
         let frame = ServerFrame::Subscribed {
             id,
             channel: key.channel.clone(),
