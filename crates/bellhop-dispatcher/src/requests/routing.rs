@@ -398,17 +398,18 @@ impl Rules {
         }
         // Stable: equal priorities keep file order.
         rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
-        let fallback =
-            match spec.default {
-                Some(d) if known(&d) => d,
-                Some(d) => return Err(error(
+        let fallback = match spec.default {
+            Some(d) if known(&d) => d,
+            Some(d) => {
+                return Err(error(
                     line_of(text, &d),
                     format!(
                         "default department {d:?} is not configured (DEPARTMENTS is {configured})"
                     ),
-                )),
-                None => Rules::builtin(departments).fallback,
-            };
+                ))
+            }
+            None => Rules::builtin(departments).fallback,
+        };
         Ok(Rules { rules, fallback })
     }
 
