@@ -397,7 +397,7 @@ impl Node {
             correlation_id: frame.correlation_id,
         };
         let started = tokio::time::Instant::now();
-        if requests::is_request_event(&envelope.event) {
+        if requests::is_request_event(&envelope.event, &envelope.payload) {
             let key = frame.idempotency_key.map(|k| format!("{}:{k}", p.user_id));
             let actor = actor(p);
             let published = if envelope.event == requests::SERVICE_REQUEST {

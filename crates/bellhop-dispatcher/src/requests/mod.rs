@@ -175,12 +175,15 @@ impl Drop for Requests {
     }
 }
 
-/// Whether `event` is one the workflow handles.
-pub fn is_request_event(event: &str) -> bool {
-    matches!(
-        event,
-        SERVICE_REQUEST | STAFF_ASSIGNED | SERVICE_REQUEST_UPDATED
-    )
+/// Whether a message is one the workflow handles: every `SERVICE_REQUEST`, and a
+/// `STAFF_ASSIGNED` or `SERVICE_REQUEST_UPDATED` whose payload has a `requestId` (without one it
+/// stays an ordinary message, as before requests were tracked).
+pub fn is_request_event(event: &str, payload: &Value) -> bool {
+    match event {
+        SERVICE_REQUEST => true,
+        STAFF_ASSIGNED | SERVICE_REQUEST_UPDATED => payload.get("requestId").is_some(),
+        _ => false,
+    }
 }
 
 /// The current time as RFC 3339 with milliseconds, UTC.
@@ -268,7 +271,8 @@ impl Requests {
     /// Opens a request with a `SERVICE_REQUEST` envelope that the gateway authorized (its
     /// `messageId` becomes the request id). To a room: routed to a department (the payload's
     /// `department` if it names a configured one, else the rules), stored there and in the room;
-    /// to a department: stored there. The answer is the department channel's publish.
+    /// to a department: stored there. The answer is the publish to the channel the envelope
+    /// named (for a routed request, the room's copy; the `messageId` is the same on both).
     pub async fn open(
         &self,
         actor: &Actor,
@@ -276,6 +280,7 @@ impl Requests {
         idempotency_key: Option<String>,
     ) -> Result<Published, RequestError> {
         let mut rule = None;
+        let to_room = matches!(envelope.channel, Channel::Room(_));
         let (department, room) = match &envelope.channel {
             Channel::Room(room) => {
                 let named = field(&envelope.payload, "department")
@@ -330,6 +335,14 @@ impl Requests {
             .publish(envelope.clone(), idempotency_key.as_deref())
             .await?;
         if published.duplicate {
+            if let (true, Some(room)) = (to_room, room) {
+                // The room's copy is a repeat too: its original ack.
+                let mut copy = (*envelope).clone();
+                copy.channel = Channel::Room(room);
+                return Ok(self
+                    .publish(Arc::new(copy), idempotency_key.as_deref())
+                    .await?);
+            }
             return Ok(published);
         }
         let now = self.now_ms();
@@ -361,8 +374,13 @@ impl Requests {
         if let Some(room) = room {
             let mut copy = (*envelope).clone();
             copy.channel = Channel::Room(room);
-            self.publish(Arc::new(copy), idempotency_key.as_deref())
+            let in_room = self
+                .publish(Arc::new(copy), idempotency_key.as_deref())
                 .await?;
+            if to_room {
+                // The ack names the channel the publisher named.
+                return Ok(in_room);
+            }
         }
         Ok(published)
     }
