@@ -1,0 +1,174 @@
+//! Escalation survives a SIGKILL: two real `bellhop serve` processes on one real `redis-server`
+//! with `ESCALATION_AFTER_SECONDS=2` and `ESCALATION_MAX_LEVEL=4`. An urgent request is opened
+//! through node A, A is killed with SIGKILL at once, and node B must fire every level (2, 3, 4;
+//! 4 also to `dept:management`) exactly once. Prints its figures (`-- --nocapture`).
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bellhop_gateway::auth::{mint, Claims};
+use bellhop_protocol::Role;
+use bellhop_testkit::RedisServer;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bellhop");
+const SECRET: &str = "node-kill-test-secret-0123456789abcdef0123";
+/// Longest a node may take to start.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+/// Longest the whole case may run.
+const CASE_DEADLINE: Duration = Duration::from_secs(40);
+
+/// A `bellhop serve` child and where it listens.
+struct Node {
+    child: Child,
+    local: SocketAddr,
+}
+
+/// A socket address from a log field.
+fn addr_field(v: &Value) -> SocketAddr {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("address field: {v}"))
+}
+
+/// Starts a node on Redis, on free ports, and waits for its `gateway listening` log line.
+async fn serve(redis_url: &str, node_id: &str) -> Node {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--port", "0", "--metrics-port", "0"])
+        .args(["--bind", "127.0.0.1"])
+        .env_clear()
+        .env("REDIS_URL", redis_url)
+        .env("JWT_SECRET", SECRET)
+        .env("NODE_ID", node_id)
+        .env("LOG_FORMAT", "json")
+        // The test's publisher and followers are far faster than people.
+        .env("RATE_LIMIT_PUBLISHES_PER_MINUTE", "10000000")
+        .env("RATE_LIMIT_FRAMES_PER_SECOND", "1000000")
+        .env("RATE_LIMIT_PER_IP", "1000000")
+        .env("ESCALATION_AFTER_SECONDS", "2")
+        .env("ESCALATION_MAX_LEVEL", "4")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = tokio::time::timeout(START_DEADLINE, async {
+        let mut seen = Vec::new();
+        loop {
+            let Some(line) = lines.next_line().await.unwrap() else {
+                panic!("{node_id}: stderr ended before `gateway listening`: {seen:#?}");
+            };
+            seen.push(line.clone());
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("{node_id}: log line is not JSON: {line:?}"));
+            if v["fields"]["message"] == "gateway listening" {
+                return v;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{node_id}: no `gateway listening` within {START_DEADLINE:?}"));
+    // Keep reading, so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Node {
+        child,
+        local: addr_field(&listening["fields"]["local_addr"]),
+    }
+}
+
+fn token(sub: &str, role: Role) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = Claims {
+        sub: sub.into(),
+        role,
+        prop: "h1".into(),
+        rooms: Vec::new(),
+        depts: Vec::new(),
+        exp: now + 3600,
+        iat: Some(now),
+        nbf: None,
+        iss: None,
+        aud: None,
+    };
+    mint(SECRET.as_bytes(), &claims).unwrap()
+}
+
+/// One HTTP/1.1 request to the API; the JSON body of the answer.
+async fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> Value {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (_, body) = out.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {out}"))
+}
+
+/// Escalations in a channel's history on `node`: their levels.
+async fn levels(node: SocketAddr, token: &str, channel: &str, id: &str) -> Vec<u64> {
+    let v = http(
+        node,
+        "GET",
+        &format!("/api/v1/channels/{channel}/history?limit=100"),
+        token,
+        "",
+    )
+    .await;
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["message"])
+        .filter(|m| m["event"] == "ESCALATION" && m["payload"]["requestId"] == id)
+        .map(|m| m["payload"]["level"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_levels_fire_exactly_once_after_the_accepting_node_is_killed() {
+    let started = Instant::now();
+    let deadline = started + CASE_DEADLINE;
+    let redis = RedisServer::start().await;
+    let mut a = serve(&redis.url(), "node-a").await;
+    let b = serve(&redis.url(), "node-b").await;
+    let t = token("pms", Role::Service);
+    let body = r#"{"channel":"dept:maintenance","event":"SERVICE_REQUEST","priority":"urgent","payload":{"text":"the sink is leaking","room":"101"}}"#;
+    let ack = http(a.local, "POST", "/api/v1/publish", &t, body).await;
+    let id = ack["messageId"].as_str().unwrap().to_owned();
+    // SIGKILL right after the ack: the request and its timer are in Redis, not in A.
+    a.child.kill().await.unwrap();
+    let killed_at = started.elapsed();
+    let mut level = 0;
+    while Instant::now() < deadline {
+        let v = http(b.local, "GET", &format!("/api/v1/requests/{id}"), &t, "").await;
+        level = v["request"]["level"].as_u64().unwrap();
+        if level == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(level, 4, "every level fired by node B");
+    let dept = levels(b.local, &t, "dept:maintenance", &id).await;
+    let management = levels(b.local, &t, "dept:management", &id).await;
+    println!(
+        "node-kill-escalation: killed_after_ms={} dept_levels={dept:?} management_levels={management:?} elapsed_ms={}",
+        killed_at.as_millis(),
+        started.elapsed().as_millis()
+    );
+    assert_eq!(dept, vec![2, 3, 4], "each level once, in order");
+    assert_eq!(management, vec![4], "management from level 4");
+}
