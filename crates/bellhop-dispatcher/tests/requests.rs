@@ -321,12 +321,32 @@ async fn escalations(broker: &dyn Broker, channel: &str) -> HashMap<(String, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_on_redis_half_answered_escalate_exactly_the_other_half_per_level() {
-    const N: usize = 1000;
     let redis = RedisServer::start().await;
     let config = RedisConfig {
         url: redis.url(),
         ..RedisConfig::default()
     };
+    thousand_requests_half_answered(config, "redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_on_a_redis_cluster_half_answered_escalate_exactly_the_other_half_per_level(
+) {
+    let cluster = bellhop_testkit::RedisCluster::shared().await;
+    let config = RedisConfig {
+        url: cluster.url(),
+        cluster: true,
+        key_prefix: "req1000".into(),
+        ..RedisConfig::default()
+    };
+    thousand_requests_half_answered(config, "redis-cluster").await;
+}
+
+/// Two workflows ("nodes") on one Redis deployment: 1,000 urgent requests opened at once, half
+/// acknowledged by the other node before their deadline; every level of the other half is
+/// published exactly once, and none of the answered half escalates.
+async fn thousand_requests_half_answered(config: RedisConfig, backend: &str) {
+    const N: usize = 1000;
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let broker = Arc::new(RedisBroker::connect(config.clone()).await.unwrap());
@@ -412,7 +432,7 @@ async fn a_thousand_requests_on_redis_half_answered_escalate_exactly_the_other_h
         .count();
     let duplicates = counts.values().filter(|n| **n > 1).count();
     println!(
-        "requests-1000: opened={N} opened_ms={} acknowledged={} acknowledged_ms={} level2={} level3={} management_level3={} escalated_answered={escalated_answered} duplicates={duplicates} elapsed_ms={}",
+        "requests-1000 ({backend}): opened={N} opened_ms={} acknowledged={} acknowledged_ms={} level2={} level3={} management_level3={} escalated_answered={escalated_answered} duplicates={duplicates} elapsed_ms={}",
         opened_in.as_millis(),
         answered.len(),
         acked_in.as_millis(),
