@@ -682,8 +682,11 @@ pub(crate) fn serve_settings(
         "IDEMPOTENCY_WINDOW_SECONDS",
         file.idempotency_window_seconds,
     )? {
-        if secs == 0 || secs > 24 * 3600 {
-            bail!("IDEMPOTENCY_WINDOW_SECONDS must be between 1 and 86400");
+        // Escalations are published with an idempotency key and re-fired by another node when a
+        // claim's lease (30 s) lapses: the window must outlast the lease, or a crash between the
+        // publish and its confirmation could publish one level twice.
+        if !(60..=24 * 3600).contains(&secs) {
+            bail!("IDEMPOTENCY_WINDOW_SECONDS must be between 60 and 86400 (it must outlast the 30 s escalation claim)");
         }
         idempotency_window = Duration::from_secs(secs);
     }
