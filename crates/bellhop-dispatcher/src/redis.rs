@@ -311,6 +311,11 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisConfig {
+    /// The URL with its credentials replaced by `***`, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
     /// Whether Redis is reached over TLS (`rediss://`).
     pub fn uses_tls(&self) -> bool {
         self.url.starts_with("rediss://")

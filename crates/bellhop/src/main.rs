@@ -26,16 +26,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use settings::{BrokerSettings, Environment, FileSettings, LogFormat, Overrides, ProcessEnv};
 
-/// A Redis URL without its password, for logs and errors.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[derive(Parser, Debug)]
 #[command(
     name = "bellhop",
@@ -313,7 +303,7 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
                 (memory, "embedded", store)
             }
             BrokerSettings::Redis(config) => {
-                let cannot = || format!("cannot use Redis at {}", redacted(&config.url));
+                let cannot = || format!("cannot use Redis at {}", config.redacted_url());
                 let redis = RedisBroker::connect(config.as_ref().clone())
                     .await
                     .with_context(cannot)?;
