@@ -19,10 +19,10 @@ use bellhop_protocol::{close, Codec, Offset, ServerFrame};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::metrics::Metrics;
 use crate::outbound::{channel_tag, Class, Outbound, Pushed};
+use crate::wire::WireFrame;
 
 /// Live messages buffered for a pending subscriber before it must re-read from the broker.
 const PENDING_BUFFER: usize = 4096;
@@ -234,8 +234,12 @@ impl Hub {
     }
 }
 
-/// Encodes a message frame for one codec.
-pub(crate) fn encode_message(codec: Codec, key: &ChannelKey, m: &StoredMessage) -> Option<Message> {
+/// Encodes a message frame for one codec, as the bytes that go on the wire.
+pub(crate) fn encode_message(
+    codec: Codec,
+    key: &ChannelKey,
+    m: &StoredMessage,
+) -> Option<WireFrame> {
     let frame = ServerFrame::Message {
         channel: key.channel.clone(),
         offset: m.offset,
@@ -244,12 +248,12 @@ pub(crate) fn encode_message(codec: Codec, key: &ChannelKey, m: &StoredMessage) 
     encode(codec, &frame)
 }
 
-/// Encodes any server frame into a WebSocket message of the codec's kind.
-pub(crate) fn encode(codec: Codec, frame: &ServerFrame) -> Option<Message> {
+/// Encodes any server frame into a complete WebSocket frame of the codec's kind.
+pub(crate) fn encode(codec: Codec, frame: &ServerFrame) -> Option<WireFrame> {
     match codec.encode(frame) {
-        Ok(bytes) if codec.is_binary() => Some(Message::Binary(bytes)),
-        Ok(bytes) => match bytes.try_into() {
-            Ok(text) => Some(Message::Text(text)),
+        Ok(bytes) if codec.is_binary() => Some(WireFrame::binary(&bytes)),
+        Ok(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(_) => Some(WireFrame::text(&bytes)),
             Err(e) => {
                 tracing::error!(error = %e, "JSON encoder produced invalid UTF-8");
                 None
@@ -266,7 +270,7 @@ fn push_message(
     outbound: &Outbound,
     tag: u64,
     m: &StoredMessage,
-    frame: Message,
+    frame: WireFrame,
     metrics: &Metrics,
 ) {
     if outbound.push_in(Class::of(m.envelope.priority), tag, frame) == Pushed::Overflow {
@@ -287,7 +291,8 @@ impl ChannelHub {
             return;
         }
         state.last = m.offset;
-        let mut encoded: [Option<Message>; 2] = [None, None];
+        // Framed once per codec; every subscriber's queue holds the same bytes.
+        let mut encoded: [Option<WireFrame>; 2] = [None, None];
         let mut delivered = 0u64;
         for local in state.subs.values_mut() {
             match &mut local.mode {
@@ -349,7 +354,7 @@ impl ChannelHub {
             ChannelEvent::Message(_) => return,
         };
         let state = self.state.lock();
-        let mut encoded: [Option<Message>; 2] = [None, None];
+        let mut encoded: [Option<WireFrame>; 2] = [None, None];
         for local in state.subs.values() {
             if !matches!(local.mode, Mode::Live { .. })
                 || !local.sub.sees_presence

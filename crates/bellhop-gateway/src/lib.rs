@@ -33,6 +33,7 @@ pub mod policy;
 mod server;
 mod session;
 pub mod tls;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

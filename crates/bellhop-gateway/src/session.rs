@@ -10,7 +10,8 @@
 //!   request is refused with `rate_limited` (its `id` echoed), never by stopping the read;
 //! - the **handler** answers requests one at a time, in order, so replies to pipelined requests
 //!   keep their order (pongs and refusals, which the reader sends itself, may overtake them);
-//! - the **writer** sends the outbound queue to the socket.
+//! - the **writer** sends the outbound queue to the socket: everything queued at once, as the
+//!   frames' wire bytes, in one vectored write per wake-up (see [`crate::wire`]).
 //!
 //! The reader and the handler run in the connection's task (joined, not spawned), the writer in
 //! a task of its own.
@@ -23,7 +24,7 @@ use bellhop_dispatcher::{ChannelEvent, ChannelKey};
 use bellhop_protocol::{
     close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome,
 };
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, Instant};
@@ -34,8 +35,12 @@ use crate::auth::{AuthError, Principal};
 use crate::hub::{self, Activation, Subscriber};
 use crate::limits::{FrameLimiter, FrameVerdict};
 use crate::node::{ms_ceil, Node, RequestError};
-use crate::outbound::{channel_tag, Class, Next, Outbound, Sent};
+use crate::outbound::{channel_tag, Batch, Class, Outbound, Sent};
 use crate::policy::{self, Access};
+use crate::wire::{Wire, WireFrame};
+
+/// Most frames the writer takes from the queue for one write.
+const MAX_BATCH: usize = 1024;
 
 /// Messages per broker read while replaying a subscription.
 const REPLAY_PAGE: usize = 500;
@@ -59,15 +64,18 @@ pub(crate) struct Opening {
     pub(crate) permit: OwnedSemaphorePermit,
 }
 
-/// Runs a connection to its end. Returns the socket when the writer finished in time (its close
-/// frame sent), so the caller can linger on it before dropping it (see `server::linger`).
-pub(crate) async fn run<S>(node: Arc<Node>, ws: S, opening: Opening) -> Option<S>
+/// Runs a connection to its end: `stream` is what the peer sends, `wire` where the writer
+/// writes. Returns both when the writer finished in time (its close frame sent), so the caller
+/// can linger on the socket before dropping it (see `server::linger`).
+pub(crate) async fn run<R, W>(
+    node: Arc<Node>,
+    mut stream: R,
+    mut wire: W,
+    opening: Opening,
+) -> Option<(R, W)>
 where
-    S: Stream<Item = Result<Message, WsError>>
-        + Sink<Message, Error = WsError>
-        + Send
-        + Unpin
-        + 'static,
+    R: Stream<Item = Result<Message, WsError>> + Send + Unpin + 'static,
+    W: Wire,
 {
     let conn_id = node
         .next_id
@@ -76,9 +84,9 @@ where
     node.connections.lock().insert(conn_id, outbound.clone());
     node.metrics.connections.inc();
     node.metrics.connections_opened.inc();
-    let (sink, mut stream) = ws.split();
+    wire.attach(&outbound);
     let writer = tokio::spawn(write_loop(
-        sink,
+        wire,
         outbound.clone(),
         node.config.write_timeout,
     ));
@@ -120,30 +128,38 @@ where
     drop(opening.permit);
     node.connection_ended.notify_waiters();
     match sink {
-        Ok(Ok(sink)) => stream.reunite(sink).ok(),
+        Ok(Ok(wire)) => Some((stream, wire)),
         _ => None,
     }
 }
 
-/// Sends the outbound queue to the socket, flushing whenever the queue runs empty, until the
-/// close frame is sent or a write fails or stalls past `write_timeout`. Gives the sink back.
-async fn write_loop<K>(mut sink: K, outbound: Arc<Outbound>, write_timeout: Duration) -> K
-where
-    K: Sink<Message, Error = WsError> + Unpin,
-{
-    while let Some(next) = outbound.next().await {
-        let (message, last) = match next {
-            Next::Frame(m) => (m, false),
-            Next::Close(frame) => (Message::Close(Some(frame)), true),
+/// Sends the outbound queue to the socket: on every wake-up everything queued, in one write,
+/// until the close frame is sent or a write fails or stalls past `write_timeout`. Gives the wire
+/// back.
+async fn write_loop<W: Wire>(mut wire: W, outbound: Arc<Outbound>, write_timeout: Duration) -> W {
+    let mut batch: Vec<WireFrame> = Vec::new();
+    while let Some(next) = outbound.next_batch(&mut batch, MAX_BATCH).await {
+        let close = match next {
+            Batch::Frames => None,
+            Batch::Close(frame) => Some(frame),
         };
+        let last = close.is_some();
         let write = async {
-            sink.feed(message).await?;
-            if last || outbound.is_empty() {
-                sink.flush().await?;
+            if !batch.is_empty() || !last {
+                wire.write(&batch).await?;
+            }
+            if let Some(frame) = close {
+                wire.close(frame).await?;
             }
             Ok::<_, WsError>(())
         };
-        match tokio::time::timeout(write_timeout, write).await {
+        let written = tokio::time::timeout(write_timeout, write).await;
+        batch.clear();
+        if batch.capacity() > 64 {
+            // A burst's buffer is not kept for the rest of an idle connection's life.
+            batch = Vec::new();
+        }
+        match written {
             Ok(Ok(())) if !last => {}
             Ok(Ok(())) => break,
             Ok(Err(e)) => {
@@ -158,8 +174,7 @@ where
             }
         }
     }
-    let _ = tokio::time::timeout(write_timeout, sink.close()).await;
-    sink
+    wire
 }
 
 /// What the reader hands to the handler.
@@ -997,8 +1012,48 @@ mod tests {
     use futures_channel::mpsc;
     use tokio::sync::Semaphore;
 
+    use futures_util::{Sink, SinkExt};
+
     use super::*;
     use crate::config::GatewayConfig;
+
+    /// The writer's side of an in-memory peer: what the writer writes, decoded back into
+    /// messages, goes into the peer's sink.
+    struct MessageWire<K>(K);
+
+    impl<K> Wire for MessageWire<K>
+    where
+        K: Sink<Message, Error = WsError> + Send + Unpin + 'static,
+    {
+        async fn write(&mut self, frames: &[WireFrame]) -> Result<(), WsError> {
+            for frame in frames {
+                for message in crate::wire::decode(frame.bytes()) {
+                    self.0.feed(message).await?;
+                }
+            }
+            self.0.flush().await
+        }
+
+        async fn close(
+            &mut self,
+            frame: tokio_tungstenite::tungstenite::protocol::CloseFrame,
+        ) -> Result<(), WsError> {
+            self.0.send(Message::Close(Some(frame))).await
+        }
+    }
+
+    /// Runs a session over an in-memory duplex of messages.
+    async fn run_duplex<S>(node: Arc<Node>, duplex: S, opening: Opening)
+    where
+        S: Stream<Item = Result<Message, WsError>>
+            + Sink<Message, Error = WsError>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        let (sink, stream) = duplex.split();
+        run(node, stream, MessageWire(sink), opening).await;
+    }
 
     /// One end of an in-memory WebSocket: what the server reads and where it writes.
     struct Duplex {
@@ -1072,7 +1127,7 @@ mod tests {
             codec: Codec::Json,
             permit,
         };
-        tokio::spawn(run(node, Duplex { incoming, outgoing }, opening));
+        tokio::spawn(run_duplex(node, Duplex { incoming, outgoing }, opening));
         Peer {
             to_server,
             from_server,
@@ -1199,7 +1254,7 @@ mod tests {
             codec: Codec::Json,
             permit,
         };
-        tokio::spawn(run(node, SlowDuplex { incoming, outgoing }, opening));
+        tokio::spawn(run_duplex(node, SlowDuplex { incoming, outgoing }, opening));
         (
             SlowPeer {
                 to_server,
