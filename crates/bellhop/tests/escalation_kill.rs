@@ -6,104 +6,27 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod support;
+
+use support::{serve, token};
+
+/// Escalations fast enough for a test.
+const ESCALATION: &[(&str, &str)] = &[
+    ("ESCALATION_AFTER_SECONDS", "2"),
+    ("ESCALATION_MAX_LEVEL", "4"),
+];
+
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use bellhop_gateway::auth::{mint, Claims};
 use bellhop_protocol::Role;
 use bellhop_testkit::RedisServer;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bellhop");
-const SECRET: &str = "node-kill-test-secret-0123456789abcdef0123";
-/// Longest a node may take to start.
-const START_DEADLINE: Duration = Duration::from_secs(15);
 /// Longest the whole case may run.
 const CASE_DEADLINE: Duration = Duration::from_secs(40);
-
-/// A `bellhop serve` child and where it listens.
-struct Node {
-    child: Child,
-    local: SocketAddr,
-}
-
-/// A socket address from a log field.
-fn addr_field(v: &Value) -> SocketAddr {
-    v.as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("address field: {v}"))
-}
-
-/// Starts a node on Redis, on free ports, and waits for its `gateway listening` log line.
-async fn serve(redis_url: &str, node_id: &str) -> Node {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--port", "0", "--metrics-port", "0"])
-        .args(["--bind", "127.0.0.1"])
-        .env_clear()
-        .env("REDIS_URL", redis_url)
-        .env("JWT_SECRET", SECRET)
-        .env("NODE_ID", node_id)
-        .env("LOG_FORMAT", "json")
-        // The test's publisher and followers are far faster than people.
-        .env("RATE_LIMIT_PUBLISHES_PER_MINUTE", "10000000")
-        .env("RATE_LIMIT_FRAMES_PER_SECOND", "1000000")
-        .env("RATE_LIMIT_PER_IP", "1000000")
-        .env("ESCALATION_AFTER_SECONDS", "2")
-        .env("ESCALATION_MAX_LEVEL", "4")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = tokio::time::timeout(START_DEADLINE, async {
-        let mut seen = Vec::new();
-        loop {
-            let Some(line) = lines.next_line().await.unwrap() else {
-                panic!("{node_id}: stderr ended before `gateway listening`: {seen:#?}");
-            };
-            seen.push(line.clone());
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|_| panic!("{node_id}: log line is not JSON: {line:?}"));
-            if v["fields"]["message"] == "gateway listening" {
-                return v;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{node_id}: no `gateway listening` within {START_DEADLINE:?}"));
-    // Keep reading, so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Node {
-        child,
-        local: addr_field(&listening["fields"]["local_addr"]),
-    }
-}
-
-fn token(sub: &str, role: Role) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = Claims {
-        sub: sub.into(),
-        role,
-        prop: "h1".into(),
-        rooms: Vec::new(),
-        depts: Vec::new(),
-        exp: now + 3600,
-        iat: Some(now),
-        nbf: None,
-        iss: None,
-        aud: None,
-    };
-    mint(SECRET.as_bytes(), &claims).unwrap()
-}
 
 /// One HTTP/1.1 request to the API; the JSON body of the answer.
 async fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> Value {
@@ -144,8 +67,8 @@ async fn escalation_levels_fire_exactly_once_after_the_accepting_node_is_killed(
     let started = Instant::now();
     let deadline = started + CASE_DEADLINE;
     let redis = RedisServer::start().await;
-    let mut a = serve(&redis.url(), "node-a").await;
-    let b = serve(&redis.url(), "node-b").await;
+    let mut a = serve(&redis.url(), "node-a", ESCALATION).await;
+    let b = serve(&redis.url(), "node-b", ESCALATION).await;
     let t = token("pms", Role::Service);
     let body = r#"{"channel":"dept:maintenance","event":"SERVICE_REQUEST","priority":"urgent","payload":{"text":"the sink is leaking","room":"101"}}"#;
     let ack = http(a.local, "POST", "/api/v1/publish", &t, body).await;
@@ -182,7 +105,7 @@ async fn escalation_survives_a_restart_of_every_node() {
     let started = Instant::now();
     let deadline = started + CASE_DEADLINE;
     let redis = RedisServer::start().await;
-    let mut a = serve(&redis.url(), "node-a").await;
+    let mut a = serve(&redis.url(), "node-a", ESCALATION).await;
     let t = token("pms", Role::Service);
     let body = r#"{"channel":"dept:maintenance","event":"SERVICE_REQUEST","priority":"urgent","payload":{"text":"the sink is leaking","room":"101"}}"#;
     let ack = http(a.local, "POST", "/api/v1/publish", &t, body).await;
@@ -191,7 +114,7 @@ async fn escalation_survives_a_restart_of_every_node() {
     // The whole cluster stays down past level 2's due time (2 s after the request): this wait
     // is the outage being tested, not a pause for something to settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let b = serve(&redis.url(), "node-b").await;
+    let b = serve(&redis.url(), "node-b", ESCALATION).await;
     let mut level = 0;
     while Instant::now() < deadline {
         let v = http(b.local, "GET", &format!("/api/v1/requests/{id}"), &t, "").await;
