@@ -62,6 +62,38 @@ async fn levels(node: SocketAddr, token: &str, channel: &str, id: &str) -> Vec<u
         .collect()
 }
 
+const URGENT_LEAK: &str = r#"{"channel":"dept:maintenance","event":"SERVICE_REQUEST","priority":"urgent","payload":{"text":"the sink is leaking","room":"101"}}"#;
+
+/// Opens the urgent request through `node`; its id.
+async fn open_request(node: SocketAddr, token: &str) -> String {
+    let ack = http(node, "POST", "/api/v1/publish", token, URGENT_LEAK).await;
+    ack["messageId"].as_str().unwrap().to_owned()
+}
+
+/// Polls `node` (with the case's deadline) until request `id` reached the last level (4); then
+/// the levels of its escalations in the department's and management's histories.
+async fn escalated(
+    node: SocketAddr,
+    token: &str,
+    id: &str,
+    deadline: Instant,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut level = 0;
+    while Instant::now() < deadline {
+        let v = http(node, "GET", &format!("/api/v1/requests/{id}"), token, "").await;
+        level = v["request"]["level"].as_u64().unwrap();
+        if level == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(level, 4, "every level fired");
+    (
+        levels(node, token, "dept:maintenance", id).await,
+        levels(node, token, "dept:management", id).await,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalation_levels_fire_exactly_once_after_the_accepting_node_is_killed() {
     let started = Instant::now();
@@ -70,24 +102,11 @@ async fn escalation_levels_fire_exactly_once_after_the_accepting_node_is_killed(
     let mut a = serve(&redis.url(), "node-a", ESCALATION).await;
     let b = serve(&redis.url(), "node-b", ESCALATION).await;
     let t = token("pms", Role::Service);
-    let body = r#"{"channel":"dept:maintenance","event":"SERVICE_REQUEST","priority":"urgent","payload":{"text":"the sink is leaking","room":"101"}}"#;
-    let ack = http(a.local, "POST", "/api/v1/publish", &t, body).await;
-    let id = ack["messageId"].as_str().unwrap().to_owned();
+    let id = open_request(a.local, &t).await;
     // SIGKILL right after the ack: the request and its timer are in Redis, not in A.
     a.child.kill().await.unwrap();
     let killed_at = started.elapsed();
-    let mut level = 0;
-    while Instant::now() < deadline {
-        let v = http(b.local, "GET", &format!("/api/v1/requests/{id}"), &t, "").await;
-        level = v["request"]["level"].as_u64().unwrap();
-        if level == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(level, 4, "every level fired by node B");
-    let dept = levels(b.local, &t, "dept:maintenance", &id).await;
-    let management = levels(b.local, &t, "dept:management", &id).await;
+    let (dept, management) = escalated(b.local, &t, &id, deadline).await;
     println!(
         "node-kill-escalation: killed_after_ms={} dept_levels={dept:?} management_levels={management:?} elapsed_ms={}",
         killed_at.as_millis(),
@@ -107,26 +126,13 @@ async fn escalation_survives_a_restart_of_every_node() {
     let redis = RedisServer::start().await;
     let mut a = serve(&redis.url(), "node-a", ESCALATION).await;
     let t = token("pms", Role::Service);
-    let body = r#"{"channel":"dept:maintenance","event":"SERVICE_REQUEST","priority":"urgent","payload":{"text":"the sink is leaking","room":"101"}}"#;
-    let ack = http(a.local, "POST", "/api/v1/publish", &t, body).await;
-    let id = ack["messageId"].as_str().unwrap().to_owned();
+    let id = open_request(a.local, &t).await;
     a.child.kill().await.unwrap();
     // The whole cluster stays down past level 2's due time (2 s after the request): this wait
     // is the outage being tested, not a pause for something to settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let b = serve(&redis.url(), "node-b", ESCALATION).await;
-    let mut level = 0;
-    while Instant::now() < deadline {
-        let v = http(b.local, "GET", &format!("/api/v1/requests/{id}"), &t, "").await;
-        level = v["request"]["level"].as_u64().unwrap();
-        if level == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(level, 4, "every level fired after the restart");
-    let dept = levels(b.local, &t, "dept:maintenance", &id).await;
-    let management = levels(b.local, &t, "dept:management", &id).await;
+    let (dept, management) = escalated(b.local, &t, &id, deadline).await;
     println!(
         "full-restart-escalation: down_ms=3000 dept_levels={dept:?} management_levels={management:?} elapsed_ms={}",
         started.elapsed().as_millis()
