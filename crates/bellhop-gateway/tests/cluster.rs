@@ -9,28 +9,7 @@ mod support;
 use serde_json::json;
 use support::*;
 
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::RedisCluster).await
-                }
-            )*
-        }
-    };
-}
-
-on_both!(
+redis_suite!(
     a_message_published_on_one_node_reaches_subscribers_on_the_others,
     a_client_resumes_on_another_node_with_nothing_lost_or_repeated,
     presence_and_typing_cross_nodes,

@@ -18,6 +18,15 @@ macro_rules! backend_suite {
                 }
             )*
         }
+        redis_suite!($($name),*);
+    };
+}
+
+/// Runs each named `async fn(Backend)` on one Redis server and on a Redis Cluster: for what
+/// needs several nodes sharing a broker (the embedded broker serves one node).
+#[macro_export]
+macro_rules! redis_suite {
+    ($($name:ident),* $(,)?) => {
         mod redis {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
