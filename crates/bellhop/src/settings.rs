@@ -625,16 +625,14 @@ pub(crate) fn serve_settings(
         }
         idempotency_window = Duration::from_secs(secs);
     }
-    let max_messages_per_channel = match s.parse::<usize>(
-        "MAX_MESSAGES_PER_CHANNEL",
-        file.max_messages_per_channel,
-    )? {
-        Some(n) if !(100..=1_000_000).contains(&n) => {
-            bail!("MAX_MESSAGES_PER_CHANNEL must be between 100 and 1000000")
-        }
-        Some(n) => n,
-        None => MemoryConfig::default().max_messages_per_channel,
-    };
+    let max_messages_per_channel =
+        match s.parse::<usize>("MAX_MESSAGES_PER_CHANNEL", file.max_messages_per_channel)? {
+            Some(n) if !(100..=1_000_000).contains(&n) => {
+                bail!("MAX_MESSAGES_PER_CHANNEL must be between 100 and 1000000")
+            }
+            Some(n) => n,
+            None => MemoryConfig::default().max_messages_per_channel,
+        };
     let broker = match redis_url {
         None if redis_cluster => {
             bail!("REDIS_CLUSTER=true needs REDIS_URL (or REDIS_HOST): any one node of the cluster")
