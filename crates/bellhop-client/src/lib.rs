@@ -185,6 +185,17 @@ pub enum Event {
         /// The new token's `exp`.
         exp: Option<u64>,
     },
+    /// A request failed and will be sent again after `delay`.
+    Retry {
+        /// The request's frame type (`publish`, `history`, ...).
+        request: &'static str,
+        /// Sends so far.
+        attempt: u32,
+        /// Why it failed.
+        error: Error,
+        /// The wait before the next send (then, if needed, the wait for a connection).
+        delay: Duration,
+    },
     /// A failure: `token`, `refresh`, `transport`, `server` (an `error` frame without id).
     Error {
         /// Where.
@@ -546,6 +557,12 @@ impl Client {
                 return (Err(error), sent);
             }
             tracing::debug!(attempt = sent, %error, ?wait, "retrying a request");
+            self.shared.emit(Event::Retry {
+                request: frame.type_name(),
+                attempt: sent,
+                error: error.clone(),
+                delay: wait,
+            });
             tokio::time::sleep(wait).await;
         }
     }

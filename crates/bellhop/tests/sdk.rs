@@ -46,12 +46,17 @@ impl Node {
 
 /// Starts `bellhop serve` on free ports with `env`, waits for `gateway listening`.
 async fn serve(node_id: &str, env: &[(&str, &str)]) -> Node {
+    // `WS_PORT` in `env`: a fixed port (a node restarted on the same address); else the OS picks.
+    let port = env
+        .iter()
+        .find(|(k, _)| *k == "WS_PORT")
+        .map_or("0", |(_, v)| *v);
     let mut command = Command::new(BIN);
     command
         .args([
             "serve",
             "--port",
-            "0",
+            port,
             "--metrics-port",
             "0",
             "--bind",
@@ -772,4 +777,179 @@ async fn backoff_timing_with_a_paused_clock() {
     assert_eq!(backoff.ceiling(7), Duration::from_secs(4));
     client.close();
     println!("sdk-rust backoff: delays_ms={delays:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_a_node_that_cannot_vouch_for_the_offset_fires_recovery_failed() {
+    // Two nodes on their own embedded brokers; Y starts after X stored x1, so it cannot vouch
+    // that nothing after x1 is missing.
+    let mut x = serve("node-x", &[]).await;
+    let port_y = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let url_y = format!("ws://127.0.0.1:{port_y}/ws");
+    let c = client(
+        vec![x.url(), url_y],
+        Token::Fixed(token("eve", Role::Staff)),
+    );
+    c.ready(WAIT).await.unwrap();
+    let mut sub = c.subscribe("room:3", None).unwrap();
+    subscribed(&mut sub).await;
+    let x1 = c
+        .publish(
+            "room:3",
+            "CHAT_MESSAGE",
+            json!({"n": "x1"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(message(&mut sub).await.0, x1.offset);
+    let y = serve("node-y", &[("WS_PORT", &port_y)]).await;
+    let on_y = client(vec![y.url()], Token::Fixed(token("pms", Role::Service)));
+    on_y.ready(WAIT).await.unwrap();
+    let y1 = on_y
+        .publish(
+            "room:3",
+            "CHAT_MESSAGE",
+            json!({"n": "y1"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    x.child.kill().await.unwrap();
+    let (since, _) = next_matching(&mut sub, |e| match e {
+        SubEvent::RecoveryFailed { since, offset } => Some((since, offset)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(since, x1.offset, "resumed after the last delivered offset");
+    assert_eq!(sub.recovered(), Some(false));
+    // What Y holds after `since` is replayed, then live.
+    assert_eq!(message(&mut sub).await.0, y1.offset);
+    let y2 = on_y
+        .publish(
+            "room:3",
+            "CHAT_MESSAGE",
+            json!({"n": "y2"}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(message(&mut sub).await.0, y2.offset);
+    println!("sdk-rust recovery-failed: since={since} surfaced, y1 replayed, y2 live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1008_stops_the_client_without_reconnecting() {
+    let node = serve("node-p", &[("MAX_CONNECTIONS_PER_USER", "1")]).await;
+    let first = client(vec![node.url()], Token::Fixed(token("sam", Role::Staff)));
+    first.ready(WAIT).await.unwrap();
+    let second = Client::new(ClientOptions::new(
+        vec![node.url()],
+        Token::Fixed(token("sam", Role::Staff)),
+    ));
+    let mut events = second.events();
+    second.connect();
+    let code = next_event(&mut events, |e| match e {
+        Event::Disconnected { code, .. } => Some(*code),
+        Event::Reconnecting { code, .. } => panic!("a {code} must not reconnect"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, 1008);
+    assert_eq!(second.state(), State::Disconnected);
+    assert_eq!(first.state(), State::Connected);
+    println!("sdk-rust policy: 1008 -> disconnected, no reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_is_retried_after_retry_after_and_a_timeout_on_another_node() {
+    let redis = RedisServer::start().await;
+    let a = serve("node-a", &[("REDIS_URL", &redis.url())]).await;
+    let b = serve("node-b", &[("REDIS_URL", &redis.url())]).await;
+
+    // Redis down: the node answers `unavailable` with retryAfterMs; the SDK waits and sends the
+    // same key again until Redis is back.
+    let c = client(vec![a.url()], Token::Fixed(token("pat", Role::Staff)));
+    c.ready(WAIT).await.unwrap();
+    redis.kill().await;
+    let mut events = c.events();
+    let publish = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.publish(
+                "room:5",
+                "CHAT_MESSAGE",
+                json!({"n": 1}),
+                PublishOptions::default(),
+            )
+            .await
+        })
+    };
+    // Redis comes back once the publish was refused and is waiting to retry.
+    let (code, delay) = next_event(&mut events, |e| match e {
+        Event::Retry {
+            request: "publish",
+            error: Error::Server { code, .. },
+            delay,
+            ..
+        } => Some((*code, *delay)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, bellhop_client::protocol::ErrorCode::Unavailable);
+    assert!(delay > Duration::ZERO, "after the node's retryAfterMs");
+    redis.restart().await;
+    let ack = tokio::time::timeout(WAIT, publish)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(ack.attempts > 1, "retried: {ack:?}");
+    assert!(!ack.duplicate);
+    let stored = c.history("room:5", None, Some(100)).await.unwrap();
+    assert_eq!(stored.messages.len(), 1, "stored once");
+
+    // A stopped node: the request times out, the connection is replaced (next URL: B) and the
+    // publish is sent again there with the same key.
+    let mut opts = ClientOptions::new(
+        vec![a.url(), b.url()],
+        Token::Fixed(token("pat", Role::Staff)),
+    );
+    opts.request_timeout = Duration::from_millis(1500);
+    let d = Client::new(opts);
+    d.connect();
+    d.ready(WAIT).await.unwrap();
+    let pid = a.child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    let ack2 = d
+        .publish(
+            "room:5",
+            "CHAT_MESSAGE",
+            json!({"n": 2}),
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(ack2.attempts >= 2, "{ack2:?}");
+    assert_eq!(d.session().unwrap().node, "node-b");
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+    println!(
+        "sdk-rust retry: unavailable attempts={} stored=1; timeout on a stopped node attempts={} then node-b",
+        ack.attempts, ack2.attempts
+    );
 }
