@@ -412,7 +412,21 @@ impl Shared {
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
+    _last: Arc<LastClone>,
 }
+
+/// Closes the connection when the last clone of a [`Client`] (and of its subscriptions) is gone.
+struct LastClone(mpsc::UnboundedSender<Command>);
+
+impl Drop for LastClone {
+    fn drop(&mut self) {
+        let _ = self.0.send(Command::Close);
+    }
+}
+
+/// The largest frame a node accepts (`MAX_FRAME_BYTES`, 64 KiB by default): a bigger one would
+/// be closed with `1009`, so it is refused here instead.
+const MAX_FRAME_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -438,7 +452,10 @@ impl Client {
             connections: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(drive(shared.clone(), rx));
-        Client { shared }
+        Client {
+            _last: Arc::new(LastClone(shared.commands.clone())),
+            shared,
+        }
     }
 
     fn command(&self, command: Command) {
@@ -1269,7 +1286,16 @@ async fn session(
                 Some(Command::Request { frame, reply }) => {
                     let id = next_id;
                     next_id += 1;
-                    if sink.send(encode(Some(id), frame)).await.is_err() {
+                    let message = encode(Some(id), frame);
+                    if message.len() > MAX_FRAME_BYTES {
+                        let _ = reply.send(Err(Error::Server {
+                            code: ErrorCode::TooLarge,
+                            message: format!("the frame is {} bytes, over the node's {MAX_FRAME_BYTES}", message.len()),
+                            retry_after: None,
+                        }));
+                        continue;
+                    }
+                    if sink.send(message).await.is_err() {
                         let _ = reply.send(Err(Error::Disconnected));
                         break welcomed(1006, "connection lost".into());
                     }

@@ -329,6 +329,27 @@ async fn every_request_kind_against_a_real_node() {
     // ping / pong
     alice.ping().await.unwrap();
 
+    // A frame over the node's 64 KiB is refused before it is sent (the node would close 1009).
+    let big = alice
+        .publish(
+            "room:101",
+            "CHAT_MESSAGE",
+            json!({"text": "x".repeat(70_000)}),
+            PublishOptions::default(),
+        )
+        .await;
+    assert!(
+        matches!(
+            big,
+            Err(Error::Server {
+                code: bellhop_client::protocol::ErrorCode::TooLarge,
+                ..
+            })
+        ),
+        "{big:?}"
+    );
+    assert_eq!(alice.state(), State::Connected);
+
     // refusals: a bad channel before sending, a forbidden one from the node
     assert!(matches!(
         alice
