@@ -7,6 +7,9 @@
 //! every node. A circuit breaker ([`breaker`]) in the [`Dispatcher`] guards the write path, so a
 //! broken Redis makes publishes fail fast instead of piling up behind call timeouts.
 //!
+//! Service requests ([`requests`]) are a workflow on top: lifecycle, department routing and
+//! escalation, with their own store ([`requests::RequestStore`]) beside the broker.
+//!
 //! Architecture invariant: this crate knows nothing of WebSockets, HTTP or sessions. It speaks in
 //! channel keys, envelopes and offsets.
 
@@ -16,6 +19,7 @@ mod dispatcher;
 mod memory;
 pub mod queue;
 mod redis;
+pub mod requests;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use broker::{

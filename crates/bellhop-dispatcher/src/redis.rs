@@ -311,6 +311,11 @@ fn redact(url: &str) -> String {
 }
 
 impl RedisConfig {
+    /// The URL with its credentials replaced by `***`, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
     /// Whether Redis is reached over TLS (`rediss://`).
     pub fn uses_tls(&self) -> bool {
         self.url.starts_with("rediss://")
@@ -647,7 +652,7 @@ impl Drop for RedisBroker {
 
 /// Maps a client error: connection trouble and a server that cannot serve now are `Unavailable`
 /// (a retry can help), anything else `Internal`.
-fn broker_error(error: &FredError, retry_after: Duration) -> BrokerError {
+pub(crate) fn broker_error(error: &FredError, retry_after: Duration) -> BrokerError {
     const TRANSIENT_REPLIES: [&str; 8] = [
         "LOADING",
         "BUSY",
@@ -1258,7 +1263,7 @@ impl RedisBroker {
 
 /// The client configuration for `config`: one server, or (with [`RedisConfig::cluster`]) a
 /// cluster discovered from the node the URL names.
-fn fred_config(config: &RedisConfig) -> Result<FredConfig, BrokerError> {
+pub(crate) fn fred_config(config: &RedisConfig) -> Result<FredConfig, BrokerError> {
     let invalid = |e: FredError| BrokerError::Internal(format!("REDIS_URL: {}", e.details()));
     // rustls picks its crypto from the process default; ours is ring (no C toolchain needed).
     // Whoever installed one first wins, which is fine: any installed provider is a safe one.
@@ -1313,7 +1318,7 @@ fn tls_client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, Bro
         .with_no_client_auth())
 }
 
-fn build_client(
+pub(crate) fn build_client(
     config: &RedisConfig,
     fred_config: FredConfig,
     attempts: u32,

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bellhop_dispatcher::requests::{Filter, Status, MAX_LIST};
 use bellhop_protocol::{Channel, ErrorCode, Offset, PublishFrame, Role};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -290,10 +291,86 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
             }
             Ok(json(StatusCode::OK, &body))
         }
+        ["api", "v1", "requests"] => {
+            if method != Method::GET {
+                return Err(with_status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed: use GET",
+                ));
+            }
+            let mut filter = Filter {
+                limit: 100,
+                ..Filter::default()
+            };
+            for (k, v) in query_pairs(&query) {
+                match k.as_str() {
+                    "status" => {
+                        filter.status = Some(Status::parse(&v).ok_or_else(|| {
+                            bad_request(
+                            "status must be open, acknowledged, in_progress, resolved or cancelled",
+                        )
+                        })?)
+                    }
+                    "dept" => filter.department = Some(valid_id("dept", v)?),
+                    "room" => filter.room = Some(valid_id("room", v)?),
+                    "limit" => {
+                        filter.limit = v
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=MAX_LIST).contains(n))
+                            .ok_or_else(|| {
+                                bad_request(format!("limit must be a number from 1 to {MAX_LIST}"))
+                            })?
+                    }
+                    _ => {}
+                }
+            }
+            let found = node
+                .requests
+                .list(&principal.property, &filter)
+                .await
+                .map_err(RequestError::from)?;
+            Ok(json(StatusCode::OK, &json!({ "requests": found })))
+        }
+        ["api", "v1", "requests", id] => {
+            if method != Method::GET {
+                return Err(with_status(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed: use GET",
+                ));
+            }
+            let id = decode_path_segment(id);
+            match node
+                .requests
+                .get(&principal.property, &id)
+                .await
+                .map_err(RequestError::from)?
+            {
+                Some(request) => Ok(json(StatusCode::OK, &json!({ "request": request }))),
+                None => Err(with_status(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "unknown request {:?}",
+                        id.chars().take(64).collect::<String>()
+                    ),
+                )),
+            }
+        }
         _ => Err(with_status(
             StatusCode::NOT_FOUND,
             format!("no such endpoint: {path}"),
         )),
+    }
+}
+
+/// A query value that must be an id (`[A-Za-z0-9_.-]{1,64}`).
+fn valid_id(name: &str, value: String) -> Result<String, ApiError> {
+    if bellhop_protocol::is_valid_id(&value) {
+        Ok(value)
+    } else {
+        Err(bad_request(format!(
+            "{name} must match [A-Za-z0-9_.-]{{1,64}}"
+        )))
     }
 }
 

@@ -33,12 +33,14 @@ pub mod policy;
 mod server;
 mod session;
 pub mod tls;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bellhop_dispatcher::requests::Requests;
 use bellhop_dispatcher::Dispatcher;
 use bellhop_protocol::close;
 use tokio::net::TcpListener;
@@ -110,15 +112,33 @@ pub struct Gateway {
 impl Gateway {
     /// Validates the configuration, loads the TLS certificate (if enabled), binds both ports and
     /// starts serving.
+    /// Service requests live in this node's memory: see [`Gateway::bind_with_requests`].
     pub async fn bind(
         config: GatewayConfig,
         dispatcher: Arc<Dispatcher>,
     ) -> Result<Gateway, BindError> {
         config.validate().map_err(BindError::Config)?;
+        let requests = node::default_requests(&config, &dispatcher);
+        Gateway::bind_with_requests(config, dispatcher, requests).await
+    }
+
+    /// [`Gateway::bind`] with the service request workflow given (its store shared with the
+    /// other nodes, its settings and rules).
+    pub async fn bind_with_requests(
+        config: GatewayConfig,
+        dispatcher: Arc<Dispatcher>,
+        requests: Arc<Requests>,
+    ) -> Result<Gateway, BindError> {
+        config.validate().map_err(BindError::Config)?;
         let verifier =
             auth::Verifier::new(&config.auth).map_err(|e| BindError::Config(e.to_string()))?;
         let verifier = Arc::new(verifier);
-        let node = Arc::new(Node::new(config, dispatcher, verifier.clone()));
+        let node = Arc::new(Node::with_requests(
+            config,
+            dispatcher,
+            verifier.clone(),
+            requests,
+        ));
         let config = &node.config;
         // The certificate first: a bad file should stop the node before it takes its ports.
         let tls = match &config.tls {

@@ -2,8 +2,8 @@
 //! not share counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric a node exports on `/metrics`.
@@ -44,6 +44,10 @@ pub struct Metrics {
     pub broker_live: IntGauge,
     /// Publishes refused because the circuit breaker was open.
     pub breaker_rejections: IntCounter,
+    /// WebSocket connections opened (upgraded), for connects per second.
+    pub connections_opened: IntCounter,
+    /// Subscribes with `since`, by whether the replay was complete (`recovered`).
+    pub resumes: IntCounterVec,
     /// Publishes answered with an earlier ack because they repeated its idempotency key.
     pub idempotent_repeats: IntCounter,
     /// Times the dispatcher's worker died and was restarted (read from the dispatcher).
@@ -64,6 +68,42 @@ pub struct Metrics {
     /// The configured `MAX_CONNECTIONS`, so dashboards and alerts can compare
     /// `bellhop_connections` with it.
     pub max_connections: IntGauge,
+    /// Service requests opened through this node that nobody has answered yet, by department
+    /// and priority (a request answered through another node is subtracted there: sum over
+    /// nodes for the cluster's count).
+    pub requests_open: IntGaugeVec,
+    /// Time from a request's opening to its first answer (acknowledged, assigned, worked on,
+    /// resolved or cancelled), by department.
+    pub request_acknowledge_seconds: HistogramVec,
+    /// `ESCALATION`s this node published, by level.
+    pub escalations: IntCounterVec,
+}
+
+impl bellhop_dispatcher::requests::RequestObserver for Metrics {
+    fn opened(&self, r: &bellhop_dispatcher::requests::ServiceRequest) {
+        self.requests_open
+            .with_label_values(&[r.department.as_str(), r.priority.as_str()])
+            .inc();
+    }
+
+    fn answered(
+        &self,
+        r: &bellhop_dispatcher::requests::ServiceRequest,
+        after: std::time::Duration,
+    ) {
+        self.requests_open
+            .with_label_values(&[r.department.as_str(), r.priority.as_str()])
+            .dec();
+        self.request_acknowledge_seconds
+            .with_label_values(&[r.department.as_str()])
+            .observe(after.as_secs_f64());
+    }
+
+    fn escalated(&self, _r: &bellhop_dispatcher::requests::ServiceRequest, level: u32) {
+        self.escalations
+            .with_label_values(&[level.to_string().as_str()])
+            .inc();
+    }
 }
 
 impl Metrics {
@@ -133,6 +173,31 @@ impl Metrics {
         registry
             .register(Box::new(breaker_rejections.clone()))
             .expect("unique metric");
+        let requests_open = IntGaugeVec::new(
+            Opts::new(
+                "bellhop_requests_open",
+                "Service requests opened through this node and not answered yet.",
+            ),
+            &["department", "priority"],
+        )
+        .expect("valid metric name");
+        registry
+            .register(Box::new(requests_open.clone()))
+            .expect("unique metric");
+        let request_acknowledge_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "bellhop_request_acknowledge_seconds",
+                "Service request opened to first answered.",
+            )
+            .buckets(vec![
+                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+            ]),
+            &["department"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_acknowledge_seconds.clone()))
+            .expect("unique metric");
         Metrics {
             connections: gauge("bellhop_connections", "Open WebSocket connections."),
             pending_connections: gauge(
@@ -178,6 +243,28 @@ impl Metrics {
                 "Requests refused by a rate limit, by what was limited.",
                 &["what"],
             ),
+            connections_opened: {
+                let c = IntCounter::new(
+                    "bellhop_connections_opened_total",
+                    "WebSocket connections opened (upgraded) on this node.",
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            resumes: {
+                let c = counter_vec(
+                    "bellhop_resumes_total",
+                    "Subscribes with since (resumes), by whether nothing was missing (recovered).",
+                    &["recovered"],
+                );
+                // Both series exist from the start, so a dashboard shows 0 rather than nothing.
+                c.with_label_values(&["true"]);
+                c.with_label_values(&["false"]);
+                c
+            },
             idempotent_repeats: {
                 let c = IntCounter::new(
                     "bellhop_idempotent_repeats_total",
@@ -229,6 +316,13 @@ impl Metrics {
             breaker_state,
             broker_live,
             breaker_rejections,
+            requests_open,
+            request_acknowledge_seconds,
+            escalations: counter_vec(
+                "bellhop_escalations_total",
+                "ESCALATION events published, by level.",
+                &["level"],
+            ),
             registry,
         }
     }

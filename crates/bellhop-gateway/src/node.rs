@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bellhop_dispatcher::requests::{
+    self, Actor, MemoryRequestStore, RequestError as WorkflowError, Requests, RequestsConfig,
+};
 use bellhop_dispatcher::{
     BreakerState, BrokerError, ChannelKey, Dispatcher, Publish, PublishError,
 };
@@ -137,19 +140,34 @@ pub(crate) struct Node {
     pub(crate) limits: crate::limits::Limits,
     /// Byte budgets, guest emergencies, typing and presence notice coalescing.
     pub(crate) fairness: crate::fairness::Fairness,
+    /// The service request workflow (lifecycle, routing, escalation), in the dispatcher.
+    pub(crate) requests: Arc<Requests>,
 }
 
 impl Node {
+    /// A node whose service requests live in this node's memory (the session tests use it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(
         config: GatewayConfig,
         dispatcher: Arc<Dispatcher>,
         verifier: Arc<Verifier>,
+    ) -> Self {
+        let requests = default_requests(&config, &dispatcher);
+        Node::with_requests(config, dispatcher, verifier, requests)
+    }
+
+    pub(crate) fn with_requests(
+        config: GatewayConfig,
+        dispatcher: Arc<Dispatcher>,
+        verifier: Arc<Verifier>,
+        requests: Arc<Requests>,
     ) -> Self {
         let metrics = Metrics::new(&config.node_id);
         metrics
             .jwt_keys
             .set(i64::try_from(verifier.key_count()).unwrap_or(i64::MAX));
         metrics.ready.set(1);
+        requests.set_observer(Arc::new(metrics.clone()));
         metrics
             .max_connections
             .set(i64::try_from(config.max_connections).unwrap_or(i64::MAX));
@@ -165,6 +183,7 @@ impl Node {
             ready: AtomicBool::new(true),
             limits: crate::limits::Limits::new(config.rate_limits.clone()),
             fairness: crate::fairness::Fairness::new(config.hotel.clone()),
+            requests,
             config,
         }
     }
@@ -378,6 +397,30 @@ impl Node {
             correlation_id: frame.correlation_id,
         };
         let started = tokio::time::Instant::now();
+        if requests::is_request_event(&envelope.event, &envelope.payload) {
+            let key = frame.idempotency_key.map(|k| format!("{}:{k}", p.user_id));
+            let actor = actor(p);
+            let published = if envelope.event == requests::SERVICE_REQUEST {
+                self.requests.open(&actor, envelope, key).await
+            } else {
+                self.requests.update(&actor, envelope, key).await
+            };
+            let published = match published {
+                Ok(published) => published,
+                Err(e) => {
+                    if matches!(e, WorkflowError::Publish(PublishError::CircuitOpen { .. })) {
+                        self.metrics.breaker_rejections.inc();
+                    }
+                    return Err(e.into());
+                }
+            };
+            self.count_published(priority, started, published.duplicate);
+            return Ok(Acked {
+                message_id: published.message_id,
+                offset: published.offset,
+                duplicate: published.duplicate,
+            });
+        }
         // Scoped to the user: two users' keys never collide (the backend adds the property and
         // the channel).
         let publish = match frame.idempotency_key {
@@ -393,7 +436,21 @@ impl Node {
                 return Err(e.into());
             }
         };
-        if published.duplicate {
+        self.count_published(priority, started, published.duplicate);
+        Ok(Acked {
+            message_id: published.message_id,
+            offset: published.offset,
+            duplicate: published.duplicate,
+        })
+    }
+
+    fn count_published(
+        &self,
+        priority: bellhop_protocol::Priority,
+        started: tokio::time::Instant,
+        duplicate: bool,
+    ) {
+        if duplicate {
             self.metrics.idempotent_repeats.inc();
         } else {
             self.metrics
@@ -405,11 +462,6 @@ impl Node {
                 .with_label_values(&[priority.as_str()])
                 .inc();
         }
-        Ok(Acked {
-            message_id: published.message_id,
-            offset: published.offset,
-            duplicate: published.duplicate,
-        })
     }
 
     /// Reads stored messages of a channel the principal may read: at most `limit` of them, and
@@ -470,6 +522,47 @@ impl Node {
             .broker()
             .presence(&Self::key(p, channel))
             .await?)
+    }
+}
+
+/// The workflow with the default settings for the configured departments, its requests in
+/// memory.
+pub(crate) fn default_requests(
+    config: &GatewayConfig,
+    dispatcher: &Arc<Dispatcher>,
+) -> Arc<Requests> {
+    let store = Arc::new(MemoryRequestStore::new(std::time::Duration::from_secs(
+        24 * 3600,
+    )));
+    Requests::start(
+        dispatcher.clone(),
+        store,
+        RequestsConfig::new(config.departments.clone()),
+    )
+    .expect("the default request settings are valid")
+}
+
+impl From<WorkflowError> for RequestError {
+    fn from(e: WorkflowError) -> Self {
+        match e {
+            WorkflowError::BadRequest(m) => RequestError::new(ErrorCode::BadRequest, m),
+            WorkflowError::Forbidden(m) => RequestError::new(ErrorCode::Forbidden, m),
+            e @ WorkflowError::NotFound(_) => {
+                RequestError::new(ErrorCode::BadRequest, e.to_string())
+            }
+            WorkflowError::Publish(e) => e.into(),
+            WorkflowError::Broker(e) => e.into(),
+        }
+    }
+}
+
+/// The workflow's view of who publishes.
+pub(crate) fn actor(p: &Principal) -> Actor {
+    Actor {
+        id: p.user_id.clone(),
+        role: p.role,
+        depts: p.depts.iter().cloned().collect(),
+        rooms: p.rooms.iter().cloned().collect(),
     }
 }
 

@@ -9,6 +9,11 @@
 //! Producers never block on a slow client: fan-out uses [`Outbound::push`], which fails instead
 //! of waiting. Only the connection's own session waits for space ([`Outbound::send`]), which
 //! turns a slow reader into TCP back-pressure on its own requests.
+//!
+//! Frames are queued as the bytes that go on the wire ([`WireFrame`]): a message fanned out to
+//! many connections is one shared buffer in all their queues. The writer takes everything queued
+//! at once ([`Outbound::next_batch`]), and is woken only when the queue goes from empty to
+//! non-empty (or the connection starts closing, or tungstenite wrote a reply of its own).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,9 +23,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::OutboundConfig;
+use crate::wire::WireFrame;
 
 /// Delivery classes, most urgent first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,11 +91,21 @@ const CONTROL_RESERVE_FRAMES: usize = 64;
 /// Bytes the reader's control replies may queue beyond the budget.
 const CONTROL_RESERVE_BYTES: usize = 64 << 10;
 
-/// What the writer sends next.
+/// What the writer sends next (see [`Outbound::next_batch`]).
+#[derive(Debug)]
+pub enum Batch {
+    /// The frames put in the caller's buffer (possibly none: tungstenite wrote something).
+    Frames,
+    /// The close frame; nothing follows it.
+    Close(CloseFrame),
+}
+
+/// What the writer sends next, one frame at a time (the tests' view of the queue).
+#[cfg(test)]
 #[derive(Debug)]
 pub enum Next {
     /// A frame.
-    Frame(Message),
+    Frame(tokio_tungstenite::tungstenite::Message),
     /// The close frame; nothing follows it.
     Close(CloseFrame),
 }
@@ -101,7 +116,7 @@ struct Entry {
     /// Tag of the frame's channel (see [`channel_tag`]); 0 for frames outside any channel order.
     channel: u64,
     /// The frame.
-    message: Message,
+    frame: WireFrame,
 }
 
 /// A channel's tag in outbound queues: a hash of its key. A collision only promotes more than
@@ -129,11 +144,11 @@ struct Inner {
 }
 
 impl Inner {
-    fn take(&mut self, class: usize) -> Option<Message> {
+    fn take(&mut self, class: usize) -> Option<WireFrame> {
         let entry = self.queues[class].pop_front()?;
         self.frames -= 1;
-        self.bytes -= entry.message.len();
-        Some(entry.message)
+        self.bytes -= entry.frame.len();
+        Some(entry.frame)
     }
 
     /// Moves every queued frame of `channel` from the classes below `class` to the back of
@@ -170,6 +185,8 @@ pub struct Outbound {
     closing: Notify,
     /// Fast check for [`Outbound::is_closing`].
     closing_flag: AtomicBool,
+    /// tungstenite wrote a reply of its own, for the writer to send (see `wire::Capture`).
+    captured: AtomicBool,
 }
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {
@@ -189,20 +206,21 @@ impl Outbound {
             space: Notify::new(),
             closing: Notify::new(),
             closing_flag: AtomicBool::new(false),
+            captured: AtomicBool::new(false),
         }
     }
 
     /// Queues a frame outside any channel order (replies, errors, notices) without waiting.
-    pub fn push(&self, class: Class, message: Message) -> Pushed {
-        self.push_in(class, 0, message)
+    pub fn push(&self, class: Class, message: impl Into<WireFrame>) -> Pushed {
+        self.push_in(class, 0, message.into())
     }
 
     /// Queues a message of the channel tagged `channel` without waiting, behind every queued
     /// message of the same channel. A full queue drops an ephemeral frame (the new one, or a
     /// queued one to make room for something more important); when nothing can be dropped the
     /// connection is closed with 4008.
-    pub fn push_in(&self, class: Class, channel: u64, message: Message) -> Pushed {
-        self.push_within(class, channel, message, 0, 0)
+    pub fn push_in(&self, class: Class, channel: u64, message: impl Into<WireFrame>) -> Pushed {
+        self.push_within(class, channel, message.into(), 0, 0)
     }
 
     /// Queues a small control frame (a pong, an error, a heartbeat ping) from the connection's
@@ -210,11 +228,11 @@ impl Outbound {
     /// 64 KiB), so that a queue kept full by the connection's own replay (which waits for room
     /// inside the budget) still takes the replies the reader must send at once. A peer that
     /// reads nothing while it fills the reserve too is closed with 4008 like any slow consumer.
-    pub fn push_control(&self, message: Message) -> Pushed {
+    pub fn push_control(&self, message: impl Into<WireFrame>) -> Pushed {
         self.push_within(
             Class::Control,
             0,
-            message,
+            message.into(),
             CONTROL_RESERVE_FRAMES,
             CONTROL_RESERVE_BYTES,
         )
@@ -224,7 +242,7 @@ impl Outbound {
         &self,
         class: Class,
         channel: u64,
-        message: Message,
+        message: WireFrame,
         extra_frames: usize,
         extra_bytes: usize,
     ) -> Pushed {
@@ -253,25 +271,34 @@ impl Outbound {
                 return Pushed::Overflow;
             }
         }
+        let was_empty = inner.frames == 0;
         inner.frames += 1;
         inner.bytes += message.len();
         if channel != 0 {
             inner.promote(class as usize, channel);
         }
-        inner.queues[class as usize].push_back(Entry { channel, message });
+        inner.queues[class as usize].push_back(Entry {
+            channel,
+            frame: message,
+        });
         drop(inner);
-        self.writer.notify_one();
+        // The writer takes the whole queue whenever it runs, and waits only once it found the
+        // queue empty: a push onto a non-empty queue needs no wake-up.
+        if was_empty {
+            self.writer.notify_one();
+        }
         Pushed::Queued
     }
 
     /// Queues a frame outside any channel order, waiting for room first. Returns false when the
     /// connection is closing.
-    pub async fn send(&self, class: Class, message: Message) -> Sent {
+    pub async fn send(&self, class: Class, message: impl Into<WireFrame>) -> Sent {
         self.send_in(class, 0, message).await
     }
 
     /// Queues a message of a channel (see [`Outbound::push_in`]), waiting for room first.
-    pub async fn send_in(&self, class: Class, channel: u64, message: Message) -> Sent {
+    pub async fn send_in(&self, class: Class, channel: u64, message: impl Into<WireFrame>) -> Sent {
+        let message = message.into();
         // A frame over the whole budget would wait for room forever: refuse it at once, so the
         // caller can tell the client instead of wedging the connection.
         if message.len() > self.config.max_bytes {
@@ -349,8 +376,16 @@ impl Outbound {
         }
     }
 
-    /// The next frame for the writer; `None` after the close frame was taken.
-    pub async fn next(&self) -> Option<Next> {
+    /// Wakes the writer for something tungstenite wrote (see `wire::Capture`).
+    pub fn wake_writer(&self) {
+        self.captured.store(true, Ordering::Release);
+        self.writer.notify_one();
+    }
+
+    /// Waits for work and moves everything queued (up to `max` frames, in class order) into
+    /// `out`; once closing only control frames, then the close frame. `None` after the close
+    /// frame was taken.
+    pub async fn next_batch(&self, out: &mut Vec<WireFrame>, max: usize) -> Option<Batch> {
         loop {
             let notified = self.writer.notified();
             tokio::pin!(notified);
@@ -360,18 +395,44 @@ impl Outbound {
                 if inner.close_taken {
                     return None;
                 }
-                let limit = if inner.closing.is_some() { 1 } else { 6 };
-                if let Some(m) = (0..limit).find_map(|c| inner.take(c)) {
+                let classes = if inner.closing.is_some() { 1 } else { 6 };
+                for class in 0..classes {
+                    while out.len() < max {
+                        match inner.take(class) {
+                            Some(frame) => out.push(frame),
+                            None => break,
+                        }
+                    }
+                }
+                if inner.frames == 0 && inner.queues.iter().any(|q| q.capacity() > 64) {
+                    // A burst's buffers are not kept for the rest of an idle connection's life.
+                    inner.queues = Default::default();
+                }
+                let captured = self.captured.swap(false, Ordering::AcqRel);
+                if !out.is_empty() {
                     drop(inner);
                     self.space.notify_waiters();
-                    return Some(Next::Frame(m));
+                    return Some(Batch::Frames);
                 }
                 if let Some(frame) = inner.closing.clone() {
                     inner.close_taken = true;
-                    return Some(Next::Close(frame));
+                    return Some(Batch::Close(frame));
+                }
+                if captured {
+                    return Some(Batch::Frames);
                 }
             }
             notified.await;
+        }
+    }
+
+    /// The next frame, decoded (the tests' view of what the writer would send).
+    #[cfg(test)]
+    pub async fn next(&self) -> Option<Next> {
+        let mut out = Vec::new();
+        match self.next_batch(&mut out, 1).await? {
+            Batch::Frames => Some(Next::Frame(crate::wire::decode(out[0].bytes()).remove(0))),
+            Batch::Close(frame) => Some(Next::Close(frame)),
         }
     }
 
@@ -396,6 +457,8 @@ mod tests {
             max_bytes: 1 << 20,
         })
     }
+
+    use tokio_tungstenite::tungstenite::Message;
 
     fn text(s: &str) -> Message {
         Message::text(s)
@@ -509,7 +572,7 @@ mod tests {
         assert_eq!(
             o.send(Class::Control, big).await,
             Sent::TooLarge {
-                bytes: 1001,
+                bytes: 1005, // with its 4-byte header
                 limit: 1000
             }
         );

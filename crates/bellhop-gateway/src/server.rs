@@ -639,16 +639,23 @@ fn upgrade(edge: &Edge, mut req: Request<Incoming>, remote: SocketAddr) -> Respo
             .read_buffer_size(READ_BUFFER_BYTES)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        // tungstenite reads and handles the closing handshake; the session's writer writes the
+        // socket itself (crate::wire).
+        let (stream, wire) = crate::wire::split(
+            |io| WebSocketStream::from_raw_socket(io, Role::Server, Some(config)),
+            TokioIo::new(upgraded),
+        )
+        .await;
         let opening = Opening {
             principal,
             codec,
             permit,
         };
-        if let Some(mut ws) = session::run(node, ws, opening).await {
-            linger(ws.get_mut()).await;
+        if let Some((stream, wire)) = session::run(node, stream, wire, opening).await {
+            if let Ok(mut ws) = stream.reunite(wire.sink) {
+                let mut write = wire.io;
+                linger(&mut ws.get_mut().read, &mut write).await;
+            }
         }
     });
     let mut response = Response::new(Full::new(Bytes::new()));
@@ -695,13 +702,13 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// socket with unread input makes the kernel answer with a reset, and a peer that was still
 /// writing (the rest of an oversized frame, say) would then fail on its write and never read
 /// the close frame that says why (1009). Found by the Autobahn run (docs/AUTOBAHN.md).
-async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
-    if io.shutdown().await.is_err() {
+async fn linger<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(read: &mut R, write: &mut W) {
+    if write.shutdown().await.is_err() {
         return;
     }
     let mut discard = vec![0u8; 16 * 1024];
     let drain = async {
-        while let Ok(n) = io.read(&mut discard).await {
+        while let Ok(n) = read.read(&mut discard).await {
             if n == 0 {
                 break;
             }

@@ -6,6 +6,7 @@
 
 mod support;
 
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use support::*;
 
@@ -394,4 +395,25 @@ async fn a_presence_failure_does_not_leave_a_subscription_half_made() {
         .request(json!({"type": "subscribe", "channel": "room:101"}))
         .await;
     assert_eq!(retried["type"], "subscribed", "{retried}");
+}
+
+/// Before: a client's WebSocket pings were not counted by the frame limiter, so a ping flood
+/// (each one making the node write a pong) was never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_websocket_pings_is_closed_like_any_frame_flood() {
+    let node = TestNode::start_with(Backend::Memory, |c| {
+        c.rate_limits.frames_per_second = 5;
+        c.rate_limits.strikes_before_close = 3;
+    })
+    .await;
+    let mut c = node.connect(&staff("s1", &["housekeeping"])).await;
+    for _ in 0..200 {
+        let ping = tokio_tungstenite::tungstenite::Message::Ping(Default::default());
+        if c.ws.send(ping).await.is_err() {
+            break;
+        }
+    }
+    let (code, reason, _) = c.closed().await;
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("frame rate"), "{reason}");
 }

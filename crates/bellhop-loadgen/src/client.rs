@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::{SinkExt, StreamExt};
+use std::collections::BTreeSet;
+
 use parking_lot::Mutex;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -27,13 +29,20 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Channels {
     names: Vec<String>,
     published: Vec<AtomicU64>,
+    /// Per channel, the sequence numbers the system refused (not stored: nobody misses them).
+    refused: Vec<Mutex<BTreeSet<u64>>>,
 }
 
 impl Channels {
     /// A table of channels (Bellhop names).
     pub fn new(names: Vec<String>) -> Self {
         let published = names.iter().map(|_| AtomicU64::new(0)).collect();
-        Self { names, published }
+        let refused = names.iter().map(|_| Mutex::new(BTreeSet::new())).collect();
+        Self {
+            names,
+            published,
+            refused,
+        }
     }
 
     /// The channel's name.
@@ -44,6 +53,18 @@ impl Channels {
     /// Messages published on the channel so far.
     pub fn published(&self, id: usize) -> u64 {
         self.published[id].load(Ordering::Acquire)
+    }
+
+    /// Records that the system refused the publish `seq` of `channel`.
+    pub fn refuse(&self, channel: usize, seq: u64) {
+        if let Some(r) = self.refused.get(channel) {
+            r.lock().insert(seq);
+        }
+    }
+
+    /// The sequence numbers refused on the channel so far.
+    pub fn refused(&self, id: usize) -> BTreeSet<u64> {
+        self.refused[id].lock().clone()
     }
 
     /// Number of channels.
@@ -380,6 +401,12 @@ async fn handle(run: &Run, state: &State, ws: &mut Ws, event: Event) -> anyhow::
         }
         Event::Reply(r) => ws.send(r).await?,
         Event::Error(e) => run.counters.error(e),
+        Event::Refused { id, reason } => {
+            let (channel, seq) = crate::systems::publish_of(id);
+            run.channels.refuse(channel, seq);
+            run.counters.refused.fetch_add(1, Ordering::Relaxed);
+            run.counters.error(reason);
+        }
         Event::Ready | Event::Subscribed { .. } => {}
     }
     Ok(())
@@ -453,7 +480,8 @@ async fn session(
                 let seq = run.channels.published[channel].fetch_add(1, Ordering::AcqRel);
                 let t = u64::try_from(due.saturating_duration_since(stats::epoch()).as_micros()).unwrap_or(0);
                 let payload = Payload { t, s: seq, p: plan.number }.encode(run.pad);
-                let message = wire.publish(run.channels.name(channel), &payload);
+                let id = crate::systems::publish_id(channel, seq);
+                let message = wire.publish(run.channels.name(channel), &payload, id);
                 if let Err(e) = ws.send(message).await {
                     return End::Failed(e.into());
                 }

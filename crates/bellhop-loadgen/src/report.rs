@@ -364,14 +364,14 @@ pub fn markdown(report: &Report) -> String {
         md,
         "\n### fanout\n\n![p99 latency over deliveries per second](bench/fanout-latency.svg)\n"
     );
-    let _ = writeln!(md, "| system | subscribers | publishes/s | deliveries/s | p50 | p99 | p99.9 | server CPU (cores) | CPU per delivery | lost | dup |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "| system | subscribers | publishes/s | deliveries/s | p50 | p99 | p99.9 | server CPU (cores) | CPU per delivery | lost | dup | refused |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for s in ORDER {
         if let Some(f) = get(report, s).and_then(|r| r.fanout.as_ref()) {
             for st in &f.steps {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                    "| {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
                     s.label(),
                     f.connected,
                     st.publish_rate,
@@ -382,7 +382,8 @@ pub fn markdown(report: &Report) -> String {
                     st.server_cores,
                     cpu_per_delivery(st).map_or("—".to_owned(), us),
                     f.losses.lost,
-                    f.losses.duplicated
+                    f.losses.duplicated,
+                    f.losses.refused
                 );
             }
         }

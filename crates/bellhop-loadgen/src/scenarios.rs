@@ -1,6 +1,7 @@
 //! The workloads: `idle`, `fanout`, `chat` and `storm`. Each opens its clients against a
 //! [`Target`], drives them, and returns a serialisable result.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -174,11 +175,14 @@ impl Clients {
 
     /// Calls `f` with every subscriber's tracker of every channel it subscribes to, and how many
     /// messages were published on that channel.
-    fn for_each_tracker(&self, mut f: impl FnMut(&Tracker, u64)) {
+    fn for_each_tracker(&self, mut f: impl FnMut(&Tracker, u64, &BTreeSet<u64>)) {
+        let refused: Vec<BTreeSet<u64>> = (0..self.run.channels.len())
+            .map(|ch| self.run.channels.refused(ch))
+            .collect();
         for state in &self.states {
             let trackers = state.trackers.lock();
             for (t, ch) in trackers.iter().zip(&state.subs) {
-                f(t, self.run.channels.published(*ch));
+                f(t, self.run.channels.published(*ch), &refused[*ch]);
             }
         }
     }
@@ -188,17 +192,24 @@ impl Clients {
         let deadline = Instant::now() + within;
         loop {
             let mut behind = 0;
-            self.for_each_tracker(|t, published| {
-                behind += published.saturating_sub(t.distinct());
+            self.for_each_tracker(|t, published, refused| {
+                behind += published.saturating_sub(t.distinct() + refused.len() as u64);
             });
             if behind == 0 || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut losses = Losses::default();
-        self.for_each_tracker(|t, published| {
-            losses.lost += t.missing(published);
+        let mut losses = Losses {
+            refused: self
+                .run
+                .counters
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ..Losses::default()
+        };
+        self.for_each_tracker(|t, published, refused| {
+            losses.lost += t.missing(published, refused);
             losses.duplicated += t.duplicated;
             losses.out_of_order += t.out_of_order;
         });
@@ -252,6 +263,9 @@ pub struct Losses {
     pub duplicated: u64,
     /// Received after a newer one from the same publisher.
     pub out_of_order: u64,
+    /// Publishes the system refused with an error naming them (over a rate, its request queue
+    /// full): not stored, so not lost. Bellhop only (the other wires have no request ids).
+    pub refused: u64,
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {

@@ -100,6 +100,9 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Connections open and subscribed.
     pub ready: AtomicU64,
+    /// Publishes the system refused (an error echoing the publish's id): never stored, so they
+    /// are not losses.
+    pub refused: AtomicU64,
     /// Subscriptions with a `since` the system did not honour (`recovered: false`).
     pub not_recovered: AtomicU64,
     /// The first error messages, for the report.
@@ -184,9 +187,12 @@ impl Tracker {
         self.prefix
     }
 
-    /// Sequence numbers below `published` that never arrived.
-    pub fn missing(&self, published: u64) -> u64 {
-        (0..published).filter(|s| !self.has(*s)).count() as u64
+    /// Sequence numbers below `published` that never arrived, apart from those the system
+    /// refused (`refused`: never stored, so nobody could receive them).
+    pub fn missing(&self, published: u64, refused: &std::collections::BTreeSet<u64>) -> u64 {
+        (0..published)
+            .filter(|s| !self.has(*s) && !refused.contains(s))
+            .count() as u64
     }
 }
 
@@ -253,7 +259,10 @@ mod tests {
         assert_eq!(t.duplicated, 1);
         assert_eq!(t.out_of_order, 1, "2 arrived after 3");
         assert_eq!(t.prefix(), 4);
-        assert_eq!(t.missing(71), 71 - 5);
+        assert_eq!(t.missing(71, &Default::default()), 71 - 5);
+        // What the system refused was never stored: not missing.
+        let refused = [4, 5, 6].into_iter().collect();
+        assert_eq!(t.missing(71, &refused), 71 - 5 - 3);
     }
 
     #[test]

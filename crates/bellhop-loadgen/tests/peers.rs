@@ -196,7 +196,7 @@ impl Conn {
     }
 
     async fn publish(&mut self, channel: &str, payload: &Payload) {
-        let m = self.wire.publish(channel, &payload.encode(16));
+        let m = self.wire.publish(channel, &payload.encode(16), 0);
         self.ws.send(m).await.unwrap();
     }
 

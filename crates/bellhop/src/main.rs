@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use bellhop_dispatcher::requests::{MemoryRequestStore, RedisRequestStore, RequestStore, Requests};
 use bellhop_dispatcher::{Broker, Dispatcher, DispatcherConfig, MemoryBroker, RedisBroker};
 use bellhop_gateway::auth::{Audience, Claims, TokenSigner};
 use bellhop_gateway::Gateway;
@@ -24,16 +25,6 @@ use bellhop_protocol::Role;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use settings::{BrokerSettings, Environment, FileSettings, LogFormat, Overrides, ProcessEnv};
-
-/// A Redis URL without its password, for logs and errors.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -303,25 +294,34 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
             "SSL_CERT_PATH or SSL_KEY_PATH is set but SSL_ENABLED is not true: the main port serves plain ws/http"
         );
     }
-    let (broker, backend): (Arc<dyn Broker>, &str) = match &settings.broker {
-        BrokerSettings::Embedded(config) => {
-            let memory = Arc::new(MemoryBroker::new(config.clone()));
-            memory.spawn_sweeper(Duration::from_secs(60));
-            (memory, "embedded")
-        }
-        BrokerSettings::Redis(config) => {
-            let redis = RedisBroker::connect(config.as_ref().clone())
-                .await
-                .with_context(|| format!("cannot use Redis at {}", redacted(&config.url)))?;
-            (Arc::new(redis), "redis")
-        }
-    };
+    let (broker, backend, store): (Arc<dyn Broker>, &str, Arc<dyn RequestStore>) =
+        match &settings.broker {
+            BrokerSettings::Embedded(config) => {
+                let memory = Arc::new(MemoryBroker::new(config.clone()));
+                memory.spawn_sweeper(Duration::from_secs(60));
+                let store = Arc::new(MemoryRequestStore::new(config.retention));
+                (memory, "embedded", store)
+            }
+            BrokerSettings::Redis(config) => {
+                let cannot = || format!("cannot use Redis at {}", config.redacted_url());
+                let redis = RedisBroker::connect(config.as_ref().clone())
+                    .await
+                    .with_context(cannot)?;
+                let store = RedisRequestStore::connect(config)
+                    .await
+                    .with_context(cannot)?;
+                (Arc::new(redis), "redis", Arc::new(store))
+            }
+        };
     let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
     if backend == "redis" {
         watch_live_delivery(dispatcher.clone());
     }
+    let requests = Requests::start(dispatcher.clone(), store, settings.requests.clone())
+        .map_err(anyhow::Error::msg)?;
     // The error names what failed: the address that could not be bound, or the TLS file.
-    let gateway = Gateway::bind(settings.gateway.clone(), dispatcher).await?;
+    let gateway =
+        Gateway::bind_with_requests(settings.gateway.clone(), dispatcher, requests).await?;
     let addr = gateway.local_addr();
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()

@@ -8,8 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bellhop_dispatcher::requests::{RequestsConfig, RoutingTable};
 use bellhop_dispatcher::{MemoryConfig, RedisConfig};
 use bellhop_gateway::{GatewayConfig, JwtAlgorithm, KeySource, TlsConfig, TlsVersion};
+use bellhop_protocol::Priority;
 use serde::Deserialize;
 
 /// The development secret used when `JWT_SECRET` is unset outside production. Public on purpose:
@@ -98,6 +100,12 @@ pub(crate) struct FileSettings {
     history_max_bytes: Option<usize>,
     idempotency_window_seconds: Option<u64>,
     max_messages_per_channel: Option<usize>,
+    routing_rules_path: Option<String>,
+    escalation_min_priority: Option<String>,
+    escalation_after_seconds: Option<u64>,
+    escalation_management_level: Option<u32>,
+    escalation_management_channel: Option<String>,
+    escalation_max_level: Option<u32>,
 }
 
 /// Values given on the command line (they win over everything else).
@@ -239,6 +247,60 @@ pub(crate) struct ServeSettings {
     /// True when `SSL_CERT_PATH` or `SSL_KEY_PATH` is set but `SSL_ENABLED` is not true: the node
     /// serves plain `ws`/`http`, and says so loudly, since that is rarely what was meant.
     pub(crate) tls_paths_ignored: bool,
+    /// The service request workflow: routing rules and escalation.
+    pub(crate) requests: RequestsConfig,
+}
+
+/// The service request settings (`ROUTING_RULES_PATH`, `ESCALATION_*`).
+fn requests_settings(s: &Sources<'_>, departments: Vec<String>) -> Result<RequestsConfig> {
+    let file = s.file;
+    let mut config = RequestsConfig::new(departments);
+    config.rules_path = s
+        .string("ROUTING_RULES_PATH", &file.routing_rules_path)
+        .map(Into::into);
+    let e = &mut config.escalation;
+    if let Some(text) = s.string("ESCALATION_MIN_PRIORITY", &file.escalation_min_priority) {
+        e.min_priority = Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "ESCALATION_MIN_PRIORITY={text:?} is invalid: use low, normal, high or urgent"
+                )
+            })?;
+    }
+    if let Some(secs) = s.parse::<u64>("ESCALATION_AFTER_SECONDS", file.escalation_after_seconds)? {
+        e.after_ms = secs.saturating_mul(1000);
+    }
+    if let Some(n) = s.parse(
+        "ESCALATION_MANAGEMENT_LEVEL",
+        file.escalation_management_level,
+    )? {
+        e.management_level = n;
+    }
+    if let Some(text) = s.string(
+        "ESCALATION_MANAGEMENT_CHANNEL",
+        &file.escalation_management_channel,
+    ) {
+        e.management_channel = text.parse().map_err(|err| {
+            anyhow::anyhow!("ESCALATION_MANAGEMENT_CHANNEL={text:?} is invalid: {err}")
+        })?;
+    }
+    if let Some(n) = s.parse("ESCALATION_MAX_LEVEL", file.escalation_max_level)? {
+        e.max_level = n;
+    }
+    e.validate().map_err(anyhow::Error::msg)?;
+    if let bellhop_protocol::Channel::Dept(d) = &e.management_channel {
+        if !config.departments.contains(d) {
+            bail!(
+                "ESCALATION_MANAGEMENT_CHANNEL={} is not a configured department (DEPARTMENTS)",
+                e.management_channel
+            );
+        }
+    }
+    // Read the rule file now, so a bad one stops the node with its line named.
+    RoutingTable::new(config.rules_path.clone(), config.departments.clone())?;
+    Ok(config)
 }
 
 /// A settings reader over one environment and one file.
@@ -620,8 +682,11 @@ pub(crate) fn serve_settings(
         "IDEMPOTENCY_WINDOW_SECONDS",
         file.idempotency_window_seconds,
     )? {
-        if secs == 0 || secs > 24 * 3600 {
-            bail!("IDEMPOTENCY_WINDOW_SECONDS must be between 1 and 86400");
+        // Escalations are published with an idempotency key and re-fired by another node when a
+        // claim's lease (30 s) lapses: the window must outlast the lease, or a crash between the
+        // publish and its confirmation could publish one level twice.
+        if !(60..=24 * 3600).contains(&secs) {
+            bail!("IDEMPOTENCY_WINDOW_SECONDS must be between 60 and 86400 (it must outlast the 30 s escalation claim)");
         }
         idempotency_window = Duration::from_secs(secs);
     }
@@ -665,7 +730,9 @@ pub(crate) fn serve_settings(
         Some("json") => LogFormat::Json,
         Some(other) => bail!("LOG_FORMAT={other:?} is invalid: use text or json"),
     };
+    let requests = requests_settings(&s, gateway.departments.clone())?;
     Ok(ServeSettings {
+        requests,
         loopback_for_dev_secret,
         tls_paths_ignored,
         gateway,
@@ -689,6 +756,47 @@ mod tests {
 
     fn settings(pairs: &[(&str, &str)]) -> Result<ServeSettings> {
         serve_settings(&env(pairs), &FileSettings::default(), &Overrides::default())
+    }
+
+    #[test]
+    fn escalation_settings_are_read_and_checked() {
+        let s = settings(&[]).unwrap();
+        let e = &s.requests.escalation;
+        assert_eq!(
+            (e.after_ms, e.management_level, e.max_level),
+            (300_000, 4, 5)
+        );
+        assert_eq!(e.min_priority, Priority::High);
+        assert_eq!(e.management_channel.to_string(), "dept:management");
+        let s = settings(&[
+            ("ESCALATION_AFTER_SECONDS", "3"),
+            ("ESCALATION_MIN_PRIORITY", "urgent"),
+            ("ESCALATION_MANAGEMENT_LEVEL", "3"),
+            ("ESCALATION_MANAGEMENT_CHANNEL", "dept:security"),
+            ("ESCALATION_MAX_LEVEL", "4"),
+        ])
+        .unwrap();
+        let e = &s.requests.escalation;
+        assert_eq!((e.after_ms, e.management_level, e.max_level), (3_000, 3, 4));
+        assert_eq!(e.min_priority, Priority::Urgent);
+        for (key, value, named) in [
+            ("ESCALATION_MIN_PRIORITY", "soon", "ESCALATION_MIN_PRIORITY"),
+            ("ESCALATION_AFTER_SECONDS", "0", "ESCALATION_AFTER_SECONDS"),
+            ("ESCALATION_MAX_LEVEL", "1", "ESCALATION_MAX_LEVEL"),
+            (
+                "ESCALATION_MANAGEMENT_CHANNEL",
+                "dept:nowhere",
+                "ESCALATION_MANAGEMENT_CHANNEL",
+            ),
+            (
+                "ROUTING_RULES_PATH",
+                "/nonexistent/rules.toml",
+                "ROUTING_RULES_PATH",
+            ),
+        ] {
+            let e = settings(&[(key, value)]).unwrap_err().to_string();
+            assert!(e.contains(named), "{key}={value}: {e}");
+        }
     }
 
     #[test]

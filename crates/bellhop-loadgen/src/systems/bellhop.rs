@@ -44,6 +44,8 @@ struct Frame<'a> {
     code: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     message: Option<&'a RawValue>,
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -104,9 +106,9 @@ impl Wire for BellhopWire {
             .collect()
     }
 
-    fn publish(&mut self, channel: &str, payload: &str) -> Message {
+    fn publish(&mut self, channel: &str, payload: &str, id: u64) -> Message {
         Message::text(format!(
-            r#"{{"type":"publish","channel":"{channel}","event":"{EVENT}","payload":{payload}}}"#
+            r#"{{"type":"publish","id":{id},"channel":"{channel}","event":"{EVENT}","payload":{payload}}}"#
         ))
     }
 
@@ -163,11 +165,17 @@ impl Wire for BellhopWire {
                     });
                 }
             }
-            "error" => out.push(Event::Error(format!(
-                "error {}: {}",
-                frame.code.as_deref().unwrap_or("?"),
-                frame.message.map(RawValue::get).unwrap_or("")
-            ))),
+            "error" => {
+                let reason = format!(
+                    "error {}: {}",
+                    frame.code.as_deref().unwrap_or("?"),
+                    frame.message.map(RawValue::get).unwrap_or("")
+                );
+                match frame.id {
+                    Some(id) if id >= super::PUBLISH_IDS => out.push(Event::Refused { id, reason }),
+                    _ => out.push(Event::Error(reason)),
+                }
+            }
             // ack, join, leave, typing, pong: nothing to measure.
             _ => {}
         }
@@ -242,5 +250,18 @@ mod tests {
             decode(r#"{"type":"error","id":2,"code":"forbidden","message":"no"}"#, &chans).as_slice(),
             [Event::Error(e)] if e.contains("forbidden")
         ));
+        // A refused publish names itself by its id: its channel and sequence number come back.
+        let id = super::super::publish_id(7, 41);
+        let refused = decode(
+            &format!(
+                r#"{{"type":"error","id":{id},"code":"rate_limited","message":"too many requests waiting","retryAfterMs":100}}"#
+            ),
+            &chans,
+        );
+        assert!(
+            matches!(refused.as_slice(), [Event::Refused { id: got, reason }] if *got == id && reason.contains("rate_limited")),
+            "{refused:?}"
+        );
+        assert_eq!(super::super::publish_of(id), (7, 41));
     }
 }

@@ -94,6 +94,14 @@ pub enum Event {
     Reply(Message),
     /// The system refused something; counted as an error.
     Error(String),
+    /// The system refused the publish with this id (Bellhop's `error` echoing it: over a rate,
+    /// the request queue full, unavailable): it was not stored, so no subscriber misses it.
+    Refused {
+        /// The id given to [`Wire::publish`].
+        id: u64,
+        /// The refusal, for the report.
+        reason: String,
+    },
 }
 
 /// A message the load generator published, as received.
@@ -144,7 +152,9 @@ pub trait Wire: Send + 'static {
     /// index is its position in `subs`.
     fn subscribe(&mut self, subs: &[Sub]) -> Vec<Message>;
     /// A message publishing `payload` (a JSON object from [`Payload::encode`]) on `channel`.
-    fn publish(&mut self, channel: &str, payload: &str) -> Message;
+    /// `id` identifies the publish in a refusal ([`Event::Refused`]), where the wire has request
+    /// ids (Bellhop); the others ignore it.
+    fn publish(&mut self, channel: &str, payload: &str, id: u64) -> Message;
     /// Decodes one received message; `chans` are the Bellhop names of the subscribed channels,
     /// in the order given to [`Wire::subscribe`].
     fn decode(&mut self, message: &Message, chans: &[String], out: &mut Vec<Event>);
@@ -153,6 +163,21 @@ pub trait Wire: Send + 'static {
 /// The position of `name` in `chans`.
 pub fn index_of(chans: &[String], name: &str) -> Option<usize> {
     chans.iter().position(|c| c == name)
+}
+
+/// Request ids of publishes start here (subscribe ids count up from 1): below 2^53, so any JSON
+/// reader keeps them exact.
+pub const PUBLISH_IDS: u64 = 1 << 52;
+
+/// The request id of the `seq`-th publish on channel `channel` (fewer than 2^20 channels, 2^32
+/// publishes each).
+pub fn publish_id(channel: usize, seq: u64) -> u64 {
+    PUBLISH_IDS | ((channel as u64 & 0xF_FFFF) << 32) | (seq & 0xFFFF_FFFF)
+}
+
+/// The channel and sequence number of a publish id.
+pub fn publish_of(id: u64) -> (usize, u64) {
+    (((id >> 32) & 0xF_FFFF) as usize, id & 0xFFFF_FFFF)
 }
 
 #[cfg(test)]

@@ -319,7 +319,7 @@ impl Wire for NatsWire {
         vec![Message::Binary(out.into())]
     }
 
-    fn publish(&mut self, channel: &str, payload: &str) -> Message {
+    fn publish(&mut self, channel: &str, payload: &str, _id: u64) -> Message {
         let mut out = Vec::with_capacity(channel.len() + payload.len() + 20);
         out.extend_from_slice(b"PUB ");
         push_subject(channel, &mut out);
@@ -527,7 +527,7 @@ mod tests {
         assert!(wire.subscribe(&[]).is_empty());
 
         let body = payload(1);
-        let publ = wire.publish("room:12", &body);
+        let publ = wire.publish("room:12", &body, 0);
         assert_eq!(
             bytes_of(&publ),
             format!("PUB room.12 {}\r\n{body}\r\n", body.len()).into_bytes()

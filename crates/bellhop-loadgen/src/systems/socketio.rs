@@ -178,7 +178,7 @@ impl Wire for SocketIoWire {
         vec![Message::text(text)]
     }
 
-    fn publish(&mut self, channel: &str, payload: &str) -> Message {
+    fn publish(&mut self, channel: &str, payload: &str, _id: u64) -> Message {
         let mut text = String::with_capacity(channel.len() + payload.len() + 16);
         text.push_str("42[\"pub\",");
         push_json_str(channel, &mut text);
@@ -269,7 +269,7 @@ mod tests {
         assert!(wire.subscribe(&[]).is_empty());
         let payload = Payload { t: 1, s: 2, p: 3 }.encode(2);
         assert_eq!(
-            text_of(&wire.publish("room:12", &payload)),
+            text_of(&wire.publish("room:12", &payload, 0)),
             format!(r#"42["pub","room:12",{payload}]"#)
         );
     }

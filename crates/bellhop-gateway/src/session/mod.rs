@@ -1,0 +1,653 @@
+//! One WebSocket connection: authentication, the request loop, heartbeats, token expiry, and
+//! clean-up. Generic over any `Sink + Stream` of WebSocket messages, so it is unit-tested with
+//! in-memory channels and paused time, and run in production over a real socket.
+//!
+//! A connection is three parts that never wait on each other:
+//! - the **reader** reads every frame as it arrives, whatever else is going on: it records
+//!   liveness (so a client reading a long replay is not taken for dead), enforces the heartbeat,
+//!   the token's expiry and the frame rate, answers `ping` at once, and hands every other request
+//!   to the handler through a small bounded queue ([`Inbox`]). When that queue is full the
+//!   request is refused with `rate_limited` (its `id` echoed), never by stopping the read;
+//! - the **handler** answers requests one at a time, in order, so replies to pipelined requests
+//!   keep their order (pongs and refusals, which the reader sends itself, may overtake them);
+//! - the **writer** sends the outbound queue to the socket: everything queued at once, as the
+//!   frames' wire bytes, in one vectored write per wake-up (see [`crate::wire`]).
+//!
+//! The reader and the handler run in the connection's task (joined, not spawned), the writer in
+//! a task of its own.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bellhop_dispatcher::{ChannelEvent, ChannelKey};
+use bellhop_protocol::{
+    close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome,
+};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::auth::{AuthError, Principal};
+use crate::hub::{self, Activation, Subscriber};
+use crate::node::{ms_ceil, Node, RequestError};
+use crate::outbound::{channel_tag, Batch, Class, Outbound, Sent};
+use crate::policy::{self, Access};
+use crate::wire::{Wire, WireFrame};
+
+mod reader;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use reader::{Inbox, Reader, Work};
+use writer::write_loop;
+
+/// Most frames the writer takes from the queue for one write.
+const MAX_BATCH: usize = 1024;
+
+/// Messages per broker read while replaying a subscription.
+const REPLAY_PAGE: usize = 500;
+/// Requests the reader may hand to a busy handler before it refuses more with `rate_limited`:
+/// above the frame limiter's burst (twice `RATE_LIMIT_FRAMES_PER_SECOND`, 100 by default), so a
+/// client within the frame rate (resubscribing to many channels at once, say) never meets it.
+const MAX_QUEUED_REQUESTS: usize = 128;
+/// Bytes (of the frames they came in) of the requests queued for the handler, at most.
+const MAX_QUEUED_BYTES: usize = 256 << 10;
+/// What `retryAfterMs` says when a request finds the handler's queue full.
+const QUEUE_FULL_RETRY_AFTER_MS: u64 = 100;
+
+/// How a connection starts.
+#[derive(Debug)]
+pub(crate) struct Opening {
+    /// Who the upgrade request authenticated, if it carried a token.
+    pub(crate) principal: Option<Principal>,
+    /// The negotiated codec.
+    pub(crate) codec: Codec,
+    /// The connection's slot under `MAX_CONNECTIONS`, released when it ends.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+/// Runs a connection to its end: `stream` is what the peer sends, `wire` where the writer
+/// writes. Returns both when the writer finished in time (its close frame sent), so the caller
+/// can linger on the socket before dropping it (see `server::linger`).
+pub(crate) async fn run<R, W>(
+    node: Arc<Node>,
+    mut stream: R,
+    mut wire: W,
+    opening: Opening,
+) -> Option<(R, W)>
+where
+    R: Stream<Item = Result<Message, WsError>> + Send + Unpin + 'static,
+    W: Wire,
+{
+    let conn_id = node
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let outbound = Arc::new(Outbound::new(node.config.outbound.clone()));
+    node.connections.lock().insert(conn_id, outbound.clone());
+    node.metrics.connections.inc();
+    node.metrics.connections_opened.inc();
+    wire.attach(&outbound);
+    let writer = tokio::spawn(write_loop(
+        wire,
+        outbound.clone(),
+        node.config.write_timeout,
+    ));
+    let inbox = Inbox::new(Instant::now() + node.config.auth.auth_timeout);
+    let mut session = Session {
+        node: node.clone(),
+        conn_id,
+        session_id: uuid::Uuid::new_v4().to_string(),
+        outbound: outbound.clone(),
+        codec: opening.codec,
+        principal: None,
+        inbox: &inbox,
+        subscriptions: HashSet::new(),
+        counted: None,
+    };
+    // The futures of the rare steps are boxed: a connection's task is as large as its largest
+    // step, and most of its life it only waits for the next frame (docs/BENCHMARKS.md).
+    if let Some(p) = opening.principal {
+        Box::pin(session.welcome(None, p)).await;
+    }
+    let reader = Reader {
+        node: &node,
+        outbound: &outbound,
+        inbox: &inbox,
+        codec: opening.codec,
+        frames: node.limits.frame_limiter(),
+    };
+    tokio::join!(reader.run(&mut stream), session.serve());
+    // The peer may have simply gone away: make sure the writer finishes either way.
+    outbound.close(close::NORMAL, "");
+    Box::pin(session.leave_all()).await;
+    if let Some((property, user)) = session.counted.take() {
+        node.limits.remove_user_connection(&property, &user);
+    }
+    // The writer sends what is left and the close frame, bounded by the write timeout.
+    let sink = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
+    node.connections.lock().remove(&conn_id);
+    node.metrics.connections.dec();
+    drop(opening.permit);
+    node.connection_ended.notify_waiters();
+    match sink {
+        Ok(Ok(wire)) => Some((stream, wire)),
+        _ => None,
+    }
+}
+/// One connection's protocol state, owned by its handler.
+struct Session<'a> {
+    node: Arc<Node>,
+    conn_id: u64,
+    /// Identifies this connection in presence and in `welcome`.
+    session_id: String,
+    outbound: Arc<Outbound>,
+    codec: Codec,
+    /// `None` until authenticated.
+    principal: Option<Principal>,
+    /// Where the reader hands requests over, and where authentication moves the deadline.
+    inbox: &'a Inbox,
+    /// Channels this connection subscribed to.
+    subscriptions: HashSet<Channel>,
+    /// The (property, user) this connection is counted under, for the per-user cap.
+    counted: Option<(String, String)>,
+}
+
+/// When a token's `exp` (Unix seconds) plus the leeway passes, on tokio's clock.
+fn expiry_instant(expires_at: u64, leeway: Duration) -> Instant {
+    let now_ms = bellhop_dispatcher::now_ms();
+    let end_ms = expires_at
+        .saturating_add(leeway.as_secs())
+        .saturating_mul(1000);
+    let left = Duration::from_millis(end_ms.saturating_sub(now_ms));
+    Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
+}
+
+impl Session<'_> {
+    /// Answers the reader's requests one at a time until the connection closes. A request still
+    /// running when it closes (a replay, say, when the token expires) is abandoned.
+    async fn serve(&mut self) {
+        let outbound = self.outbound.clone();
+        loop {
+            let work = tokio::select! {
+                biased;
+                _ = outbound.closed() => return,
+                work = self.inbox.next() => match work {
+                    Some(work) => work,
+                    None => return,
+                },
+            };
+            tokio::select! {
+                biased;
+                _ = outbound.closed() => return,
+                _ = Box::pin(self.work(work)) => {}
+            }
+        }
+    }
+
+    async fn work(&mut self, work: Work) {
+        match work {
+            Work::Request(request) => self.handle(request).await,
+        }
+    }
+
+    /// Sends a reply, waiting for room. A reply larger than the whole outbound budget is
+    /// replaced by a `too_large` error with the same id: never silence.
+    async fn send_reply(&self, id: Option<u64>, frame: &ServerFrame) {
+        let Some(message) = hub::encode(self.codec, frame) else {
+            return;
+        };
+        if let Sent::TooLarge { bytes, limit } = self.outbound.send(Class::Control, message).await {
+            tracing::warn!(
+                frame = frame.type_name(),
+                bytes,
+                limit,
+                "reply larger than the outbound budget"
+            );
+            self.error(
+                id,
+                ErrorCode::TooLarge,
+                format!(
+                    "the {} reply is {bytes} bytes, over this connection's outbound budget of {limit} bytes: ask for less",
+                    frame.type_name()
+                ),
+            )
+            .await;
+        }
+    }
+
+    async fn send(&self, frame: &ServerFrame) {
+        if let Some(message) = hub::encode(self.codec, frame) {
+            self.outbound.send(Class::Control, message).await;
+        }
+    }
+
+    async fn error(&self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        self.node.count_error(code);
+        self.send(&ServerFrame::error(id, code, message)).await;
+    }
+
+    async fn fail(&self, id: Option<u64>, e: RequestError) {
+        self.node.count_error(e.code);
+        let frame = ServerFrame::Error {
+            id,
+            code: e.code,
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        };
+        self.send(&frame).await;
+    }
+
+    async fn welcome(&mut self, id: Option<u64>, p: Principal) {
+        if self.counted.is_none() {
+            if !self
+                .node
+                .limits
+                .add_user_connection(&p.property, &p.user_id)
+            {
+                self.node
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["user_connections"])
+                    .inc();
+                let max = self.node.config.rate_limits.max_connections_per_user;
+                self.error(
+                    id,
+                    ErrorCode::RateLimited,
+                    format!("too many connections for this user: at most {max} on one node"),
+                )
+                .await;
+                self.outbound.close(
+                    close::POLICY_VIOLATION,
+                    "too many connections for this user",
+                );
+                return;
+            }
+            self.counted = Some((p.property.clone(), p.user_id.clone()));
+        }
+        let frame = ServerFrame::Welcome(Welcome {
+            id,
+            session_id: self.session_id.clone(),
+            node: self.node.config.node_id.clone(),
+            user_id: p.user_id.clone(),
+            role: p.role,
+            property: p.property.clone(),
+            heartbeat_seconds: self.node.config.heartbeat_interval.as_secs(),
+        });
+        tracing::debug!(user = %p.user_id, property = %p.property, "authenticated");
+        self.inbox
+            .authenticated(expiry_instant(p.expires_at, self.node.config.auth.leeway));
+        self.principal = Some(p);
+        #[cfg(feature = "autobahn")]
+        if self.node.config.session_mode == crate::config::SessionMode::Echo {
+            return;
+        }
+        self.send(&frame).await;
+    }
+
+    /// Answers one client frame.
+    async fn handle(&mut self, request: Request) {
+        let Request { id, frame } = request;
+        if let ClientFrame::Auth { token } = &frame {
+            return self.authenticate(id, token).await;
+        }
+        let Some(p) = self.principal.clone() else {
+            let message = "authenticate first: send {\"type\":\"auth\",\"token\":\"<jwt>\"}";
+            self.error(id, ErrorCode::Unauthorized, message).await;
+            self.outbound
+                .close(close::UNAUTHORIZED, "not authenticated");
+            return;
+        };
+        let result = match frame {
+            ClientFrame::Auth { .. } => Ok(()),
+            ClientFrame::Ping => {
+                self.send(&ServerFrame::Pong { id }).await;
+                Ok(())
+            }
+            ClientFrame::Subscribe { channel, since } => {
+                self.subscribe(id, &p, channel, since).await
+            }
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(id, &p, channel).await,
+            ClientFrame::Publish(publish) => match self.node.publish(&p, publish).await {
+                Ok(acked) => {
+                    let ack = ServerFrame::Ack {
+                        id,
+                        message_id: Some(acked.message_id),
+                        offset: acked.offset,
+                        unread: None,
+                        duplicate: acked.duplicate,
+                    };
+                    self.send(&ack).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            ClientFrame::History {
+                channel,
+                since,
+                limit,
+            } => match self.node.history(&p, &channel, since, limit).await {
+                Ok(page) => {
+                    let frame = ServerFrame::History {
+                        id,
+                        channel,
+                        messages: page.messages,
+                        more: page.more,
+                    };
+                    self.send_reply(id, &frame).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            ClientFrame::Presence { channel } => match self.node.presence(&p, &channel).await {
+                Ok(users) => {
+                    self.send_reply(id, &ServerFrame::Presence { id, channel, users })
+                        .await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            ClientFrame::Typing { channel } => self.typing(&p, channel).await,
+            ClientFrame::Read { channel, offset } => {
+                self.read_marker(id, &p, channel, offset).await
+            }
+        };
+        if let Err(e) = result {
+            self.fail(id, e).await;
+        }
+    }
+
+    async fn authenticate(&mut self, id: Option<u64>, token: &str) {
+        match (self.node.verifier.verify(token), &self.principal) {
+            (Ok(p), None) => self.welcome(id, p).await,
+            // Re-authentication extends a live connection with a fresh token of the same user;
+            // subscriptions the new token no longer allows are dropped.
+            (Ok(p), Some(current))
+                if p.user_id == current.user_id && p.property == current.property =>
+            {
+                let old = current.clone();
+                self.welcome(id, p.clone()).await;
+                let lost: Vec<Channel> = self
+                    .subscriptions
+                    .iter()
+                    .filter(|c| policy::check(&p, Access::Read, c).is_err())
+                    .cloned()
+                    .collect();
+                for channel in lost {
+                    self.leave(&old, &channel, true).await;
+                    self.send(&ServerFrame::Unsubscribed { id: None, channel })
+                        .await;
+                }
+            }
+            (Ok(_), Some(_)) => {
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "a connection cannot change its user or property",
+                )
+                .await
+            }
+            (Err(e), current) => {
+                let message = match e {
+                    AuthError::Expired => "token expired".to_string(),
+                    other => other.to_string(),
+                };
+                self.error(id, ErrorCode::Unauthorized, message).await;
+                if current.is_none() {
+                    self.outbound
+                        .close(close::UNAUTHORIZED, "authentication failed");
+                }
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        channel: Channel,
+        since: Option<Offset>,
+    ) -> Result<(), RequestError> {
+        self.node.authorize(p, Access::Read, &channel)?;
+        if self.subscriptions.contains(&channel) {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("already subscribed to {channel}; unsubscribe first to resubscribe"),
+            ));
+        }
+        let max = self.node.config.max_subscriptions_per_connection;
+        if self.subscriptions.len() >= max {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("a connection may hold at most {max} subscriptions"),
+            ));
+        }
+        let key = Node::key(p, &channel);
+        let subscriber = Subscriber {
+            conn_id: self.conn_id,
+            user_id: p.user_id.clone(),
+            codec: self.codec,
+            outbound: self.outbound.clone(),
+            sees_presence: policy::check(p, Access::Presence, &channel).is_ok(),
+        };
+        self.node.hub.join(&key, subscriber).await?;
+        self.subscriptions.insert(channel.clone());
+        self.node.metrics.subscriptions.inc();
+        // Everything that can fail after the join is rolled back, `subscribed` sent or not: the
+        // client's `error` (same id) means "not subscribed", and a retry starts clean.
+        if let Err(e) = self.start_delivery(id, p, &key, since).await {
+            self.leave(p, &channel, false).await;
+            return Err(e);
+        }
+        // Presence is best-effort: a failure to record or announce it must not undo a
+        // subscription whose messages are already flowing.
+        let broker = self.node.dispatcher.broker();
+        match broker
+            .presence_join(&key, &p.user_id, &self.session_id)
+            .await
+        {
+            Ok(true) => self.node.announce_presence(&key, &p.user_id, true).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, channel = %key, "presence join failed"),
+        }
+        Ok(())
+    }
+
+    /// Replays what the client missed and hands the subscription over to live delivery.
+    async fn start_delivery(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        key: &ChannelKey,
+        since: Option<Offset>,
+    ) -> Result<(), RequestError> {
+        let mut cursor = self.replay(id, p, key, since).await?;
+        while self.node.hub.activate(key, self.conn_id, cursor) == Activation::Reread {
+            cursor = self.replay_pages(key, cursor).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `subscribed` and the messages after `since`; returns the last offset covered.
+    async fn replay(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        key: &ChannelKey,
+        since: Option<Offset>,
+    ) -> Result<Offset, RequestError> {
+        let broker = self.node.dispatcher.broker().clone();
+        let unread = broker.unread(key, &p.user_id).await?;
+        let Some(since) = since else {
+            let last = broker.read(key, None, 0).await?.last;
+            let frame = ServerFrame::Subscribed {
+                id,
+                channel: key.channel.clone(),
+                offset: last,
+                recovered: true,
+                unread,
+            };
+            self.send(&frame).await;
+            return Ok(last);
+        };
+        let first = broker.read(key, Some(since), REPLAY_PAGE).await?;
+        self.node
+            .metrics
+            .resumes
+            .with_label_values(&[if first.recovered { "true" } else { "false" }])
+            .inc();
+        let frame = ServerFrame::Subscribed {
+            id,
+            channel: key.channel.clone(),
+            offset: first.last,
+            recovered: first.recovered,
+            unread,
+        };
+        self.send(&frame).await;
+        // A `since` beyond the channel's newest offset (unknown, so not recovered) must not hide
+        // the live messages that follow the newest one.
+        let mut cursor = since.min(first.last);
+        let tag = channel_tag(key);
+        for m in &first.messages {
+            if let Some(frame) = hub::encode_message(self.codec, key, m) {
+                let class = Class::of(m.envelope.priority);
+                self.outbound.send_in(class, tag, frame).await;
+            }
+            cursor = m.offset;
+        }
+        if first.more {
+            cursor = self.replay_pages(key, cursor).await?;
+        }
+        Ok(cursor)
+    }
+
+    /// Sends every stored message after `cursor`, page by page, waiting for the client to read.
+    async fn replay_pages(
+        &self,
+        key: &ChannelKey,
+        mut cursor: Offset,
+    ) -> Result<Offset, RequestError> {
+        let broker = self.node.dispatcher.broker().clone();
+        let tag = channel_tag(key);
+        loop {
+            let page = broker.read(key, Some(cursor), REPLAY_PAGE).await?;
+            for m in &page.messages {
+                if let Some(frame) = hub::encode_message(self.codec, key, m) {
+                    let sent = self
+                        .outbound
+                        .send_in(Class::of(m.envelope.priority), tag, frame)
+                        .await;
+                    if sent != Sent::Queued {
+                        return Ok(cursor);
+                    }
+                }
+                cursor = m.offset;
+            }
+            if !page.more {
+                return Ok(cursor);
+            }
+        }
+    }
+
+    async fn unsubscribe(
+        &mut self,
+        id: Option<u64>,
+        p: &Principal,
+        channel: Channel,
+    ) -> Result<(), RequestError> {
+        if !self.subscriptions.contains(&channel) {
+            return Err(RequestError::new(
+                ErrorCode::BadRequest,
+                format!("not subscribed to {channel}"),
+            ));
+        }
+        self.leave(p, &channel, true).await;
+        self.send(&ServerFrame::Unsubscribed { id, channel }).await;
+        Ok(())
+    }
+
+    /// Drops a subscription: hub, presence, and a `leave` when it was the user's last session.
+    async fn leave(&mut self, p: &Principal, channel: &Channel, announce: bool) {
+        if !self.subscriptions.remove(channel) {
+            return;
+        }
+        self.node.metrics.subscriptions.dec();
+        let key = Node::key(p, channel);
+        self.node.hub.leave(&key, self.conn_id);
+        let broker = self.node.dispatcher.broker();
+        match broker
+            .presence_leave(&key, &p.user_id, &self.session_id)
+            .await
+        {
+            Ok(true) if announce => self.node.announce_presence(&key, &p.user_id, false).await,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, channel = %key, "presence leave failed"),
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        let Some(p) = self.principal.clone() else {
+            return;
+        };
+        let channels: Vec<Channel> = self.subscriptions.iter().cloned().collect();
+        for channel in channels {
+            self.leave(&p, &channel, true).await;
+        }
+    }
+
+    async fn typing(&self, p: &Principal, channel: Channel) -> Result<(), RequestError> {
+        self.node.authorize(p, Access::Publish, &channel)?;
+        let key = Node::key(p, &channel);
+        // Coalesced where it arrives: a typist costs the audience one notice per interval.
+        if !self
+            .node
+            .fairness
+            .typing_allowed(&key, &p.user_id, Instant::now())
+        {
+            self.node
+                .metrics
+                .queue_drops
+                .with_label_values(&["typing_coalesced"])
+                .inc();
+            return Ok(());
+        }
+        let event = ChannelEvent::Typing {
+            user_id: p.user_id.clone(),
+        };
+        self.node
+            .dispatcher
+            .broker()
+            .publish_ephemeral(&key, event)
+            .await?;
+        Ok(())
+    }
+
+    async fn read_marker(
+        &self,
+        id: Option<u64>,
+        p: &Principal,
+        channel: Channel,
+        offset: Offset,
+    ) -> Result<(), RequestError> {
+        self.node.authorize(p, Access::Read, &channel)?;
+        let key = Node::key(p, &channel);
+        let (marker, unread) = self
+            .node
+            .dispatcher
+            .broker()
+            .mark_read(&key, &p.user_id, offset)
+            .await?;
+        self.send(&ServerFrame::Ack {
+            id,
+            message_id: None,
+            offset: marker,
+            unread: Some(unread),
+            duplicate: false,
+        })
+        .await;
+        Ok(())
+    }
+}
