@@ -11,12 +11,14 @@ $("room").textContent = room;
 const client = new BellhopClient({ url: nodes, getToken: async () => (await fetch("token")).text() });
 client.on("state", ({ newState }) => ($("status").textContent = newState));
 
-// Updates for the room (staff answer on room:<r>), each once, in order, across reconnects.
+// The room's channel: the node stores the guest's requests and staff's updates on it. Each
+// message comes once, in order, across reconnects.
 const sub = client.newSubscription(`room:${room}`);
 sub.on("message", ({ message }) => {
+  if (message.event !== "SERVICE_REQUEST_UPDATED") return; // (our own requests come back too)
+  const p = message.payload as { item?: string; status: string };
   const li = document.createElement("li");
-  const p = message.payload as { item?: string; status?: string };
-  li.textContent = `${p.item ?? message.event}: ${p.status ?? ""}`;
+  li.textContent = `${p.item ?? "your request"}: ${p.status}`;
   $("updates").prepend(li);
 });
 sub.subscribe();
@@ -26,7 +28,8 @@ for (const button of document.querySelectorAll<HTMLButtonElement>("button[data-i
   button.onclick = async () => {
     button.disabled = true;
     const item = button.dataset.item!;
-    await client.publish("dept:housekeeping", "SERVICE_REQUEST", { room, item }); // retried safely
+    // To the room: the node routes it to a department (towels -> housekeeping). Retried safely.
+    await client.publish(`room:${room}`, "SERVICE_REQUEST", { room, item });
     button.textContent = `${item}: requested`;
   };
 }

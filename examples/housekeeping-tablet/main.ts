@@ -17,7 +17,8 @@ sub.on("message", ({ offset, message }) => {
     const done = document.createElement("button");
     done.textContent = "Done";
     done.onclick = async () => {
-      await client.publish(`room:${p.room}`, "SERVICE_REQUEST_UPDATED", { item: p.item, status: "on its way" }, { correlationId: message.messageId });
+      // The request's id is its messageId; the update reaches the guest's room too.
+      await client.publish("dept:housekeeping", "SERVICE_REQUEST_UPDATED", { requestId: message.messageId, status: "resolved", item: p.item });
       li.remove();
     };
     li.append(`Room ${p.room}: ${p.item} `, done);

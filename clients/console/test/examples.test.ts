@@ -85,7 +85,7 @@ describe("the examples", () => {
     await tablet.waitForFunction(() => document.getElementById("requests")?.textContent?.includes("Room 412: towels"), null, { timeout: 15_000 });
 
     await tablet.click("#requests button");
-    await guest.waitForFunction(() => document.getElementById("updates")?.textContent === "towels: on its way", null, { timeout: 15_000 });
+    await guest.waitForFunction(() => document.getElementById("updates")?.textContent === "towels: resolved", null, { timeout: 15_000 });
     await tablet.waitForFunction(() => document.querySelectorAll("#requests li").length === 0, null, { timeout: 15_000 });
 
     const { stdout } = await promisify(execFile)("python3", [path.join(examples, "pms/room_status.py"), "412", "clean", "305", "dirty"], {

@@ -274,7 +274,8 @@ async fn every_request_kind_against_a_real_node() {
     );
     let (offset, payload, event) = message(&mut b_room).await;
     assert_eq!((offset, event.as_str()), (first.offset, "SERVICE_REQUEST"));
-    assert_eq!(payload, json!({"item": "towels"}));
+    // (the node may add to a SERVICE_REQUEST's payload: its routing)
+    assert_eq!(payload["item"], "towels");
 
     // five more, then history in pages of two (`more`), oldest first
     for n in 0..5 {
