@@ -7,7 +7,7 @@ FUZZ_SMOKE_SECONDS ?= 15
 # Where cargo puts binaries, for the k6 targets (honours CARGO_TARGET_DIR).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: run test lint unit sdk-ts k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help \
+.PHONY: run test lint unit sdk-ts console k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help \
 	image image-smoke manifest-run deploy-test dockerfile-lint chart-test rules-test observability-test
 
 help: ## list the targets
@@ -71,6 +71,16 @@ sdk-ts: test-deps ## the TypeScript SDK (clients/typescript): npm ci, build, typ
 	$(CARGO) build -q -p bellhop
 	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && BELLHOP_BIN=$(abspath $(TARGET_DIR))/debug/bellhop npm test
 
+console: test-deps ## the front-desk console (clients/console) and the examples (examples/) in Debian's chromium against debug nodes they start: npm ci, Vite builds, vitest; UPDATE_SCREENSHOTS=1 rewrites docs/console*.png
+	@command -v node >/dev/null 2>&1 && node -e 'process.exit(parseInt(process.versions.node, 10) < 20 ? 1 : 0)' || { echo "the console needs Node.js 20 or newer (node --version: $$(node --version 2>/dev/null || echo none))"; exit 1; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium is missing: installing it (the console is tested in a real browser)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	$(CARGO) build -q -p bellhop
+	@[ -d clients/typescript/node_modules ] || { cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error; }
+	cd clients/console && npm ci --no-audit --no-fund --loglevel=error && BELLHOP_BIN=$(abspath $(TARGET_DIR))/debug/bellhop npm test
+
 k6-smoke: ## a short k6 run against a node it starts: a guest's requests reach housekeeping, with the delivery thresholds (loadtest/k6/)
 	$(CARGO) build -q -p bellhop
 	@loadtest/k6/smoke.sh $(TARGET_DIR)/debug/bellhop
@@ -94,7 +104,7 @@ bench-quick: bench-deps ## the same benchmark with small workloads (about 3 minu
 	  --idle-connections 2000 --fanout-subscribers 200 --fanout-rates 50,200 --fanout-step-seconds 2 \
 	  --chat-rooms 200 --chat-rates 1000,2500 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
 
-test: lint unit sdk-ts conformance k6-smoke deploy-test ## everything CI runs: lint, every test suite, the TypeScript SDK's tests, the conformance runs, a k6 smoke, the deployment checks
+test: lint unit sdk-ts console conformance k6-smoke deploy-test ## everything CI runs: lint, every test suite, the TypeScript SDK's tests, the conformance runs, a k6 smoke, the deployment checks
 
 image: deps ## the container image bellhop:dev (deploy/Dockerfile): release build, dockerd started if needed, a local Debian base (docs/KUBERNETES.md)
 	$(CARGO) build --release -p bellhop

@@ -5,16 +5,15 @@
 //! against `--ca` only.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use bellhop_client::transport::{self, OpenError};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 
 /// Replies that answer a request (and so end the wait for it).
 const REPLIES: &[&str] = &[
@@ -39,63 +38,6 @@ pub(crate) struct Options {
     pub(crate) follow: bool,
 }
 
-/// A TLS client configuration that trusts exactly the CA certificates in `path`.
-fn trusting(path: &Path) -> Result<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--ca {}: cannot read PEM certificates", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        anyhow::bail!("--ca {}: no usable CA certificate in it", path.display());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS client")?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// Most bytes of a refusal's body shown: the server's reason is one short JSON object.
-const MAX_REASON_BYTES: usize = 512;
-
-/// An upgrade the server refused (401, 403, 429, 503, ...) becomes its status and the reason
-/// the server gave in the body (`{"error":{"code":..,"message":..}}`), instead of the status
-/// alone; every other error is kept as it is.
-fn refusal(error: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
-    use tokio_tungstenite::tungstenite::Error;
-    let Error::Http(response) = &error else {
-        return error.into();
-    };
-    let status = response.status();
-    let body = response.body().as_deref().unwrap_or_default();
-    let body = &body[..body.len().min(MAX_REASON_BYTES)];
-    let reason = match serde_json::from_slice::<Value>(body) {
-        Ok(v) => match v.pointer("/error/message").and_then(Value::as_str) {
-            Some(message) => {
-                let code = v.pointer("/error/code").and_then(Value::as_str);
-                format!("{}: {message}", code.unwrap_or("error"))
-            }
-            None => v.to_string(),
-        },
-        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
-    };
-    let retry = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| format!(" (retry after {s} s)"))
-        .unwrap_or_default();
-    if reason.is_empty() {
-        anyhow::anyhow!("the server refused the upgrade: HTTP {status}{retry}")
-    } else {
-        anyhow::anyhow!("the server refused the upgrade: HTTP {status}: {reason}{retry}")
-    }
-}
-
 #[allow(clippy::print_stdout)]
 pub(crate) async fn run(url: &str, token: &str, options: &Options) -> Result<()> {
     let Options {
@@ -104,20 +46,20 @@ pub(crate) async fn run(url: &str, token: &str, options: &Options) -> Result<()>
         follow,
     } = options;
     let follow = *follow;
-    let mut request = url.into_client_request().context("invalid URL")?;
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().context("invalid token")?,
-    );
-    // Without --ca, tokio-tungstenite trusts the public web CAs for wss:// URLs.
-    let connector = match ca {
-        Some(path) => Some(Connector::Rustls(Arc::new(trusting(path)?))),
+    // Without --ca, the public web CAs are trusted for wss:// URLs.
+    let tls = match ca {
+        Some(path) => Some(Arc::new(
+            transport::trusting(path).map_err(|e| anyhow::anyhow!("--ca {e}"))?,
+        )),
         None => None,
     };
-    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
-        .await
-        .map_err(refusal)
-        .with_context(|| format!("cannot connect to {url}"))?;
+    // The SDK's transport (bellhop-client): TLS, the bearer header, a refused upgrade turned into
+    // its status and the node's reason. The frames stay raw: this tool prints every one.
+    let ws = match transport::open(url, tls, Some(token)).await {
+        Ok(ws) => ws,
+        Err(OpenError::Invalid(e)) => return Err(anyhow::anyhow!(e)),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot connect to {url}"))),
+    };
     let (mut tx, mut rx) = ws.split();
     let mut next_id = 1u64;
     let mut waiting = HashSet::new();
