@@ -20,8 +20,8 @@ use bellhop_protocol::Priority;
 
 mod table;
 
-pub(crate) use table::FileSettings;
 use table::*;
+pub(crate) use table::{FileSettings, BELLHOP_CONFIG, LOG_LEVEL};
 
 /// The development secret used when `JWT_SECRET` is unset outside production. Public on purpose:
 /// it protects nothing, and production refuses it.
@@ -626,5 +626,7 @@ pub(crate) fn serve_settings(
     })
 }
 
+#[cfg(test)]
+mod docs_tests;
 #[cfg(test)]
 mod tests;

@@ -110,6 +110,11 @@ macro_rules! settings {
         }
 
         $(
+            /// Read only from the environment (or its flag), by `main.rs`.
+            pub(crate) const $only: &str = stringify!($only);
+        )*
+
+        $(
             pub(super) const $env: Key<$ty> = Key {
                 env: stringify!($env),
                 file: |f: &FileSettings| &f.$key,
@@ -144,8 +149,8 @@ const fn first(flags: &[&'static str]) -> Option<&'static str> {
     }
 }
 
-// Applied in `settings/mod.rs`, except `BELLHOP_CONFIG` (clap, in `main.rs`) and `LOG_LEVEL`
-// (the log filter, in `main.rs`).
+// The file's settings are applied in `settings/mod.rs`; `BELLHOP_CONFIG` (clap's `env`) and
+// `LOG_LEVEL` (the log filter) in `main.rs`.
 settings! {
     file {
         BIND_ADDR / bind_addr: String = "`0.0.0.0`; `127.0.0.1` while the [development secret](#the-secret-rule) is in use", flag "--bind";
