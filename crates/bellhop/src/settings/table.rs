@@ -1,9 +1,10 @@
 //! The settings of `bellhop serve`, each declared once: its environment name, its key in the
 //! optional TOML file, its flag if it has one, its type, and its default as docs/CONFIGURATION.md
 //! states it. From this one table come the file's accepted keys ([`FileSettings`], typos refused),
-//! a typed [`Key`] per setting that the resolution in `settings/mod.rs` reads through (so an
-//! environment name or a file key is never spelled twice), and [`SETTINGS`], which a test compares
-//! with the settings table of docs/CONFIGURATION.md row by row.
+//! a typed [`Key`] per setting that the resolution in `settings/mod.rs` reads through (the reading
+//! code never spells an environment name or a file key; error messages still name the variable in
+//! their text), and [`SETTINGS`] (tests only), which `settings/docs_tests.rs` compares with the
+//! settings table of docs/CONFIGURATION.md row by row, and with the flags of `bellhop serve`.
 //!
 //! Decision: a `macro_rules!` table rather than figment or clap's `env` feature. figment would
 //! layer the environment over the file, but its errors, its empty-means-unset rule and its boolean
@@ -11,8 +12,12 @@
 //! `yes`/`on`, numbers trimmed but strings not), so it would need as much glue as it saves; clap's
 //! `env` would make every setting a command-line flag, where only four exist. How a value is
 //! applied stays code in `settings/mod.rs`, because half of them act together (`REDIS_*`, `JWT_*`,
-//! `SSL_*`, `BIND_ADDR` with the development secret). Every [`Key`] is a private constant, so a
-//! setting declared here but applied nowhere fails the build (`dead_code`, denied by clippy).
+//! `SSL_*`, `BIND_ADDR` with the development secret). Each [`Key`] is a constant of this crate that
+//! only the resolution uses, so a setting declared here but applied nowhere fails the build
+//! (`dead_code`, denied by clippy).
+//!
+//! To add a setting: one line below, one row in docs/CONFIGURATION.md, and its application in
+//! `settings/mod.rs`; the build and the docs tests say which is missing.
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
