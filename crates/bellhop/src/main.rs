@@ -43,7 +43,7 @@ enum Command {
     /// settings from the environment, see docs/CONFIGURATION.md.
     Serve {
         /// A TOML file with settings (environment variables win over it).
-        #[arg(long, env = "BELLHOP_CONFIG")]
+        #[arg(long, env = settings::BELLHOP_CONFIG)]
         config: Option<PathBuf>,
         /// WebSocket and HTTP API port (overrides WS_PORT).
         #[arg(long)]
@@ -78,7 +78,7 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
         /// A TOML settings file to take jwt_secret from.
-        #[arg(long, env = "BELLHOP_CONFIG")]
+        #[arg(long, env = settings::BELLHOP_CONFIG)]
         config: Option<PathBuf>,
         /// Signing algorithm: HS256 (with JWT_SECRET), RS256 or ES256 (with --key).
         #[arg(long, env = "JWT_ALGORITHM")]
@@ -140,7 +140,7 @@ impl From<RoleArg> for Role {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOG_LEVEL")
+    let filter = tracing_subscriber::EnvFilter::try_from_env(settings::LOG_LEVEL)
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         // The Redis client's own warnings print its errors as debug structs
         // (`Some(Error { details: "Connection closed.", kind: IO })`); the node says the same in
