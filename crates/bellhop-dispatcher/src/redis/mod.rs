@@ -494,3 +494,23 @@ impl Broker for RedisBroker {
         replies::parse_u64(&inner.eval(&inner.keys(key), args).await?)
     }
 }
+
+/// A chat message to `room:101` of property `h1`, for the unit tests of the parts.
+#[cfg(test)]
+fn test_envelope(message_id: &str) -> bellhop_protocol::Envelope {
+    use bellhop_protocol::{Channel, Envelope, Priority, Role, Sender};
+    Envelope {
+        message_id: message_id.into(),
+        event: "CHAT_MESSAGE".into(),
+        namespace: "h1".into(),
+        channel: Channel::Room("101".into()),
+        payload: serde_json::json!({"text": "hi"}),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+        sender: Sender {
+            id: "u1".into(),
+            role: Role::Staff,
+        },
+        priority: Priority::Normal,
+        correlation_id: None,
+    }
+}

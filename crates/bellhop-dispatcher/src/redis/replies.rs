@@ -177,29 +177,11 @@ pub(super) fn mark(reply: Value) -> Result<(Offset, u64), BrokerError> {
 
 #[cfg(test)]
 mod tests {
-    use bellhop_protocol::{Channel, Priority, Role, Sender};
-
+    use super::super::test_envelope as envelope;
     use super::*;
 
     fn text(s: &str) -> Value {
         Value::from(s)
-    }
-
-    fn envelope(id: &str) -> Envelope {
-        Envelope {
-            message_id: id.into(),
-            event: "CHAT_MESSAGE".into(),
-            namespace: "h1".into(),
-            channel: Channel::Room("101".into()),
-            payload: serde_json::json!({"text": "hi"}),
-            timestamp: "2026-01-01T00:00:00.000Z".into(),
-            sender: Sender {
-                id: "u1".into(),
-                role: Role::Staff,
-            },
-            priority: Priority::Normal,
-            correlation_id: None,
-        }
     }
 
     /// A stream entry as `XRANGE` returns it: `[id, [s, seq, e, json]]`.

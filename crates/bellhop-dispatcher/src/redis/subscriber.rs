@@ -133,6 +133,18 @@ impl Drop for Release {
             .send(SubRequest::Channel(std::mem::take(&mut self.channel)));
     }
 }
+/// Live channels grouped by cluster slot: sharded pub/sub takes the channels of one slot per call.
+fn by_slot(channels: Vec<String>) -> HashMap<u16, Vec<String>> {
+    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+    for channel in channels {
+        by_slot
+            .entry(redis_keyslot(channel.as_bytes()))
+            .or_default()
+            .push(channel);
+    }
+    by_slot
+}
+
 /// `SUBSCRIBE`s `channels` and returns once Redis has processed it. fred resolves a `SUBSCRIBE`
 /// when it is written, not when Redis confirms it (the confirmations arrive out of band), so a
 /// publish on the command connection could still overtake it; a `PING` on the same connection is
@@ -152,25 +164,20 @@ pub(super) async fn subscribe_confirmed(
     // Sharded pub/sub: one `SSUBSCRIBE` per slot (Redis refuses channels of several slots in one
     // call), each confirmed by a `PING` routed to the same slot, so to the same connection. The
     // slots are subscribed concurrently.
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-    for channel in channels {
-        by_slot
-            .entry(redis_keyslot(channel.as_bytes()))
-            .or_default()
-            .push(channel);
-    }
-    let confirmations = by_slot.into_iter().map(|(slot, channels)| async move {
-        subscriber.ssubscribe(channels).await?;
-        let same_shard = Options {
-            cluster_hash: Some(ClusterHash::Custom(slot)),
-            ..Options::default()
-        };
-        subscriber
-            .with_options(&same_shard)
-            .ping::<Value>(None)
-            .await
-            .map(|_| ())
-    });
+    let confirmations = by_slot(channels)
+        .into_iter()
+        .map(|(slot, channels)| async move {
+            subscriber.ssubscribe(channels).await?;
+            let same_shard = Options {
+                cluster_hash: Some(ClusterHash::Custom(slot)),
+                ..Options::default()
+            };
+            subscriber
+                .with_options(&same_shard)
+                .ping::<Value>(None)
+                .await
+                .map(|_| ())
+        });
     futures_util::future::join_all(confirmations)
         .await
         .into_iter()
@@ -189,14 +196,7 @@ async fn unsubscribe_live(
         }
         return Ok(());
     }
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-    for channel in channels {
-        by_slot
-            .entry(redis_keyslot(channel.as_bytes()))
-            .or_default()
-            .push(channel);
-    }
-    let calls = by_slot
+    let calls = by_slot(channels)
         .into_values()
         .map(|channels| subscriber.sunsubscribe(channels));
     futures_util::future::join_all(calls)
@@ -568,26 +568,11 @@ pub(super) async fn probe_subscriber(inner: Arc<Inner>) {
 
 #[cfg(test)]
 mod tests {
-    use bellhop_protocol::{Channel, Priority, Role, Sender};
-
     use super::*;
 
     #[test]
     fn the_live_format_round_trips_and_matches_what_the_script_writes() {
-        let envelope = Envelope {
-            message_id: "m1".into(),
-            event: "CHAT_MESSAGE".into(),
-            namespace: "h1".into(),
-            channel: Channel::Room("101".into()),
-            payload: serde_json::json!({"text": "hi"}),
-            timestamp: "2026-01-01T00:00:00.000Z".into(),
-            sender: Sender {
-                id: "u1".into(),
-                role: Role::Staff,
-            },
-            priority: Priority::Normal,
-            correlation_id: None,
-        };
+        let envelope = super::super::test_envelope("m1");
         // Exactly the concatenation in the script's publish.
         let json = serde_json::to_string(&envelope).unwrap();
         let wire = format!(r#"{{"k":"m","o":"1700000000000-3","s":42,"e":{json}}}"#);
