@@ -26,8 +26,9 @@
 //! (instead of `PUBLISH`) goes to that shard only. Subscriptions are `SSUBSCRIBE`s, one call per
 //! slot (Redis refuses channels of several slots in one), each confirmed by a `PING` routed to
 //! the same slot; the subscriber client holds a connection per master, and a reconnect of any of
-//! them re-subscribes every channel and gives each a gap, as above. The script is loaded on every
-//! primary; `NOSCRIPT` (a promoted replica, a new master) loads it everywhere again.
+//! them re-subscribes every channel and gives each a gap, as in [`subscriber`]. The script is
+//! loaded on every primary; `NOSCRIPT` (a promoted replica, a new master) loads it everywhere
+//! again.
 //!
 //! # Reads and recovery
 //!
