@@ -1,8 +1,8 @@
 -- Bellhop's channel script: every operation on one channel, atomically, in one call (see the docs
--- at the top of redis.rs). KEYS: log, meta, read markers, presence sessions, presence users, the
--- origin of the channel's slot (or of the server), and for a publish with an idempotency key the
--- key remembering its result. ARGV: operation, retention (ms), presence TTL (ms), then the
--- operation's arguments. The operation 'origin' takes one key only (an origin).
+-- of redis/mod.rs, keys.rs and script.rs). KEYS: log, meta, read markers, presence sessions,
+-- presence users, the origin of the channel's slot (or of the server), and for a publish with an
+-- idempotency key the key remembering its result. ARGV: operation, retention (ms), presence TTL
+-- (ms), then the operation's arguments. The operation 'origin' takes one key only (an origin).
 --
 -- Reads ('read', 'mark' of a channel nobody published to, 'unread', 'presence' of an empty
 -- channel) write nothing: a channel exists in Redis only once something was published to it or
