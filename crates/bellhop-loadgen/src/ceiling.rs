@@ -8,8 +8,11 @@
 //! is answered by `subscribed`, and every `publish` is fanned out as one `message` frame built
 //! once (complete WebSocket frame bytes: server frames are unmasked, so they are the same for
 //! every subscriber) and queued, as a shared [`Bytes`], on every subscriber of the channel.
-//! Each connection's writer drains its whole queue with vectored writes per wake-up, and is
-//! woken only when its queue goes from empty to non-empty. Nothing is stored, there is no
+//! Once the publisher's read buffer is handled, every connection whose queue went from empty to
+//! non-empty is flushed at once from the publisher's task with non-blocking vectored writes
+//! (as nats-server flushes its subscribers from the publisher's read loop): no task wakes per
+//! subscriber unless its socket is full, when its writer task waits for the socket to drain
+//! and writes the rest, again vectored. Nothing is stored, there is no
 //! acknowledgement, no authentication, no rate limit and no history: everything Bellhop does
 //! beyond this is what the ratio to the ceiling prices.
 //!
@@ -17,7 +20,7 @@
 //! ([`MAX_FRAME`], no fragmentation), and a connection's queue ([`MAX_QUEUED`]: a subscriber
 //! that falls that far behind is disconnected).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Cursor, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,36 +51,85 @@ const MAX_IOV: usize = 512;
 /// One connection as the fan-out sees it: a queue of complete frames and its writer's wake-up.
 struct Conn {
     id: u64,
+    /// Every write to the socket happens with this lock held (non-blocking), so frames never
+    /// interleave and leave in queue order.
     queue: Mutex<Queue>,
+    write: OwnedWriteHalf,
+    /// The writer task's wake-up: the socket was full.
     wake: Notify,
     closed: AtomicBool,
 }
 
 #[derive(Default)]
 struct Queue {
-    frames: Vec<Bytes>,
+    frames: VecDeque<Bytes>,
     bytes: usize,
 }
 
 impl Conn {
-    /// Queues `frame`; wakes the writer only if the queue was empty. Returns false (and marks
-    /// the connection closed) when the queue is over its bound.
+    /// Queues `frame`; returns true if the queue went from empty to non-empty (the caller then
+    /// flushes it). Over its bound, the connection is closed instead.
     fn push(&self, frame: Bytes) -> bool {
-        let was_empty = {
-            let mut q = self.queue.lock();
-            if q.bytes + frame.len() > MAX_QUEUED {
-                drop(q);
-                self.close();
-                return false;
-            }
-            q.bytes += frame.len();
-            q.frames.push(frame);
-            q.frames.len() == 1
-        };
-        if was_empty {
-            self.wake.notify_one();
+        let mut q = self.queue.lock();
+        if q.bytes + frame.len() > MAX_QUEUED {
+            drop(q);
+            self.close();
+            return false;
         }
-        true
+        q.bytes += frame.len();
+        q.frames.push_back(frame);
+        q.frames.len() == 1
+    }
+
+    /// Queues a frame and flushes at once (replies to this connection's own requests).
+    fn send(&self, frame: Bytes) {
+        if self.push(frame) {
+            self.flush_or_wake();
+        }
+    }
+
+    /// Writes what is queued without blocking; if the socket is full, the writer task takes
+    /// over.
+    fn flush_or_wake(&self) {
+        match self.flush() {
+            Ok(true) => {}
+            Ok(false) => self.wake.notify_one(),
+            Err(_) => self.close(),
+        }
+    }
+
+    /// Non-blocking vectored writes of the queue; true when it is empty.
+    fn flush(&self) -> std::io::Result<bool> {
+        let mut q = self.queue.lock();
+        while !q.frames.is_empty() {
+            let slices: Vec<IoSlice<'_>> = q
+                .frames
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            let mut written = match self.write.try_write_vectored(&slices) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            drop(slices);
+            q.bytes = q.bytes.saturating_sub(written);
+            while written > 0 {
+                let Some(head) = q.frames.front_mut() else {
+                    break;
+                };
+                if written >= head.len() {
+                    written -= head.len();
+                    q.frames.pop_front();
+                } else {
+                    head.advance(written);
+                    written = 0;
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn close(&self) {
@@ -111,8 +163,15 @@ impl Hub {
         });
     }
 
-    /// Builds the `message` frame once and queues it on every subscriber of `channel`.
-    fn publish(&self, channel: &str, event: &str, payload: &RawValue) {
+    /// Builds the `message` frame once and queues it on every subscriber of `channel`; those
+    /// whose queue was empty go to `pending`, to be flushed once the read buffer is handled.
+    fn publish(
+        &self,
+        channel: &str,
+        event: &str,
+        payload: &RawValue,
+        pending: &mut Vec<Arc<Conn>>,
+    ) {
         let offset = self.offset.fetch_add(1, Ordering::Relaxed) + 1;
         // The field order of the gateway's `message` frame (the load generator's fast path).
         let text = format!(
@@ -123,7 +182,9 @@ impl Hub {
         let channels = self.channels.lock();
         if let Some(subs) = channels.get(channel) {
             for c in subs {
-                c.push(frame.clone());
+                if c.push(frame.clone()) {
+                    pending.push(Arc::clone(c));
+                }
             }
         }
     }
@@ -265,17 +326,18 @@ async fn connection(hub: &Arc<Hub>, mut stream: TcpStream) -> anyhow::Result<()>
     let _ = stream.set_nodelay(true);
     let rest = upgrade(&mut stream).await?;
     let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (read, write) = stream.into_split();
     let conn = Arc::new(Conn {
         id,
         queue: Mutex::new(Queue::default()),
+        write,
         wake: Notify::new(),
         closed: AtomicBool::new(false),
     });
-    conn.push(text_frame(&format!(
+    let writer = tokio::spawn(writer(Arc::clone(&conn)));
+    conn.send(text_frame(&format!(
         r#"{{"type":"welcome","sessionId":"c{id}","node":"ceiling","userId":"u{id}","role":"staff","property":"h1","heartbeatSeconds":30}}"#
     )));
-    let (read, write) = stream.into_split();
-    let writer = tokio::spawn(writer(Arc::clone(&conn), write));
     let result = reader(hub, &conn, read, rest).await;
     hub.forget(&conn);
     conn.close();
@@ -290,6 +352,7 @@ async fn reader(
     mut read: OwnedReadHalf,
     mut buf: BytesMut,
 ) -> anyhow::Result<()> {
+    let mut pending = Vec::new();
     loop {
         // Every complete frame in the buffer.
         loop {
@@ -317,13 +380,17 @@ async fn reader(
                 *b ^= mask[i & 3];
             }
             match header.opcode {
-                OpCode::Data(Data::Text | Data::Binary) => request(hub, conn, &frame),
+                OpCode::Data(Data::Text | Data::Binary) => request(hub, conn, &frame, &mut pending),
                 OpCode::Control(Control::Ping) => {
-                    conn.push(control_frame(OpCode::Control(Control::Pong), &frame));
+                    conn.send(control_frame(OpCode::Control(Control::Pong), &frame));
                 }
                 OpCode::Control(Control::Close) => return Ok(()),
                 _ => {}
             }
+        }
+        // One flush per subscriber for everything this read brought.
+        for c in pending.drain(..) {
+            c.flush_or_wake();
         }
         if conn.closed.load(Ordering::Acquire) {
             bail!("closed by the writer (slow or gone)");
@@ -336,7 +403,7 @@ async fn reader(
 }
 
 /// One client request; anything else than `subscribe` and `publish` is ignored.
-fn request(hub: &Hub, conn: &Arc<Conn>, text: &[u8]) {
+fn request(hub: &Hub, conn: &Arc<Conn>, text: &[u8], pending: &mut Vec<Arc<Conn>>) {
     let Ok(frame) = serde_json::from_slice::<ClientFrame<'_>>(text) else {
         return;
     };
@@ -347,72 +414,41 @@ fn request(hub: &Hub, conn: &Arc<Conn>, text: &[u8]) {
         "subscribe" => {
             hub.subscribe(channel, conn);
             let id = frame.id.unwrap_or(0);
-            conn.push(text_frame(&format!(
+            conn.send(text_frame(&format!(
                 r#"{{"type":"subscribed","id":{id},"channel":"{channel}","offset":"0-0","recovered":false,"unread":0}}"#
             )));
         }
         "publish" => {
             if let Some(payload) = frame.payload {
                 let event = frame.event.filter(|e| plain(e)).unwrap_or("message");
-                hub.publish(channel, event, payload);
+                hub.publish(channel, event, payload, pending);
             }
         }
         _ => {}
     }
 }
 
-/// Drains the queue on each wake-up with vectored writes, until the connection closes.
-async fn writer(conn: Arc<Conn>, mut write: OwnedWriteHalf) {
-    let mut batch: Vec<Bytes> = Vec::new();
+/// Writes what the publishers' flushes could not: waits for the socket to drain, then writes
+/// the queue, vectored, until it is empty; ends when the connection closes.
+async fn writer(conn: Arc<Conn>) {
     loop {
-        {
-            let mut q = conn.queue.lock();
-            std::mem::swap(&mut batch, &mut q.frames);
-            q.bytes = 0;
-        }
-        if batch.is_empty() {
+        conn.wake.notified().await;
+        loop {
             if conn.closed.load(Ordering::Acquire) {
-                break;
+                return;
             }
-            conn.wake.notified().await;
-            continue;
-        }
-        if write_all_vectored(&mut write, &mut batch).await.is_err() {
-            conn.close();
-            break;
-        }
-    }
-    let _ = write.shutdown().await;
-}
-
-/// Writes every frame of `batch` (emptying it), [`MAX_IOV`] slices per call.
-async fn write_all_vectored(
-    write: &mut OwnedWriteHalf,
-    batch: &mut Vec<Bytes>,
-) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < batch.len() {
-        let slices: Vec<IoSlice<'_>> = batch[first..]
-            .iter()
-            .take(MAX_IOV)
-            .map(|b| IoSlice::new(b))
-            .collect();
-        let mut written = write.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        drop(slices);
-        while written > 0 {
-            let head = &mut batch[first];
-            if written >= head.len() {
-                written -= head.len();
-                first += 1;
-            } else {
-                head.advance(written);
-                written = 0;
+            if conn.write.writable().await.is_err() {
+                conn.close();
+                return;
+            }
+            match conn.flush() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(_) => {
+                    conn.close();
+                    return;
+                }
             }
         }
     }
-    batch.clear();
-    Ok(())
 }
