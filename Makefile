@@ -94,7 +94,7 @@ k6: deps ## the k6 scenarios: chat, fan-out, connect storm against a node it sta
 bench-deps: test-deps ## what `make bench` needs: redis-server, nats-server (apt), Socket.IO and its Redis adapter (npm ci in bench/peers/socketio)
 	@bench/peers/install.sh
 
-bench: bench-deps ## the side-by-side benchmark: Bellhop, NATS and Socket.IO on every workload; rewrites docs/BENCHMARKS.md (about 15 minutes)
+bench: bench-deps ## the side-by-side benchmark: Bellhop, NATS and Socket.IO on every workload, and the ceiling server on fan-out; rewrites docs/BENCHMARKS.md (about 15 minutes)
 	$(CARGO) build --release -p bellhop -p bellhop-loadgen
 	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop $(BENCH_ARGS)
 

@@ -3,6 +3,7 @@
 //! the server's RSS and CPU. The same scenarios run against NATS and Socket.IO through small
 //! adapters ([`systems`]), so every figure can be given as a ratio. See docs/BENCHMARKS.md.
 
+pub mod ceiling;
 pub mod client;
 pub mod report;
 pub mod scenarios;

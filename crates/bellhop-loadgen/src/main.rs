@@ -36,6 +36,16 @@ enum Cmd {
     Bench(BenchArgs),
     /// Run one scenario against running servers; print the result as JSON.
     Run(RunArgs),
+    /// Serve the ceiling server (system `ceiling`): Bellhop's wire subset, fan-out of
+    /// pre-framed bytes with vectored writes and nothing else, to find this machine's limit.
+    CeilingServer(CeilingArgs),
+}
+
+#[derive(Args, Debug)]
+struct CeilingArgs {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:3101")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -128,12 +138,12 @@ impl Params {
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Systems to measure.
+    /// Systems to measure (`ceiling` runs the fan-out scenario only).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bellhop,nats,socketio"
+        default_value = "bellhop,nats,socketio,ceiling"
     )]
     systems: Vec<System>,
     /// Scenarios to run.
@@ -350,6 +360,10 @@ async fn bench(args: BenchArgs, limit: u64) -> anyhow::Result<()> {
     for system in &args.systems {
         let mut results = SystemResults::default();
         for scenario in &args.scenarios {
+            if *system == System::Ceiling && *scenario != Scenario::Fanout {
+                // The ceiling is a fan-out limit: it has no history, resume or cluster.
+                continue;
+            }
             let topologies: &[Topology] = if *scenario == Scenario::Chat {
                 &[Topology::Single, Topology::Cluster]
             } else {
@@ -442,6 +456,12 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Cmd::Bench(args) => bench(args, limit).await,
             Cmd::Run(args) => run(args, limit).await,
+            Cmd::CeilingServer(args) => {
+                let ceiling = bellhop_loadgen::ceiling::Ceiling::bind(args.listen).await?;
+                eprintln!("ceiling server on ws://{}/ws", ceiling.local_addr());
+                tokio::signal::ctrl_c().await?;
+                Ok(())
+            }
         }
     })
 }

@@ -232,6 +232,19 @@ async fn socketio(
     Ok((child, port))
 }
 
+/// The ceiling server: this program's `ceiling-server` subcommand on a free port.
+async fn ceiling(bins: &Binaries) -> anyhow::Result<(Child, u16)> {
+    let port = free_port()?;
+    let log = bins.scratch.join("ceiling.log");
+    let mut cmd = Command::new(std::env::current_exe().context("finding bellhop-loadgen")?);
+    cmd.arg("ceiling-server")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
+    let mut child = spawn(cmd, &log)?;
+    wait_for_port(port, &mut child, "ceiling server", &log).await?;
+    Ok((child, port))
+}
+
 /// Starts `system` in `topology`.
 pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyhow::Result<Servers> {
     std::fs::create_dir_all(&bins.scratch)?;
@@ -297,6 +310,15 @@ pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyho
                 urls.push(format!("ws://127.0.0.1:{port}"));
             }
             label = "2 processes + Redis".to_owned();
+        }
+        (System::Ceiling, Topology::Single) => {
+            let (c, port) = ceiling(bins).await?;
+            children.push(c);
+            urls.push(format!("ws://127.0.0.1:{port}/ws"));
+            label = "1 process".to_owned();
+        }
+        (System::Ceiling, Topology::Cluster) => {
+            bail!("the ceiling server has no cluster: it measures one machine's fan-out")
         }
     }
     let procs = ProcSet {

@@ -24,6 +24,10 @@ pub enum System {
     Nats,
     /// Socket.IO 4 on Node (Engine.IO 4 over WebSocket), `bench/peers/socketio/server.js`.
     Socketio,
+    /// The ceiling server ([`crate::ceiling`], `bellhop-loadgen ceiling-server`): Bellhop's wire
+    /// subset with nothing but pre-framed bytes written to every subscriber, to find this
+    /// machine's fan-out limit. Fan-out only.
+    Ceiling,
 }
 
 impl System {
@@ -33,6 +37,7 @@ impl System {
             System::Bellhop => "Bellhop",
             System::Nats => "NATS",
             System::Socketio => "Socket.IO",
+            System::Ceiling => "ceiling",
         }
     }
 
@@ -42,6 +47,8 @@ impl System {
             System::Bellhop => Box::new(bellhop::BellhopWire::new(opts)),
             System::Nats => Box::new(nats::NatsWire::new(opts)),
             System::Socketio => Box::new(socketio::SocketIoWire::new(opts)),
+            // The same codec: the ceiling server speaks Bellhop's wire subset.
+            System::Ceiling => Box::new(bellhop::BellhopWire::new(opts)),
         }
     }
 }
