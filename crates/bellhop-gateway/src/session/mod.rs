@@ -156,6 +156,14 @@ struct Session<'a> {
     counted: Option<(String, String)>,
 }
 
+/// Sleeps until `until`, or forever without one.
+async fn sleep_or_never(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// When a token's `exp` (Unix seconds) plus the leeway passes, on tokio's clock.
 fn expiry_instant(expires_at: u64, leeway: Duration) -> Instant {
     let now_ms = bellhop_dispatcher::now_ms();
@@ -171,18 +179,34 @@ impl Session<'_> {
     /// running when it closes (a replay, say, when the token expires) is abandoned.
     async fn serve(&mut self) {
         let outbound = self.outbound.clone();
+        // Once the connection is closing, what the peer sent before it left is still done if it
+        // changes state for others (publishes, read markers: its requests were read, so they
+        // must not be lost because the handler was behind), for at most the write timeout;
+        // nothing else is answered. A connection closed for what its peer did (token expired, a
+        // flood, a protocol error) is aborted instead: nothing more it sent is done.
+        let mut drain_until: Option<Instant> = None;
         loop {
+            if drain_until.is_none() && outbound.is_closing() {
+                drain_until = Some(Instant::now() + self.node.config.write_timeout);
+            }
+            let until = drain_until;
             let work = tokio::select! {
                 biased;
-                _ = outbound.closed() => return,
+                _ = self.inbox.aborted() => return,
+                _ = sleep_or_never(until) => return,
+                _ = outbound.closed(), if until.is_none() => continue,
                 work = self.inbox.next() => match work {
                     Some(work) => work,
                     None => return,
                 },
             };
+            if until.is_some() && !work.changes_state() {
+                continue;
+            }
             tokio::select! {
                 biased;
-                _ = outbound.closed() => return,
+                _ = self.inbox.aborted() => return,
+                _ = sleep_or_never(until) => return,
                 _ = Box::pin(self.work(work)) => {}
             }
         }

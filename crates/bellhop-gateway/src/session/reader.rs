@@ -20,6 +20,18 @@ pub(super) enum Work {
     Request(Request),
 }
 
+impl Work {
+    /// Whether doing it changes what others see (a publish, a read marker): such requests are
+    /// still done after their connection closed.
+    pub(super) fn changes_state(&self) -> bool {
+        match self {
+            Work::Request(r) => {
+                matches!(r.frame, ClientFrame::Publish(_) | ClientFrame::Read { .. })
+            }
+        }
+    }
+}
+
 /// The hand-over between a connection's reader and its handler: the bounded request queue, and
 /// the deadline the handler moves when it authenticates.
 #[derive(Debug)]
@@ -30,6 +42,9 @@ pub(super) struct Inbox {
     work: Notify,
     /// Wakes the reader: the deadline moved.
     deadline_moved: Notify,
+    /// Wakes the handler: the connection was closed for what its peer did (token expired, a
+    /// flood, a protocol error): nothing more it sent is to be done.
+    abort: Notify,
 }
 
 #[derive(Debug)]
@@ -44,6 +59,9 @@ pub(super) struct InboxState {
     authenticated: bool,
     /// The reader has ended: nothing more will be queued.
     ended: bool,
+    /// The connection was closed for what its peer did: queued requests are dropped, and the
+    /// one being answered is abandoned.
+    aborted: bool,
 }
 
 impl Inbox {
@@ -55,9 +73,11 @@ impl Inbox {
                 deadline,
                 authenticated: false,
                 ended: false,
+                aborted: false,
             }),
             work: Notify::new(),
             deadline_moved: Notify::new(),
+            abort: Notify::new(),
         }
     }
 
@@ -85,6 +105,9 @@ impl Inbox {
             notified.as_mut().enable();
             {
                 let mut state = self.state.lock();
+                if state.aborted {
+                    return None;
+                }
                 if let Some((work, bytes)) = state.queue.pop_front() {
                     state.bytes -= bytes;
                     if state.queue.is_empty() {
@@ -104,6 +127,32 @@ impl Inbox {
     pub(super) fn end(&self) {
         self.state.lock().ended = true;
         self.work.notify_one();
+    }
+
+    /// Ends the connection's work for what its peer did: what it queued is dropped.
+    pub(super) fn abort(&self) {
+        {
+            let mut state = self.state.lock();
+            state.aborted = true;
+            state.ended = true;
+            state.queue = VecDeque::new();
+            state.bytes = 0;
+        }
+        self.work.notify_one();
+        self.abort.notify_waiters();
+    }
+
+    /// Resolves once [`Inbox::abort`] was called.
+    pub(super) async fn aborted(&self) {
+        loop {
+            let notified = self.abort.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state.lock().aborted {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(super) fn deadline(&self) -> (Instant, bool) {
@@ -165,6 +214,7 @@ impl Reader<'_> {
                     self.reply(ServerFrame::error(None, ErrorCode::Unauthorized, message));
                     self.node.count_error(ErrorCode::Unauthorized);
                     outbound.close(close::UNAUTHORIZED, message);
+                    self.inbox.abort();
                     return;
                 }
                 _ = heartbeat.tick() => {
@@ -204,7 +254,9 @@ impl Reader<'_> {
                         }
                         Some(Ok(_)) => {} // pong, raw frames: liveness only
                         Some(Err(e)) => {
-                            protocol_failure(self.node, outbound, e);
+                            if protocol_failure(self.node, outbound, e) {
+                                self.inbox.abort();
+                            }
                             return;
                         }
                     }
@@ -289,6 +341,7 @@ impl Reader<'_> {
             close::POLICY_VIOLATION,
             "frame rate exceeded after rate_limited errors",
         );
+        self.inbox.abort();
     }
 
     /// Queues one of the reader's own replies. Never waits: a peer that does not read is not
@@ -300,8 +353,9 @@ impl Reader<'_> {
     }
 }
 
-/// Closes the connection with the code that names what the peer did wrong.
-fn protocol_failure(node: &Node, outbound: &Outbound, e: WsError) {
+/// Closes the connection with the code that names what the peer did wrong; true when it did
+/// something wrong (rather than simply going away), so what it queued is not to be done.
+fn protocol_failure(node: &Node, outbound: &Outbound, e: WsError) -> bool {
     let max = node.config.max_frame_bytes;
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
@@ -312,11 +366,15 @@ fn protocol_failure(node: &Node, outbound: &Outbound, e: WsError) {
         WsError::Utf8(_) => outbound.close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
         | WsError::ConnectionClosed
-        | WsError::Io(_) => outbound.close(close::NORMAL, ""),
+        | WsError::Io(_) => {
+            outbound.close(close::NORMAL, "");
+            return false;
+        }
         WsError::Protocol(p) => outbound.close(close::PROTOCOL_ERROR, &p.to_string()),
         other => {
             tracing::debug!(error = %other, "connection failed");
             outbound.close(close::PROTOCOL_ERROR, "protocol error");
         }
     }
+    true
 }

@@ -548,3 +548,64 @@ async fn a_token_accepted_inside_the_leeway_lives_only_until_exp_plus_leeway() {
         "closed after {elapsed} s, not 20"
     );
 }
+
+/// A node on the embedded broker and a peer connected to it, with the broker at hand.
+fn start_on_broker(principal: Principal) -> (Peer, Arc<MemoryBroker>, tokio::task::JoinHandle<()>) {
+    let config = GatewayConfig::new("secret");
+    let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
+    let dispatcher = Arc::new(Dispatcher::new(broker.clone(), DispatcherConfig::default()));
+    let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
+    let node = Arc::new(Node::new(config, dispatcher, verifier));
+    let (to_server, incoming) = mpsc::unbounded();
+    let (outgoing, from_server) = mpsc::unbounded();
+    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    let opening = Opening {
+        principal: Some(principal),
+        codec: Codec::Json,
+        permit,
+    };
+    let session = tokio::spawn(run_duplex(node, Duplex { incoming, outgoing }, opening));
+    (
+        Peer {
+            to_server,
+            from_server,
+        },
+        broker,
+        session,
+    )
+}
+
+/// Publishes a client sent before it went away are stored, even those still queued behind a
+/// slow handler when it left: the node had read them (before the reader/handler split, every
+/// frame read was answered before the next was read, so none was lost this way).
+#[tokio::test(start_paused = true)]
+async fn publishes_read_before_the_peer_left_are_stored() {
+    let (mut peer, broker, session) = start_on_broker(principal(86_400));
+    peer.next().await; // welcome
+    for n in 0..50 {
+        peer.send(
+            serde_json::json!({"type": "publish", "id": n, "channel": "room:7",
+            "event": "CHAT_MESSAGE", "payload": {"n": n}}),
+        );
+    }
+    // The client goes away at once (end of stream), without waiting for a single ack.
+    drop(peer);
+    tokio::time::timeout(Duration::from_secs(30), session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    let key = ChannelKey::new("h1", Channel::Room("7".into()));
+    let stored = bellhop_dispatcher::Broker::read(broker.as_ref(), &key, None, 100)
+        .await
+        .unwrap();
+    let numbers: Vec<u64> = stored
+        .messages
+        .iter()
+        .map(|m| m.envelope.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..50).collect::<Vec<_>>(),
+        "every publish, in order"
+    );
+}
