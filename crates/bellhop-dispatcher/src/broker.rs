@@ -225,21 +225,6 @@ impl Subscription {
     }
 }
 
-/// Events buffered for a channel's live subscribers, `configured` for most channels. A `user:`
-/// channel (one per connected user, and quiet: a few direct messages) gets at most
-/// [`USER_CHANNEL_BUFFER`]: a broadcast buffer is allocated in full for every channel, so it was
-/// most of what an idle connection's own channel cost, and a burst beyond it only makes the hub
-/// re-read the log (a gap), never loses anything.
-pub(crate) fn subscriber_buffer(configured: usize, key: &ChannelKey) -> usize {
-    match key.channel {
-        Channel::User(_) => configured.clamp(1, USER_CHANNEL_BUFFER),
-        _ => configured.max(1),
-    }
-}
-
-/// The most live events buffered for a `user:` channel (see [`subscriber_buffer`]).
-pub(crate) const USER_CHANNEL_BUFFER: usize = 4;
-
 /// The answer to a read of a channel's log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReadResult {

@@ -214,9 +214,7 @@ impl MemoryBroker {
                 return Ok(original);
             }
         }
-        let state = channels
-            .entry(key.clone())
-            .or_insert_with(|| self.fresh_state(&key, now));
+        let state = channels.entry(key).or_insert_with(|| self.fresh_state(now));
         self.trim(state, now);
         let offset = state.last.next_after(now);
         state.last = offset;
@@ -249,15 +247,12 @@ impl MemoryBroker {
     /// the retention cut-off, since anything older is gone either way; its `last` is just below
     /// now, and above every position handed out for a channel that kept no state. Called with
     /// `channels` locked.
-    fn fresh_state(&self, key: &ChannelKey, now: u64) -> ChannelState {
+    fn fresh_state(&self, now: u64) -> ChannelState {
         let floor = self.fresh_floor(now);
         let last = floor
             .max(Offset::new(now.saturating_sub(1), 0))
             .max(*self.high_water.lock());
-        let (tx, _) = broadcast::channel(crate::broker::subscriber_buffer(
-            self.config.subscriber_buffer,
-            key,
-        ));
+        let (tx, _) = broadcast::channel(self.config.subscriber_buffer.max(1));
         ChannelState {
             log: VecDeque::new(),
             last,
@@ -286,7 +281,7 @@ impl MemoryBroker {
         let mut channels = self.channels.lock();
         let state = channels
             .entry(key.clone())
-            .or_insert_with(|| self.fresh_state(key, now));
+            .or_insert_with(|| self.fresh_state(now));
         self.trim(state, now);
         f(state, now)
     }
@@ -368,7 +363,7 @@ impl Broker for MemoryBroker {
                 &*state
             }
             None => {
-                fresh = self.fresh_state(key, now);
+                fresh = self.fresh_state(now);
                 let mut high_water = self.high_water.lock();
                 *high_water = (*high_water).max(fresh.last);
                 &fresh

@@ -224,11 +224,7 @@ impl Inner {
         let (rx, confirmed) = {
             let mut live = self.live.lock();
             let state = live.entry(channel.clone()).or_insert_with(|| LiveChannel {
-                tx: broadcast::channel(crate::broker::subscriber_buffer(
-                    self.config.subscriber_buffer,
-                    key,
-                ))
-                .0,
+                tx: broadcast::channel(self.config.subscriber_buffer).0,
                 subscribed: false,
                 waiters: Vec::new(),
                 last_seq: None,
