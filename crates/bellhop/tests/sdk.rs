@@ -156,6 +156,28 @@ async fn next_matching<T>(
 }
 
 /// The next client event that `pick` accepts, within [`WAIT`].
+/// Waits until every thread of process `pid` is stopped (state `T` in /proc).
+async fn stopped(pid: &str) {
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .all(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                // `pid (comm) S ...`: the state follows the last ')'.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+            })
+    };
+    tokio::time::timeout(WAIT, async {
+        while !all_stopped() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("process {pid} not stopped within {WAIT:?}"));
+}
+
 async fn next_event<T>(
     events: &mut broadcast::Receiver<Event>,
     mut pick: impl FnMut(&Event) -> Option<T>,
@@ -946,6 +968,11 @@ async fn unavailable_is_retried_after_retry_after_and_a_timeout_on_another_node(
     let d = Client::new(opts);
     d.connect();
     d.ready(WAIT).await.unwrap();
+    assert_eq!(
+        d.session().unwrap().node,
+        "node-a",
+        "connected to the first URL"
+    );
     let pid = a.child.id().unwrap().to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &pid])
@@ -953,6 +980,9 @@ async fn unavailable_is_retried_after_retry_after_and_a_timeout_on_another_node(
         .await
         .unwrap()
         .success());
+    // kill(2) only queues the signal: a thread of A running on another core may still answer
+    // for a moment, so wait (with a deadline) until every thread of A is stopped.
+    stopped(&pid).await;
     let ack2 = d
         .publish(
             "room:5",

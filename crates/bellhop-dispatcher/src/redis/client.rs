@@ -15,6 +15,20 @@ use fred::types::config::TlsConnector;
 use super::RedisConfig;
 use crate::broker::BrokerError;
 
+/// What fred says, with no error kind of its own, when a command could not be sent or answered
+/// because a connection went away (`ErrorKind::Unknown`): a command that used up its write attempts
+/// across reconnects, a reply lost with its connection, a router with no connection for the
+/// command. Found by a publish sent while Redis was being killed, which was answered `internal`.
+const CLIENT_CONNECTION_TROUBLE: [&str; 7] = [
+    "Too many failed write attempts",
+    "Max attempts exceeded",
+    "Max redirections exceeded",
+    "Failed to route command",
+    "Missing expected connection",
+    "Missing response",
+    "Failed to send command to router",
+];
+
 /// Maps a client error: connection trouble and a server that cannot serve now are `Unavailable`
 /// (a retry can help), anything else `Internal`.
 pub(crate) fn broker_error(error: &FredError, retry_after: Duration) -> BrokerError {
@@ -38,6 +52,7 @@ pub(crate) fn broker_error(error: &FredError, retry_after: Duration) -> BrokerEr
             | ErrorKind::Cluster
     ) || TRANSIENT_REPLIES
         .iter()
+        .chain(CLIENT_CONNECTION_TROUBLE.iter())
         .any(|p| error.details().starts_with(p));
     if transient {
         BrokerError::Unavailable {
@@ -200,6 +215,9 @@ mod tests {
             FredError::new(ErrorKind::Timeout, "timed out"),
             FredError::new(ErrorKind::Unknown, "LOADING Redis is loading the dataset"),
             FredError::new(ErrorKind::Unknown, "BUSY Redis is busy running a script"),
+            FredError::new(ErrorKind::Canceled, "Connection closed unexpectedly."),
+            FredError::new(ErrorKind::Unknown, "Too many failed write attempts."),
+            FredError::new(ErrorKind::Unknown, "Missing response."),
         ] {
             assert!(
                 matches!(broker_error(&error, retry), BrokerError::Unavailable { retry_after, .. } if retry_after == retry),
