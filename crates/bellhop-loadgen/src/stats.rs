@@ -187,6 +187,12 @@ impl Tracker {
         self.prefix
     }
 
+    /// Whether a sequence number below `upto` has not arrived, apart from those the system
+    /// refused (`refused`): only the numbers past [`Self::prefix`] need looking at.
+    pub fn behind(&self, upto: u64, refused: &std::collections::BTreeSet<u64>) -> bool {
+        (self.prefix..upto).any(|s| !self.has(s) && !refused.contains(&s))
+    }
+
     /// Sequence numbers below `published` that never arrived, apart from those the system
     /// refused (`refused`: never stored, so nobody could receive them).
     pub fn missing(&self, published: u64, refused: &std::collections::BTreeSet<u64>) -> u64 {
@@ -263,6 +269,11 @@ mod tests {
         // What the system refused was never stored: not missing.
         let refused = [4, 5, 6].into_iter().collect();
         assert_eq!(t.missing(71, &refused), 71 - 5 - 3);
+        // Caught up to 7 once 4 to 6 are refused, not to 8 (7 never arrived).
+        assert!(!t.behind(4, &Default::default()));
+        assert!(t.behind(5, &Default::default()));
+        assert!(!t.behind(7, &refused));
+        assert!(t.behind(8, &refused));
     }
 
     #[test]
