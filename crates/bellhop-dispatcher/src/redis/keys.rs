@@ -126,6 +126,18 @@ impl ChannelKeys {
             self.origin.clone(),
         ]
     }
+
+    /// [`Self::script_keys`], moved out rather than copied.
+    pub(super) fn into_script_keys(self) -> Vec<String> {
+        vec![
+            self.log,
+            self.meta,
+            self.read,
+            self.presence,
+            self.users,
+            self.origin,
+        ]
+    }
 }
 
 /// This broker's own pub/sub channel, where its subscriber probe goes round

@@ -108,7 +108,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bellhop_protocol::Offset;
 use fred::prelude::{
-    ClientLike, Error as FredError, EventInterface, LuaInterface, PubsubInterface,
+    ClientLike, Error as FredError, EventInterface, LuaInterface, PubsubInterface, Value,
 };
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -137,8 +137,8 @@ struct Inner {
     client: fred::clients::Client,
     /// The pub/sub connection: only `SUBSCRIBE`, `UNSUBSCRIBE` and `PING` go here.
     subscriber: fred::clients::Client,
-    /// The channel script's SHA1, as `SCRIPT LOAD` returned it.
-    script_sha: String,
+    /// The channel script's SHA1 and the arguments every call shares.
+    script: script::ScriptConstants,
     /// Live channels with local subscribers, by pub/sub channel name.
     live: Mutex<HashMap<String, LiveChannel>>,
     /// Sessions this broker added and refreshes.
@@ -204,16 +204,6 @@ impl Inner {
         ChannelKeys::new(&self.config.key_prefix, self.config.cluster, key)
     }
 
-    /// The command that announces a stored message on its live channel, as the script runs it.
-    fn announce(&self) -> String {
-        if self.config.cluster {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        }
-        .to_owned()
-    }
-
     /// `PUBLISH`es (`SPUBLISH`es in a cluster) `payload` on a live channel; the number of
     /// subscribers that got it (in a cluster, those connected to the node that took it).
     async fn publish_live(&self, channel: String, payload: String) -> Result<i64, FredError> {
@@ -266,11 +256,12 @@ impl RedisBroker {
             .map_err(|e| broker_error(&e, retry_after))?;
 
         let (sub_requests, sub_inbox) = mpsc::unbounded_channel();
+        let script = script::ScriptConstants::new(script_sha, &config);
         let inner = Arc::new(Inner {
             config,
             client,
             subscriber,
-            script_sha,
+            script,
             live: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashSet::new()),
             sub_requests,
@@ -325,13 +316,7 @@ impl Broker for RedisBroker {
                 .as_millis()
                 .min(u64::MAX as u128) as u64)
             .to_string();
-        let max_len = inner.config.max_messages_per_channel.to_string();
-        let window = inner
-            .config
-            .idempotency_window
-            .as_millis()
-            .clamp(1, u64::MAX as u128)
-            .to_string();
+        let deadline = Value::from(deadline);
         for publish in &batch {
             let envelope = &publish.envelope;
             let prepared = publish.checked_key().and_then(|idempotency_key| {
@@ -343,21 +328,23 @@ impl Broker for RedisBroker {
             match prepared {
                 Ok((idempotency_key, json)) => {
                     let keys = inner.keys(&ChannelKey::of(envelope));
-                    let mut script_keys = keys.script_keys();
+                    let constants = &inner.script;
                     let mut args = inner.script_args(
                         "publish",
                         [
-                            json,
-                            keys.live.clone(),
+                            json.into(),
+                            keys.live.clone().into(),
                             deadline.clone(),
-                            inner.announce(),
-                            max_len.clone(),
+                            constants.announce.clone(),
+                            constants.max_len.clone(),
                         ],
                     );
-                    if let Some(key) = idempotency_key {
-                        script_keys.push(keys.idempotency(key));
-                        args.push(window.clone());
-                        args.push(envelope.message_id.clone());
+                    let idempotency = idempotency_key.map(|key| keys.idempotency(key));
+                    let mut script_keys = keys.into_script_keys();
+                    if let Some(idempotency) = idempotency {
+                        script_keys.push(idempotency);
+                        args.push(constants.idempotency_window.clone());
+                        args.push(envelope.message_id.as_str().into());
                     }
                     calls.push((script_keys, args));
                     results.push(Ok(envelope.message_id.clone()));
@@ -431,7 +418,7 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         let limit = limit.min(MAX_READ);
         let since_arg = since.map(|s| s.to_string()).unwrap_or_default();
-        let args = inner.script_args("read", [since_arg, limit.to_string()]);
+        let args = inner.script_args("read", [since_arg.into(), limit.to_string().into()]);
         let reply = inner.eval(&inner.keys(key), args).await?;
         replies::read(reply, since, limit)
     }
@@ -469,7 +456,7 @@ impl Broker for RedisBroker {
         offset: Offset,
     ) -> Result<(Offset, u64), BrokerError> {
         let inner = &self.inner;
-        let args = inner.script_args("mark", [user_id.to_owned(), offset.to_string()]);
+        let args = inner.script_args("mark", [user_id.into(), offset.to_string().into()]);
         replies::mark(inner.eval(&inner.keys(key), args).await?)
     }
 
@@ -491,7 +478,7 @@ impl Broker for RedisBroker {
 
     async fn unread(&self, key: &ChannelKey, user_id: &str) -> Result<u64, BrokerError> {
         let inner = &self.inner;
-        let args = inner.script_args("unread", [user_id.to_owned()]);
+        let args = inner.script_args("unread", [user_id.into()]);
         replies::parse_u64(&inner.eval(&inner.keys(key), args).await?)
     }
 }

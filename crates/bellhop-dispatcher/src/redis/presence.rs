@@ -35,7 +35,7 @@ impl Inner {
         };
         // Held before the call, so a refresh running meanwhile keeps it too.
         self.sessions.lock().insert(held.clone());
-        let args = self.script_args("join", [user_id.to_owned(), session.to_owned()]);
+        let args = self.script_args("join", [user_id.into(), session.into()]);
         match self.eval(&self.keys(key), args).await {
             Ok(first) => replies::first_or_last(&first),
             Err(e) => {
@@ -58,7 +58,7 @@ impl Inner {
             user: user_id.to_owned(),
             session: session.to_owned(),
         });
-        let args = self.script_args("leave", [user_id.to_owned(), session.to_owned()]);
+        let args = self.script_args("leave", [user_id.into(), session.into()]);
         let last = self.eval(&self.keys(key), args).await?;
         replies::first_or_last(&last)
     }
@@ -72,7 +72,8 @@ impl Inner {
         let calls = held
             .iter()
             .map(|s| {
-                let args = self.script_args("join", [s.user.clone(), s.session.clone()]);
+                let args =
+                    self.script_args("join", [s.user.as_str().into(), s.session.as_str().into()]);
                 (self.keys(&s.key).script_keys(), args)
             })
             .collect();

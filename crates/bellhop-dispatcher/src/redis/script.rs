@@ -51,14 +51,55 @@ fn is_noscript(error: &FredError) -> bool {
     error.details().starts_with("NOSCRIPT")
 }
 
+/// The script's arguments that are the same for every call, as the values sent, made once when
+/// the broker connects: a call clones them by reference count instead of formatting them anew.
+#[derive(Debug)]
+pub(super) struct ScriptConstants {
+    /// The script's SHA1, as `SCRIPT LOAD` returned it.
+    sha: Value,
+    /// The retention and the presence TTL in milliseconds: `ARGV[2]` and `ARGV[3]` of every call.
+    windows: [Value; 2],
+    /// `PUBLISH` or `SPUBLISH` (in a cluster): how a publish announces its message.
+    pub(super) announce: Value,
+    /// The most messages a channel keeps.
+    pub(super) max_len: Value,
+    /// The idempotency window in milliseconds.
+    pub(super) idempotency_window: Value,
+}
+
+impl ScriptConstants {
+    pub(super) fn new(sha: String, config: &super::RedisConfig) -> Self {
+        let ms = |d: Duration| Value::from(d.as_millis().min(u64::MAX as u128).to_string());
+        ScriptConstants {
+            sha: sha.into(),
+            windows: [ms(config.retention), ms(config.presence_ttl)],
+            announce: Value::from_static_str(if config.cluster {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            }),
+            max_len: config.max_messages_per_channel.to_string().into(),
+            idempotency_window: ms(config.idempotency_window.max(Duration::from_millis(1))),
+        }
+    }
+}
+
+/// One call of the script, as sent: `EVALSHA`'s arguments and the slot of its first key.
+struct Prepared {
+    slot: u16,
+    argv: Vec<Value>,
+}
+
 impl Inner {
     /// The script's `ARGV`: the operation, the two windows, then `args`.
-    pub(super) fn script_args<const N: usize>(&self, op: &str, args: [String; N]) -> Vec<String> {
-        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128).to_string();
+    pub(super) fn script_args<const N: usize>(
+        &self,
+        op: &'static str,
+        args: [Value; N],
+    ) -> Vec<Value> {
         let mut argv = Vec::with_capacity(3 + N);
-        argv.push(op.to_owned());
-        argv.push(ms(self.config.retention));
-        argv.push(ms(self.config.presence_ttl));
+        argv.push(Value::from_static_str(op));
+        argv.extend(self.script.windows.iter().cloned());
         argv.extend(args);
         argv
     }
@@ -68,8 +109,12 @@ impl Inner {
     /// that failed are sent once more.
     pub(super) async fn eval_many(
         &self,
-        calls: Vec<(Vec<String>, Vec<String>)>,
+        calls: Vec<(Vec<String>, Vec<Value>)>,
     ) -> Vec<Result<Value, BrokerError>> {
+        let calls: Vec<Prepared> = calls
+            .into_iter()
+            .map(|(keys, args)| self.prepare(keys, args))
+            .collect();
         let mut replies = self.pipeline(&calls).await;
         let retry: Vec<usize> = replies
             .iter()
@@ -84,7 +129,13 @@ impl Inner {
             );
             match self.client.script_load_cluster::<String, _>(SCRIPT).await {
                 Ok(_) => {
-                    let again: Vec<_> = retry.iter().map(|&i| calls[i].clone()).collect();
+                    let again: Vec<Prepared> = retry
+                        .iter()
+                        .map(|&i| Prepared {
+                            slot: calls[i].slot,
+                            argv: calls[i].argv.clone(),
+                        })
+                        .collect();
                     for (i, reply) in retry.into_iter().zip(self.pipeline(&again).await) {
                         replies[i] = reply;
                     }
@@ -102,25 +153,29 @@ impl Inner {
             .collect()
     }
 
+    /// `EVALSHA`'s arguments for one call: the keys and arguments move in, nothing is copied.
+    fn prepare(&self, keys: Vec<String>, args: Vec<Value>) -> Prepared {
+        // In a cluster the call goes to the slot of its first key.
+        let slot = keys.first().map_or(0, |key| redis_keyslot(key.as_bytes()));
+        let mut argv = Vec::with_capacity(2 + keys.len() + args.len());
+        argv.push(self.script.sha.clone());
+        argv.push(Value::Integer(keys.len() as i64));
+        argv.extend(keys.into_iter().map(Value::from));
+        argv.extend(args);
+        Prepared { slot, argv }
+    }
+
     /// One pipeline of `EVALSHA`s; exactly one reply per call.
-    async fn pipeline(
-        &self,
-        calls: &[(Vec<String>, Vec<String>)],
-    ) -> Vec<Result<Value, FredError>> {
+    async fn pipeline(&self, calls: &[Prepared]) -> Vec<Result<Value, FredError>> {
         // fred's pipelines have no Lua interface: EVALSHA as a custom command, routed (in a
         // cluster) to the slot of its first key. fred honours only an explicit slot on a custom
         // command (otherwise it hashes the first argument, the SHA), so the slot is computed
-        // here.
+        // when the call is prepared. The arguments are cloned by reference count.
         let pipeline = self.client.pipeline();
-        for (keys, args) in calls {
-            let slot = keys.first().map_or(0, |key| redis_keyslot(key.as_bytes()));
-            let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
-            let mut argv = Vec::with_capacity(2 + keys.len() + args.len());
-            argv.push(self.script_sha.clone());
-            argv.push(keys.len().to_string());
-            argv.extend(keys.iter().cloned());
-            argv.extend(args.iter().cloned());
-            let queued: Result<(), FredError> = pipeline.custom(evalsha, argv).await;
+        for call in calls {
+            let evalsha =
+                CustomCommand::new_static("EVALSHA", ClusterHash::Custom(call.slot), false);
+            let queued: Result<(), FredError> = pipeline.custom(evalsha, call.argv.clone()).await;
             if let Err(e) = queued {
                 return vec![Err(e); calls.len()];
             }
@@ -141,7 +196,7 @@ impl Inner {
     pub(super) async fn eval(
         &self,
         keys: &ChannelKeys,
-        args: Vec<String>,
+        args: Vec<Value>,
     ) -> Result<Value, BrokerError> {
         self.eval_many(vec![(keys.script_keys(), args)])
             .await
