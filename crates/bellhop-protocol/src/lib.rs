@@ -6,6 +6,25 @@
 //!
 //! The normative description of the protocol is `docs/PROTOCOL.md` at the root of the repository.
 
+/// Serde for a type that travels as its text form: serialized with `Display`, deserialized with
+/// `FromStr` (borrowing the text where the format allows), its parse error as the serde error.
+macro_rules! serde_as_text {
+    ($type:ty) => {
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 mod channel;
 mod codec;
 mod frame;
