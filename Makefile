@@ -10,6 +10,16 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 .PHONY: run test lint unit sdk-ts console k6-smoke k6 bench bench-quick bench-deps conformance fuzz fuzz-smoke fuzz-seeds autobahn deps test-deps build cluster cluster-down clean help \
 	image image-smoke manifest-run deploy-test dockerfile-lint chart-test rules-test observability-test
 
+# What the browser tests need: Node.js 20 or newer ($(1) names who needs it) and Debian's chromium,
+# installed when missing ($(2) says why).
+define browser-deps
+command -v node >/dev/null 2>&1 && node -e 'process.exit(parseInt(process.versions.node, 10) < 20 ? 1 : 0)' || { echo "$(1) needs Node.js 20 or newer (node --version: $$(node --version 2>/dev/null || echo none))"; exit 1; }; \
+	command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium is missing: installing it ($(2))"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+endef
+
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -63,20 +73,12 @@ conformance: ## a short fuzz run of every target and the Autobahn WebSocket suit
 	@tests/autobahn/run.sh --optional
 
 sdk-ts: test-deps ## the TypeScript SDK (clients/typescript): npm ci, build, type check, its tests against debug nodes it starts (Debian's chromium for the page test), docs/asyncapi.yaml and docs/openapi.yaml through their official parsers
-	@command -v node >/dev/null 2>&1 && node -e 'process.exit(parseInt(process.versions.node, 10) < 20 ? 1 : 0)' || { echo "the TypeScript SDK needs Node.js 20 or newer (node --version: $$(node --version 2>/dev/null || echo none))"; exit 1; }
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "chromium is missing: installing it (the SDK's example page is tested in a real browser)"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@$(call browser-deps,the TypeScript SDK,the SDK's example page is tested in a real browser)
 	$(CARGO) build -q -p bellhop
 	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && BELLHOP_BIN=$(abspath $(TARGET_DIR))/debug/bellhop npm test
 
 console: test-deps ## the front-desk console (clients/console) and the examples (examples/) in Debian's chromium against debug nodes they start: npm ci, Vite builds, vitest; UPDATE_SCREENSHOTS=1 rewrites docs/console*.png
-	@command -v node >/dev/null 2>&1 && node -e 'process.exit(parseInt(process.versions.node, 10) < 20 ? 1 : 0)' || { echo "the console needs Node.js 20 or newer (node --version: $$(node --version 2>/dev/null || echo none))"; exit 1; }
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "chromium is missing: installing it (the console is tested in a real browser)"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@$(call browser-deps,the console,the console is tested in a real browser)
 	$(CARGO) build -q -p bellhop
 	@[ -d clients/typescript/node_modules ] || { cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error; }
 	cd clients/console && npm ci --no-audit --no-fund --loglevel=error && BELLHOP_BIN=$(abspath $(TARGET_DIR))/debug/bellhop npm test
