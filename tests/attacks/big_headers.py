@@ -13,7 +13,7 @@ import asyncio
 import collections
 import time
 
-from common import pid_from_args, rss_mb, split_addr
+from common import parse_target, rss_mb
 
 
 async def one(host, port, kib, hold, outcomes, sem):
@@ -53,16 +53,10 @@ async def one(host, port, kib, hold, outcomes, sem):
 
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--addr", default="127.0.0.1:3001")
     p.add_argument("--conns", type=int, default=2000)
     p.add_argument("--kib", type=int, default=380)
     p.add_argument("--hold", type=float, default=5)
-    p.add_argument("--pid", type=int)
-    a = p.parse_args()
-    pid = pid_from_args(a.pid)
-    host, port = split_addr(a.addr)
-    if pid:
-        print(f"node RSS before: {rss_mb(pid):.1f} MB", flush=True)
+    a, host, port, pid = parse_target(p)
     outcomes = collections.Counter()
     sem = asyncio.Semaphore(200)  # connects in flight
     tasks = [asyncio.ensure_future(one(host, port, a.kib, a.hold, outcomes, sem)) for _ in range(a.conns)]

@@ -23,3 +23,16 @@ def pid_from_args(pid):
     if not os.path.exists(f"/proc/{pid}"):
         raise SystemExit(f"no process {pid}")
     return pid
+
+
+def parse_target(parser):
+    """Adds --addr and --pid to `parser`, parses the command line and, with --pid, prints the
+    node's resident size before the attack. Returns (args, host, port, pid)."""
+    parser.add_argument("--addr", default="127.0.0.1:3001")
+    parser.add_argument("--pid", type=int, help="the node's pid, to report its resident size")
+    a = parser.parse_args()
+    pid = pid_from_args(a.pid)
+    host, port = split_addr(a.addr)
+    if pid:
+        print(f"node RSS before: {rss_mb(pid):.1f} MB", flush=True)
+    return a, host, port, pid

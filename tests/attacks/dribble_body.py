@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import time
 
-from common import pid_from_args, rss_mb, split_addr
+from common import parse_target, rss_mb
 
 
 async def dribble(host, port, token, interval, seconds, results, i):
@@ -57,17 +57,11 @@ async def dribble(host, port, token, interval, seconds, results, i):
 
 async def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--addr", default="127.0.0.1:3001")
     p.add_argument("--token", required=True)
     p.add_argument("--conns", type=int, default=10)
     p.add_argument("--interval", type=float, default=0.001)
     p.add_argument("--seconds", type=float, default=20)
-    p.add_argument("--pid", type=int)
-    a = p.parse_args()
-    pid = pid_from_args(a.pid)
-    host, port = split_addr(a.addr)
-    if pid:
-        print(f"node RSS before: {rss_mb(pid):.1f} MB", flush=True)
+    a, host, port, pid = parse_target(p)
     results = [None] * a.conns
     tasks = [
         asyncio.ensure_future(dribble(host, port, a.token, a.interval, a.seconds, results, i))
