@@ -25,7 +25,6 @@ import type {
   Offset,
   PresenceReplyFrame,
   PublishFrame,
-  Role,
   ServerFrame,
   SubscribedFrame,
   WelcomeFrame,
@@ -120,14 +119,12 @@ export interface StateContext {
   newState: ConnectionState;
 }
 
-export interface ConnectedContext {
+/** The session a `welcome` opened: the same fields (without `type` and `id`). */
+export type Session = Omit<WelcomeFrame, "type" | "id">;
+
+/** The `connected` event: the node's URL and the session it opened. */
+export interface ConnectedContext extends Session {
   url: string;
-  sessionId: string;
-  node: string;
-  userId: string;
-  role: Role;
-  property: string;
-  heartbeatSeconds: number;
 }
 
 export interface ConnectingContext {
@@ -312,7 +309,7 @@ export class BellhopClient extends Emitter<ClientEvents> implements Subscription
   }
 
   /** The current connection's `welcome` (session, node, user), while connected. */
-  get session(): Omit<WelcomeFrame, "type" | "id"> | undefined {
+  get session(): Session | undefined {
     if (this.#state !== "connected" || !this.#conn?.welcome) return undefined;
     const { type: _t, id: _i, ...rest } = this.#conn.welcome;
     return rest;

@@ -15,6 +15,7 @@ export type {
   ReconnectingContext,
   ReconnectOptions,
   RetryContext,
+  Session,
   StateContext,
   WebSocketConstructor,
   WebSocketLike,
