@@ -16,7 +16,7 @@
 import exec from 'k6/execution';
 import { check } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { connect, send, token, offsetLess, runId, protocolErrors } from './lib.js';
+import { connect, send, token, offsetLess, runId, protocolErrors, oncePerVu, deliveryOptions } from './lib.js';
 
 const ROOMS = Number(__ENV.ROOMS || 50);
 const ROOM_SIZE = Number(__ENV.ROOM_SIZE || 4);
@@ -31,24 +31,13 @@ const ackTime = new Trend('publish_ack_ms', true);
 const success = new Rate('delivery_success');
 const disorder = new Counter('order_violations');
 
-export const options = {
-  scenarios: {
-    chat: {
-      executor: 'per-vu-iterations',
-      vus: ROOMS * ROOM_SIZE,
-      iterations: 1,
-      maxDuration: `${Math.ceil((JOIN_TIMEOUT_MS + GRACE_MS) / 1000 + DURATION + 30)}s`,
-    },
-  },
-  thresholds: {
-    chat_delivery_ms: ['p(99)<200'],
-    delivery_success: ['rate>0.999'],
-    protocol_errors: ['count==0'],
-    order_violations: ['count==0'],
-    checks: ['rate==1'],
-  },
-  summaryTrendStats: ['min', 'med', 'p(95)', 'p(99)', 'max', 'count'],
-};
+export const options = deliveryOptions(
+  oncePerVu(
+    { chat: ['default', ROOMS * ROOM_SIZE] },
+    `${Math.ceil((JOIN_TIMEOUT_MS + GRACE_MS) / 1000 + DURATION + 30)}s`,
+  ),
+  { chat_delivery_ms: ['p(99)<200'], order_violations: ['count==0'] },
+);
 
 export function setup() {
   return { run: runId() };

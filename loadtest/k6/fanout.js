@@ -14,7 +14,7 @@
 import exec from 'k6/execution';
 import { check } from 'k6';
 import { Counter, Rate, Trend } from 'k6/metrics';
-import { connect, send, token, offsetLess, runId, protocolErrors } from './lib.js';
+import { connect, send, token, offsetLess, runId, protocolErrors, oncePerVu, deliveryOptions } from './lib.js';
 
 const SUBSCRIBERS = Number(__ENV.SUBSCRIBERS || 200);
 const RATE = Number(__ENV.RATE || 10); // events per second
@@ -29,26 +29,10 @@ const ackTime = new Trend('publish_ack_ms', true);
 const success = new Rate('delivery_success');
 const disorder = new Counter('order_violations');
 
-export const options = {
-  scenarios: {
-    subscribers: {
-      executor: 'per-vu-iterations', exec: 'subscriber', vus: SUBSCRIBERS, iterations: 1,
-      maxDuration: MAX_DURATION,
-    },
-    publisher: {
-      executor: 'per-vu-iterations', exec: 'publisher', vus: 1, iterations: 1,
-      maxDuration: MAX_DURATION,
-    },
-  },
-  thresholds: {
-    event_delivery_ms: ['p(99)<500'],
-    delivery_success: ['rate>0.999'],
-    protocol_errors: ['count==0'],
-    order_violations: ['count==0'],
-    checks: ['rate==1'],
-  },
-  summaryTrendStats: ['min', 'med', 'p(95)', 'p(99)', 'max', 'count'],
-};
+export const options = deliveryOptions(
+  oncePerVu({ subscribers: ['subscriber', SUBSCRIBERS], publisher: ['publisher', 1] }, MAX_DURATION),
+  { event_delivery_ms: ['p(99)<500'], order_violations: ['count==0'] },
+);
 
 export function setup() {
   const run = runId();

@@ -61,3 +61,27 @@ export function offsetLess(a, b) {
 export function runId() {
   return `${Date.now().toString(36)}${Math.floor(Math.random() * 1296).toString(36)}`;
 }
+
+// Scenarios in which every VU runs its function once: `groups` maps a scenario's name to
+// [the exported function it runs, how many VUs], each ending by `maxDuration` at the latest.
+export function oncePerVu(groups, maxDuration) {
+  return Object.fromEntries(Object.entries(groups).map(([name, [fn, vus]]) => [
+    name,
+    { executor: 'per-vu-iterations', exec: fn, vus, iterations: 1, maxDuration },
+  ]));
+}
+
+// The thresholds every delivery scenario shares (no lost, duplicate or out-of-order message, no
+// protocol error, every check passed), plus its own; and the summary statistics reported.
+export function deliveryOptions(scenarios, thresholds) {
+  return {
+    scenarios,
+    thresholds: {
+      delivery_success: ['rate>0.999'],
+      protocol_errors: ['count==0'],
+      checks: ['rate==1'],
+      ...thresholds,
+    },
+    summaryTrendStats: ['min', 'med', 'p(95)', 'p(99)', 'max', 'count'],
+  };
+}
