@@ -328,23 +328,6 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     fn live_healthy(&self) -> bool {
         true
     }
-
-    /// Announces that `subject` (a client address) is banned for `ttl` to every node sharing
-    /// this broker, so each enforces it. The embedded broker serves one node: nothing to share.
-    async fn ban(&self, _subject: &str, _ttl: Duration) -> Result<(), BrokerError> {
-        Ok(())
-    }
-
-    /// The bans announced by any node that are still in force, with the time each has left.
-    async fn bans(&self) -> Result<Vec<(String, Duration)>, BrokerError> {
-        Ok(Vec::new())
-    }
-
-    /// Bans as other nodes announce them (subject, time left); `None` when the backend shares
-    /// none. A receiver that lags misses some: callers also poll [`Broker::bans`].
-    fn ban_feed(&self) -> Option<tokio::sync::broadcast::Receiver<(String, Duration)>> {
-        None
-    }
 }
 
 #[cfg(test)]

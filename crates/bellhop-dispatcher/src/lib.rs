@@ -8,11 +8,13 @@
 //! broken Redis makes publishes fail fast instead of piling up behind call timeouts.
 //!
 //! Service requests ([`requests`]) are a workflow on top: lifecycle, department routing and
-//! escalation, with their own store ([`requests::RequestStore`]) beside the broker.
+//! escalation, with their own store ([`requests::RequestStore`]) beside the broker; client-address
+//! bans shared between nodes have theirs too ([`BanStore`]).
 //!
 //! Architecture invariant: this crate knows nothing of WebSockets, HTTP or sessions. It speaks in
 //! channel keys, envelopes and offsets.
 
+mod bans;
 pub mod breaker;
 mod broker;
 mod dispatcher;
@@ -21,6 +23,7 @@ pub mod queue;
 mod redis;
 pub mod requests;
 
+pub use bans::BanStore;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use broker::{
     Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, ReadResult, StoredMessage,

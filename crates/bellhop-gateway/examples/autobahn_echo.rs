@@ -40,8 +40,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.rate_limits.frames_per_second = 1_000_000;
     config.rate_limits.ban_threshold = 1_000_000;
     let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
-    let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-    let gateway = Gateway::bind(config, dispatcher).await?;
+    let dispatcher = Arc::new(Dispatcher::new(broker.clone(), DispatcherConfig::default()));
+    let gateway = Gateway::bind(config, dispatcher, broker).await?;
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let claims = Claims {

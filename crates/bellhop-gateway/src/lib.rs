@@ -12,8 +12,9 @@
 //! use bellhop_gateway::{Gateway, GatewayConfig};
 //!
 //! let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
-//! let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-//! let gateway = Gateway::bind(GatewayConfig::new("secret"), dispatcher).await?;
+//! let dispatcher = Arc::new(Dispatcher::new(broker.clone(), DispatcherConfig::default()));
+//! // The broker is also where bans are shared (the embedded one: with nobody).
+//! let gateway = Gateway::bind(GatewayConfig::new("secret"), dispatcher, broker).await?;
 //! println!("listening on {}", gateway.local_addr());
 //! gateway.shutdown().await; // what SIGTERM does
 //! # Ok(()) }
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bellhop_dispatcher::requests::Requests;
-use bellhop_dispatcher::Dispatcher;
+use bellhop_dispatcher::{BanStore, Dispatcher};
 use bellhop_protocol::close;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -112,14 +113,18 @@ pub struct Gateway {
 impl Gateway {
     /// Validates the configuration, loads the TLS certificate (if enabled), binds both ports and
     /// starts serving.
+    /// `bans`: where the node shares the client addresses it bans with the other nodes (the
+    /// broker's backend: [`bellhop_dispatcher::RedisBroker`], or the embedded broker, which shares
+    /// with nobody).
     /// Service requests live in this node's memory: see [`Gateway::bind_with_requests`].
     pub async fn bind(
         config: GatewayConfig,
         dispatcher: Arc<Dispatcher>,
+        bans: Arc<dyn BanStore>,
     ) -> Result<Gateway, BindError> {
         config.validate().map_err(BindError::Config)?;
         let requests = node::default_requests(&config, &dispatcher);
-        Gateway::bind_with_requests(config, dispatcher, requests).await
+        Gateway::bind_with_requests(config, dispatcher, requests, bans).await
     }
 
     /// [`Gateway::bind`] with the service request workflow given (its store shared with the
@@ -128,6 +133,7 @@ impl Gateway {
         config: GatewayConfig,
         dispatcher: Arc<Dispatcher>,
         requests: Arc<Requests>,
+        bans: Arc<dyn BanStore>,
     ) -> Result<Gateway, BindError> {
         config.validate().map_err(BindError::Config)?;
         let verifier =
@@ -138,6 +144,7 @@ impl Gateway {
             dispatcher,
             verifier.clone(),
             requests,
+            bans,
         ));
         let config = &node.config;
         // The certificate first: a bad file should stop the node before it takes its ports.
@@ -200,7 +207,7 @@ impl Gateway {
                 n.sync_bans().await;
             }
         }));
-        if let Some(mut feed) = node.dispatcher.broker().ban_feed() {
+        if let Some(mut feed) = node.bans.feed() {
             let n = node.clone();
             housekeeping.push(tokio::spawn(async move {
                 use tokio::sync::broadcast::error::RecvError;

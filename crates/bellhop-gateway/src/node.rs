@@ -10,7 +10,8 @@ use bellhop_dispatcher::requests::{
     self, Actor, MemoryRequestStore, RequestError as WorkflowError, Requests, RequestsConfig,
 };
 use bellhop_dispatcher::{
-    BreakerState, BrokerError, ChannelKey, Dispatcher, Publish, PublishError,
+    BanStore, BreakerState, BrokerError, ChannelKey, Dispatcher, MemoryBroker, MemoryConfig,
+    Publish, PublishError,
 };
 use bellhop_protocol::validate::{self, ValidationError};
 use bellhop_protocol::{Channel, Envelope, ErrorCode, HistoryEntry, Offset, PublishFrame, Sender};
@@ -138,6 +139,8 @@ pub(crate) struct Node {
     pub(crate) ready: AtomicBool,
     /// Rate limiters, bans and per-user connection counts.
     pub(crate) limits: crate::limits::Limits,
+    /// Where this node shares its bans with the other nodes and learns theirs.
+    pub(crate) bans: Arc<dyn BanStore>,
     /// Byte budgets, guest emergencies, typing and presence notice coalescing.
     pub(crate) fairness: crate::fairness::Fairness,
     /// The service request workflow (lifecycle, routing, escalation), in the dispatcher.
@@ -145,7 +148,8 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// A node whose service requests live in this node's memory (the session tests use it).
+    /// A node alone: its service requests live in its memory and its bans are its own (the
+    /// session tests use it).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(
         config: GatewayConfig,
@@ -153,7 +157,8 @@ impl Node {
         verifier: Arc<Verifier>,
     ) -> Self {
         let requests = default_requests(&config, &dispatcher);
-        Node::with_requests(config, dispatcher, verifier, requests)
+        let bans = Arc::new(MemoryBroker::new(MemoryConfig::default()));
+        Node::with_requests(config, dispatcher, verifier, requests, bans)
     }
 
     pub(crate) fn with_requests(
@@ -161,6 +166,7 @@ impl Node {
         dispatcher: Arc<Dispatcher>,
         verifier: Arc<Verifier>,
         requests: Arc<Requests>,
+        bans: Arc<dyn BanStore>,
     ) -> Self {
         let metrics = Metrics::new(&config.node_id);
         metrics
@@ -182,6 +188,7 @@ impl Node {
             next_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
             limits: crate::limits::Limits::new(config.rate_limits.clone()),
+            bans,
             fairness: crate::fairness::Fairness::new(config.hotel.clone()),
             requests,
             config,
@@ -191,10 +198,10 @@ impl Node {
     /// Shares a ban this node decided with every node on the same broker (in the background:
     /// the refusal does not wait for Redis).
     pub(crate) fn announce_ban(&self, ip: std::net::IpAddr) {
-        let broker = self.dispatcher.broker().clone();
+        let bans = self.bans.clone();
         let ttl = self.config.rate_limits.ban_duration;
         tokio::spawn(async move {
-            if let Err(error) = broker.ban(&ip.to_string(), ttl).await {
+            if let Err(error) = bans.ban(&ip.to_string(), ttl).await {
                 tracing::warn!(%ip, %error, "could not share a ban with the other nodes");
             }
         });
@@ -202,7 +209,7 @@ impl Node {
 
     /// Applies the bans other nodes announced that are still in force.
     pub(crate) async fn sync_bans(&self) {
-        match self.dispatcher.broker().bans().await {
+        match self.bans.bans().await {
             Ok(bans) => {
                 for (subject, left) in bans {
                     self.apply_ban(&subject, left);

@@ -449,8 +449,8 @@ async fn a_bad_certificate_stops_the_node_from_starting() {
         let mut c = config();
         c.tls = Some(tls);
         let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
-        let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-        Gateway::bind(c, dispatcher)
+        let dispatcher = Arc::new(Dispatcher::new(broker.clone(), DispatcherConfig::default()));
+        Gateway::bind(c, dispatcher, broker)
             .await
             .map(|_| ())
             .unwrap_err()

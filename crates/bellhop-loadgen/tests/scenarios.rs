@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bellhop_dispatcher::{
-    Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig,
+    BanStore, Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig, RedisBroker,
+    RedisConfig,
 };
 use bellhop_gateway::{Gateway, GatewayConfig};
 use bellhop_loadgen::scenarios::{self, Target};
@@ -33,8 +34,11 @@ struct Node {
 }
 
 async fn node(backend: Backend) -> Node {
-    let (broker, redis): (Arc<dyn Broker>, _) = match backend {
-        Backend::Memory => (Arc::new(MemoryBroker::new(MemoryConfig::default())), None),
+    let (broker, bans, redis): (Arc<dyn Broker>, Arc<dyn BanStore>, _) = match backend {
+        Backend::Memory => {
+            let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
+            (broker.clone(), broker, None)
+        }
         Backend::Redis => {
             let server = RedisServer::start().await;
             let broker = RedisBroker::connect(RedisConfig {
@@ -43,7 +47,8 @@ async fn node(backend: Backend) -> Node {
             })
             .await
             .expect("redis broker connects");
-            (Arc::new(broker), Some(server))
+            let broker = Arc::new(broker);
+            (broker.clone(), broker, Some(server))
         }
     };
     let mut c = GatewayConfig::new(SECRET.as_bytes().to_vec());
@@ -58,7 +63,9 @@ async fn node(backend: Backend) -> Node {
     c.edge.max_pending = 1_000_000;
     c.hotel.publish_bytes_per_user_per_minute = u32::MAX;
     let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-    let gateway = Gateway::bind(c, dispatcher).await.expect("gateway binds");
+    let gateway = Gateway::bind(c, dispatcher, bans)
+        .await
+        .expect("gateway binds");
     Node {
         gateway,
         _redis: redis,

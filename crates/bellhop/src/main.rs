@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bellhop_dispatcher::requests::{MemoryRequestStore, RedisRequestStore, RequestStore, Requests};
-use bellhop_dispatcher::{Broker, Dispatcher, DispatcherConfig, MemoryBroker, RedisBroker};
+use bellhop_dispatcher::{
+    BanStore, Broker, Dispatcher, DispatcherConfig, MemoryBroker, RedisBroker,
+};
 use bellhop_gateway::auth::{Audience, Claims, TokenSigner};
 use bellhop_gateway::Gateway;
 use bellhop_gateway::JwtAlgorithm;
@@ -294,25 +296,32 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
             "SSL_CERT_PATH or SSL_KEY_PATH is set but SSL_ENABLED is not true: the main port serves plain ws/http"
         );
     }
-    let (broker, backend, store): (Arc<dyn Broker>, &str, Arc<dyn RequestStore>) =
-        match &settings.broker {
-            BrokerSettings::Embedded(config) => {
-                let memory = Arc::new(MemoryBroker::new(config.clone()));
-                memory.spawn_sweeper(Duration::from_secs(60));
-                let store = Arc::new(MemoryRequestStore::new(config.retention));
-                (memory, "embedded", store)
-            }
-            BrokerSettings::Redis(config) => {
-                let cannot = || format!("cannot use Redis at {}", config.redacted_url());
-                let redis = RedisBroker::connect(config.as_ref().clone())
-                    .await
-                    .with_context(cannot)?;
-                let store = RedisRequestStore::connect(config)
-                    .await
-                    .with_context(cannot)?;
-                (Arc::new(redis), "redis", Arc::new(store))
-            }
-        };
+    // The backend stores messages, service requests and the bans the nodes share.
+    type Backend = (
+        Arc<dyn Broker>,
+        Arc<dyn BanStore>,
+        &'static str,
+        Arc<dyn RequestStore>,
+    );
+    let (broker, bans, backend, store): Backend = match &settings.broker {
+        BrokerSettings::Embedded(config) => {
+            let memory = Arc::new(MemoryBroker::new(config.clone()));
+            memory.spawn_sweeper(Duration::from_secs(60));
+            let store = Arc::new(MemoryRequestStore::new(config.retention));
+            (memory.clone(), memory, "embedded", store)
+        }
+        BrokerSettings::Redis(config) => {
+            let cannot = || format!("cannot use Redis at {}", config.redacted_url());
+            let redis = RedisBroker::connect(config.as_ref().clone())
+                .await
+                .with_context(cannot)?;
+            let store = RedisRequestStore::connect(config)
+                .await
+                .with_context(cannot)?;
+            let redis = Arc::new(redis);
+            (redis.clone(), redis, "redis", Arc::new(store))
+        }
+    };
     let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
     if backend == "redis" {
         watch_live_delivery(dispatcher.clone());
@@ -321,7 +330,7 @@ async fn serve(settings: settings::ServeSettings) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     // The error names what failed: the address that could not be bound, or the TLS file.
     let gateway =
-        Gateway::bind_with_requests(settings.gateway.clone(), dispatcher, requests).await?;
+        Gateway::bind_with_requests(settings.gateway.clone(), dispatcher, requests, bans).await?;
     let addr = gateway.local_addr();
     let host = if addr.ip().is_unspecified() {
         "127.0.0.1".to_string()

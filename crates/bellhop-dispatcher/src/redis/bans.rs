@@ -8,9 +8,28 @@ use std::time::Duration;
 use fred::prelude::{ClientLike, Value};
 use fred::types::{ClusterHash, CustomCommand};
 
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
 use super::replies::malformed;
-use super::Inner;
+use super::{Inner, RedisBroker};
+use crate::bans::BanStore;
 use crate::broker::BrokerError;
+
+#[async_trait]
+impl BanStore for RedisBroker {
+    async fn ban(&self, subject: &str, ttl: Duration) -> Result<(), BrokerError> {
+        self.inner.ban(subject, ttl).await
+    }
+
+    async fn bans(&self) -> Result<Vec<(String, Duration)>, BrokerError> {
+        self.inner.bans().await
+    }
+
+    fn feed(&self) -> Option<broadcast::Receiver<(String, Duration)>> {
+        Some(self.inner.ban_tx.subscribe())
+    }
+}
 
 impl Inner {
     /// Bans `subject` for `ttl` (a longer ban in place is kept) and announces it to every node.

@@ -460,18 +460,6 @@ impl Broker for RedisBroker {
         replies::mark(inner.eval(&inner.keys(key), args).await?)
     }
 
-    async fn ban(&self, subject: &str, ttl: Duration) -> Result<(), BrokerError> {
-        self.inner.ban(subject, ttl).await
-    }
-
-    async fn bans(&self) -> Result<Vec<(String, Duration)>, BrokerError> {
-        self.inner.bans().await
-    }
-
-    fn ban_feed(&self) -> Option<broadcast::Receiver<(String, Duration)>> {
-        Some(self.inner.ban_tx.subscribe())
-    }
-
     fn live_healthy(&self) -> bool {
         self.subscriber_healthy()
     }

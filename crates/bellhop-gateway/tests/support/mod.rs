@@ -51,7 +51,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bellhop_dispatcher::{
-    Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig,
+    BanStore, Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig, RedisBroker,
+    RedisConfig,
 };
 use bellhop_gateway::auth::{mint, Claims};
 use bellhop_gateway::{Gateway, GatewayConfig, TlsConfig};
@@ -105,7 +106,7 @@ pub struct TlsFixture {
 }
 
 /// A Redis broker on `server`, as a node would connect to it.
-pub async fn redis_broker(server: &RedisServer) -> Arc<dyn Broker> {
+pub async fn redis_broker(server: &RedisServer) -> Arc<RedisBroker> {
     let config = RedisConfig {
         url: server.url(),
         ..RedisConfig::default()
@@ -119,12 +120,12 @@ pub async fn redis_broker(server: &RedisServer) -> Arc<dyn Broker> {
 
 /// A broker on the shared Redis Cluster under a key prefix no other test uses: brokers made
 /// with the same `prefix` share data, as a deployment's nodes do.
-pub async fn cluster_broker(prefix: &str) -> Arc<dyn Broker> {
+pub async fn cluster_broker(prefix: &str) -> Arc<RedisBroker> {
     cluster_broker_on(RedisCluster::shared().await, prefix).await
 }
 
 /// A broker on `cluster` under `prefix`.
-pub async fn cluster_broker_on(cluster: &RedisCluster, prefix: &str) -> Arc<dyn Broker> {
+pub async fn cluster_broker_on(cluster: &RedisCluster, prefix: &str) -> Arc<RedisBroker> {
     let config = RedisConfig {
         url: cluster.url(),
         cluster: true,
@@ -216,14 +217,19 @@ impl TestNode {
         }
     }
 
-    pub async fn start_on(
-        broker: Arc<dyn Broker>,
+    /// A node on `broker`, which is also where it shares its bans.
+    pub async fn start_on<B: Broker + BanStore + 'static>(
+        broker: Arc<B>,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> TestNode {
         let mut c = config();
         tweak(&mut c);
+        let bans: Arc<dyn BanStore> = broker.clone();
+        let broker: Arc<dyn Broker> = broker;
         let dispatcher = Arc::new(Dispatcher::new(broker.clone(), DispatcherConfig::default()));
-        let gateway = Gateway::bind(c, dispatcher).await.expect("gateway binds");
+        let gateway = Gateway::bind(c, dispatcher, bans)
+            .await
+            .expect("gateway binds");
         TestNode {
             addr: gateway.local_addr(),
             admin: gateway.admin_addr().expect("admin enabled"),
@@ -243,7 +249,7 @@ impl TestNode {
         let dir = CertDir::new(&ca, &first);
         let mut tls = TlsConfig::new(dir.cert_path(), dir.key_path());
         tls.reload_interval = None;
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(MemoryConfig::default()));
+        let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
         let mut node = Self::start_on(broker, |c| {
             c.tls = Some(tls);
             tweak(c);
@@ -823,6 +829,9 @@ impl FaultyBroker {
         })
     }
 }
+
+/// Shares no bans, as the embedded broker.
+impl BanStore for FaultyBroker {}
 
 #[async_trait::async_trait]
 impl Broker for FaultyBroker {
