@@ -3,7 +3,6 @@
 //! node refused turned into its status and the reason it gave. Used by [`crate::Client`] and by
 //! `bellhop connect`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -13,6 +12,9 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// An open WebSocket to a node.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A TLS client configuration that trusts exactly the CA certificates in a PEM file.
+pub use bellhop_tls::{trusting, CaFileError};
 
 /// Most bytes of a refusal's body shown: the server's reason is one short JSON object.
 const MAX_REASON_BYTES: usize = 512;
@@ -39,29 +41,6 @@ pub enum OpenError {
     /// Anything else: DNS, TCP, TLS, the WebSocket handshake.
     #[error(transparent)]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
-}
-
-/// A TLS client configuration that trusts exactly the CA certificates in the PEM file `path`.
-pub fn trusting(path: &Path) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: cannot read PEM certificates: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!(
-            "{}: no usable CA certificate in it",
-            path.display()
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// `401 Unauthorized`: the code and its reason phrase.

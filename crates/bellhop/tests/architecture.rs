@@ -122,14 +122,16 @@ fn only_the_gateway_serves_http_and_only_known_clients_speak_websocket() {
 #[test]
 fn rustls_is_for_serving_tls_and_for_tls_clients_only() {
     let all = normal_dependencies();
-    // The gateway terminates TLS; the dispatcher builds the Redis client's TLS config; the CLI,
-    // the SDK and the test kit are TLS clients. The protocol crate and the load generator's
+    // The gateway terminates TLS; bellhop-tls builds the clients' TLS configurations (the
+    // dispatcher's Redis client, the SDK's, the CLI's); the CLI, the SDK and the test kit are TLS
+    // clients. The protocol crate and the load generator's
     // library code never touch it.
     let allowed = set(&[
         "bellhop-gateway",
         "bellhop-dispatcher",
         "bellhop",
         "bellhop-client",
+        "bellhop-tls",
         "bellhop-testkit",
     ]);
     let users = users_of(&all, "rustls");
@@ -147,5 +149,41 @@ fn the_test_kit_is_never_a_product_dependency() {
         users_of(&all, "bellhop-testkit"),
         BTreeSet::new(),
         "bellhop-testkit may only be a dev-dependency"
+    );
+}
+
+/// The workspace's own crates among `name`'s normal dependencies.
+fn bellhop_dependencies(all: &BTreeMap<String, BTreeSet<String>>, name: &str) -> BTreeSet<String> {
+    all[name]
+        .iter()
+        .filter(|d| all.contains_key(*d))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_client_sdk_depends_on_the_protocol_and_the_tls_helper_only() {
+    let all = normal_dependencies();
+    assert_eq!(
+        bellhop_dependencies(&all, "bellhop-client"),
+        set(&["bellhop-protocol", "bellhop-tls"]),
+        "the SDK is a client of the product: never the gateway or the dispatcher"
+    );
+}
+
+#[test]
+fn the_tls_helper_is_a_leaf_that_only_knows_rustls() {
+    let all = normal_dependencies();
+    assert_eq!(bellhop_dependencies(&all, "bellhop-tls"), BTreeSet::new());
+    for io in ["tokio", "hyper", "tokio-tungstenite", "fred"] {
+        assert!(
+            !all["bellhop-tls"].contains(io),
+            "bellhop-tls builds TLS client configurations only, but depends on {io}"
+        );
+    }
+    assert_eq!(
+        users_of(&all, "bellhop-tls"),
+        set(&["bellhop-dispatcher", "bellhop-client"]),
+        "one CA-file helper, for the Redis client and the SDK (and through it the CLI)"
     );
 }

@@ -1,10 +1,8 @@
 //! Connecting to Redis: the client configuration for one server or a cluster ([`fred_config`]),
-//! TLS trusting a given CA file, the client with its timeouts and reconnect policy
+//! TLS trusting a given CA file (`bellhop_tls`), the client with its timeouts and reconnect policy
 //! ([`build_client`]), and the mapping of client errors to [`BrokerError`] (`Unavailable` when a
 //! retry can help) in words an operator reads. Shared by the broker and the request store.
 
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{
@@ -120,33 +118,11 @@ pub(crate) fn fred_config(config: &RedisConfig) -> Result<FredConfig, BrokerErro
         fred_config
     };
     if let Some(path) = &config.tls_ca_path {
-        fred_config.tls = Some(TlsConnector::from(tls_client_config(path)?).into());
+        let tls = bellhop_tls::trusting(path)
+            .map_err(|e| BrokerError::Internal(format!("REDIS_TLS_CA_PATH {e}")))?;
+        fred_config.tls = Some(TlsConnector::from(tls).into());
     }
     Ok(fred_config)
-}
-
-/// A TLS client configuration trusting only the certificate authorities in the PEM file at
-/// `path`: TLS 1.3 and 1.2, rustls's safe defaults, no client certificate.
-fn tls_client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, BrokerError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let unreadable = |e: &dyn fmt::Display| {
-        BrokerError::Internal(format!("REDIS_TLS_CA_PATH {}: {e}", path.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
-        let cert = cert.map_err(|e| unreadable(&e))?;
-        roots.add(cert).map_err(|e| unreadable(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(unreadable(&"no certificate in the file"));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| unreadable(&e))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// A client for `config` that tries a command `attempts` times and buffers `events_buffer`
