@@ -492,11 +492,59 @@ fn color(s: System) -> RGBColor {
     }
 }
 
+/// A chart's lines, one per system: `(x, y)` points in the system's colour.
+type Series = Vec<(System, Vec<(f64, f64)>)>;
+
+/// The largest x and y of any point (at least 1, so an empty chart still has axes).
+fn extent(series: &Series) -> (f64, f64) {
+    let max = |pick: fn(&(f64, f64)) -> f64| {
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(pick))
+            .fold(1.0, f64::max)
+    };
+    (max(|p| p.0), max(|p| p.1))
+}
+
+/// Whether each measured point is marked on its line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Marks {
+    Lines,
+    LinesAndPoints,
+}
+
+/// Draws each system's line (and its points, with [`Marks::LinesAndPoints`]) and the legend.
+fn draw_lines<'a, CT>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    series: &Series,
+    marks: Marks,
+) -> anyhow::Result<()>
+where
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    for (s, pts) in series {
+        let c = color(*s);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+            .label(s.label())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        if marks == Marks::LinesAndPoints {
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    Ok(())
+}
+
 /// Draws `fanout-latency.svg` and `idle-rss.svg` into `dir`.
 pub fn charts(report: &Report, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     // p99 over deliveries/s.
-    let series: Vec<(System, Vec<(f64, f64)>)> = ORDER
+    let series: Series = ORDER
         .iter()
         .filter_map(|s| {
             let f = get(report, *s)?.fanout.as_ref()?;
@@ -514,14 +562,7 @@ pub fn charts(report: &Report, dir: &Path) -> anyhow::Result<()> {
             Some((*s, pts))
         })
         .collect();
-    let max_x = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
-        .fold(1.0, f64::max);
-    let max_y = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
-        .fold(1.0, f64::max);
+    let (max_x, max_y) = extent(&series);
     {
         let path = dir.join("fanout-latency.svg");
         let root = SVGBackend::new(&path, (800, 480)).into_drawing_area();
@@ -537,25 +578,11 @@ pub fn charts(report: &Report, dir: &Path) -> anyhow::Result<()> {
             .x_desc("deliveries per second (thousands)")
             .y_desc("p99 latency (ms, log)")
             .draw()?;
-        for (s, pts) in &series {
-            let c = color(*s);
-            chart
-                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-                .label(s.label())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .draw()?;
+        draw_lines(&mut chart, &series, Marks::LinesAndPoints)?;
         root.present()?;
     }
     // RSS over connections.
-    let series: Vec<(System, Vec<(f64, f64)>)> = ORDER
+    let series: Series = ORDER
         .iter()
         .filter_map(|s| {
             let i = get(report, *s)?.idle.as_ref()?;
@@ -567,14 +594,7 @@ pub fn charts(report: &Report, dir: &Path) -> anyhow::Result<()> {
             Some((*s, pts))
         })
         .collect();
-    let max_x = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(x, _)| *x))
-        .fold(1.0, f64::max);
-    let max_y = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|(_, y)| *y))
-        .fold(1.0, f64::max);
+    let (max_x, max_y) = extent(&series);
     let path = dir.join("idle-rss.svg");
     let root = SVGBackend::new(&path, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -592,18 +612,7 @@ pub fn charts(report: &Report, dir: &Path) -> anyhow::Result<()> {
         .x_desc("open connections (each subscribed to 2 channels)")
         .y_desc("server RSS (MiB)")
         .draw()?;
-    for (s, pts) in &series {
-        let c = color(*s);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-            .label(s.label())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+    draw_lines(&mut chart, &series, Marks::Lines)?;
     root.present()?;
     Ok(())
 }
