@@ -12,6 +12,17 @@ local function fields(key)
   return redis.call('HMGET', key, 'doc', 'v', 'level', 'esc')
 end
 
+-- Sets when request `id`'s next escalation is due in the due set `due_key` ('' or false: it has
+-- none, so it leaves the set); the set lives `retention` ms after its last change.
+local function schedule(due_key, id, due, retention)
+  if due and due ~= '' then
+    redis.call('ZADD', due_key, tonumber(due), id)
+    redis.call('PEXPIRE', due_key, tonumber(retention))
+  else
+    redis.call('ZREM', due_key, id)
+  end
+end
+
 if op == 'insert' then
   -- KEYS: hash, all, due. ARGV: op, id, doc, status, dept, room, opened, due|'', retention, now
   if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -24,10 +35,7 @@ if op == 'insert' then
   redis.call('ZADD', KEYS[2], tonumber(ARGV[7]), ARGV[2])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[10]) - retention))
   redis.call('PEXPIRE', KEYS[2], retention)
-  if ARGV[8] ~= '' then
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[8]), ARGV[2])
-    redis.call('PEXPIRE', KEYS[3], retention)
-  end
+  schedule(KEYS[3], ARGV[2], ARGV[8], retention)
   return 1
 elseif op == 'get' then
   -- KEYS: hash.
@@ -40,12 +48,7 @@ elseif op == 'replace' then
   end
   redis.call('HSET', KEYS[1], 'doc', ARGV[4], 'status', ARGV[5])
   redis.call('HINCRBY', KEYS[1], 'v', 1)
-  if ARGV[6] ~= '' then
-    redis.call('ZADD', KEYS[2], tonumber(ARGV[6]), ARGV[2])
-    redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]))
-  else
-    redis.call('ZREM', KEYS[2], ARGV[2])
-  end
+  schedule(KEYS[2], ARGV[2], ARGV[6], ARGV[7])
   return 1
 elseif op == 'list' then
   -- KEYS: all. ARGV: op, hash prefix, status|'', dept|'', room|'', limit, now, retention
@@ -97,12 +100,9 @@ elseif op == 'confirm' then
     redis.call('HSET', KEYS[1], 'level', level, 'esc', ARGV[4])
     redis.call('HINCRBY', KEYS[1], 'v', 1)
   end
-  if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'status') == 'open' then
-    redis.call('ZADD', KEYS[2], tonumber(ARGV[5]), ARGV[2])
-    redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
-  else
-    redis.call('ZREM', KEYS[2], ARGV[2])
-  end
+  -- Only an open request escalates again.
+  schedule(KEYS[2], ARGV[2], redis.call('HGET', KEYS[1], 'status') == 'open' and ARGV[5],
+    ARGV[6])
   return 1
 elseif op == 'padd' then
   -- KEYS: the set of properties with requests. ARGV: op, property, retention
