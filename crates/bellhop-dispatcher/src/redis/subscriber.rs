@@ -145,6 +145,18 @@ fn by_slot(channels: Vec<String>) -> HashMap<u16, Vec<String>> {
     by_slot
 }
 
+/// Makes `call` for `channels` in chunks of [`SUBSCRIBE_CHUNK`], one after the other.
+async fn in_chunks<F, Fut>(channels: &[String], call: F) -> Result<(), FredError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), FredError>>,
+{
+    for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+        call(chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
 /// `SUBSCRIBE`s `channels` and returns once Redis has processed it. fred resolves a `SUBSCRIBE`
 /// when it is written, not when Redis confirms it (the confirmations arrive out of band), so a
 /// publish on the command connection could still overtake it; a `PING` on the same connection is
@@ -156,9 +168,7 @@ pub(super) async fn subscribe_confirmed(
 ) -> Result<(), FredError> {
     if !cluster {
         // One command per chunk, all written before the one PING that confirms them.
-        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
-            subscriber.subscribe(chunk.to_vec()).await?;
-        }
+        in_chunks(&channels, |chunk| subscriber.subscribe(chunk)).await?;
         return subscriber.ping::<Value>(None).await.map(|_| ());
     }
     // Sharded pub/sub: one `SSUBSCRIBE` per slot (Redis refuses channels of several slots in one
@@ -191,10 +201,7 @@ async fn unsubscribe_live(
     channels: Vec<String>,
 ) -> Result<(), FredError> {
     if !cluster {
-        for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
-            subscriber.unsubscribe(chunk.to_vec()).await?;
-        }
-        return Ok(());
+        return in_chunks(&channels, |chunk| subscriber.unsubscribe(chunk)).await;
     }
     let calls = by_slot(channels)
         .into_values()
