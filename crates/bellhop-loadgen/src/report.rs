@@ -69,6 +69,20 @@ fn ms(v: f64) -> String {
         format!("{v:.0} ms")
     }
 }
+/// A ramp step's rate, throughput, latency and CPU cells: `publishes/s | deliveries/s | p50 |
+/// p99 | p99.9 | server CPU`.
+fn step_cells(st: &Step) -> String {
+    format!(
+        "{:.0} | {} | {} | {} | {} | {:.2}",
+        st.publish_rate,
+        per_s(st.deliveries_per_second),
+        ms(st.latency.p50_ms),
+        ms(st.latency.p99_ms),
+        ms(st.latency.p999_ms),
+        st.server_cores
+    )
+}
+
 fn per_s(v: f64) -> String {
     if v >= 10_000.0 {
         format!("{:.0}k/s", v / 1000.0)
@@ -378,15 +392,10 @@ pub fn markdown(report: &Report) -> String {
             for st in &f.steps {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     s.label(),
                     f.connected,
-                    st.publish_rate,
-                    per_s(st.deliveries_per_second),
-                    ms(st.latency.p50_ms),
-                    ms(st.latency.p99_ms),
-                    ms(st.latency.p999_ms),
-                    st.server_cores,
+                    step_cells(st),
                     cpu_per_delivery(st).map_or("—".to_owned(), us),
                     f.losses.lost,
                     f.losses.duplicated,
@@ -408,16 +417,11 @@ pub fn markdown(report: &Report) -> String {
             for st in &c.steps {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.0} MiB | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {:.0} MiB | {} | {} | {} | {} |",
                     s.label(),
                     c.topology,
                     c.connected,
-                    st.publish_rate,
-                    per_s(st.deliveries_per_second),
-                    ms(st.latency.p50_ms),
-                    ms(st.latency.p99_ms),
-                    ms(st.latency.p999_ms),
-                    st.server_cores,
+                    step_cells(st),
                     st.server_rss as f64 / 1048576.0,
                     c.losses.lost,
                     c.losses.duplicated,

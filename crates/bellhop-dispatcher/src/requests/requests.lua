@@ -12,6 +12,13 @@ local function fields(key)
   return redis.call('HMGET', key, 'doc', 'v', 'level', 'esc')
 end
 
+-- Appends the fields of the request at `key` to the reply `out`.
+local function append_fields(out, key)
+  for _, x in ipairs(fields(key)) do
+    out[#out + 1] = x
+  end
+end
+
 -- Sets when request `id`'s next escalation is due in the due set `due_key` ('' or false: it has
 -- none, so it leaves the set); the set lives `retention` ms after its last change.
 local function schedule(due_key, id, due, retention)
@@ -66,9 +73,7 @@ elseif op == 'list' then
       redis.call('ZREM', KEYS[1], id)
     elseif (ARGV[3] == '' or f[1] == ARGV[3]) and (ARGV[4] == '' or f[2] == ARGV[4])
         and (ARGV[5] == '' or f[3] == ARGV[5]) then
-      for _, x in ipairs(fields(key)) do
-        out[#out + 1] = x
-      end
+      append_fields(out, key)
     end
   end
   return out
@@ -83,9 +88,7 @@ elseif op == 'claim' then
       redis.call('ZREM', KEYS[1], id)
     else
       redis.call('ZADD', KEYS[1], tonumber(ARGV[4]), id)
-      for _, x in ipairs(fields(key)) do
-        out[#out + 1] = x
-      end
+      append_fields(out, key)
     end
   end
   return out
