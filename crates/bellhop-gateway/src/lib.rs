@@ -2,8 +2,9 @@
 //! authentication, the channel policy, each connection's outbound queue, the node's local fan-out
 //! hub, the HTTP API, metrics, health, and graceful drain.
 //!
-//! Architecture invariant: this is the only crate that knows hyper, tungstenite and rustls; it
-//! never touches a storage backend except through the dispatcher.
+//! Architecture invariant: this is the only crate that knows hyper and the only one that serves
+//! WebSockets and TLS (docs/ARCHITECTURE.md); it never touches a storage backend except through
+//! the dispatcher (its `Dispatcher`, `BanStore` and request store).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), bellhop_gateway::BindError> {
