@@ -16,7 +16,7 @@ use bellhop_dispatcher::{
     Broker, ChannelEvent, ChannelKey, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig,
     RedisBroker, RedisConfig, SubscriptionEvent,
 };
-use bellhop_protocol::{Channel, Envelope, Priority, Role, Sender};
+use bellhop_protocol::{Channel, Envelope, Priority, Role};
 use bellhop_testkit::RedisServer;
 use serde_json::json;
 use tokio::time::Instant;
@@ -49,16 +49,11 @@ fn envelope(channel: Channel, event: &str, payload: serde_json::Value, p: Priori
     Envelope {
         message_id: uuid::Uuid::new_v4().to_string(),
         event: event.into(),
-        namespace: "h1".into(),
-        channel,
         payload,
         timestamp: "2026-11-23T09:30:00.000Z".into(),
-        sender: Sender {
-            id: "g1".into(),
-            role: Role::Guest,
-        },
+        sender: bellhop_testkit::envelope::sender("g1", Role::Guest),
         priority: p,
-        correlation_id: None,
+        ..bellhop_testkit::envelope::chat("h1", channel, "")
     }
 }
 

@@ -219,18 +219,10 @@ async fn slow_peer_with_backlog(principal: Principal, stored: usize) -> (SlowPee
     let envelopes: Vec<_> = (0..stored)
         .map(|i| {
             Arc::new(bellhop_protocol::Envelope {
-                message_id: format!("m{i}"),
-                event: "CHAT_MESSAGE".into(),
-                namespace: "h1".into(),
-                channel: key.channel.clone(),
                 payload: serde_json::json!({ "n": i }),
                 timestamp: "2026-12-01T10:00:00.000Z".into(),
-                sender: bellhop_protocol::Sender {
-                    id: "g1".into(),
-                    role: Role::Guest,
-                },
-                priority: bellhop_protocol::Priority::Normal,
-                correlation_id: None,
+                sender: bellhop_testkit::envelope::sender("g1", Role::Guest),
+                ..bellhop_testkit::envelope::chat("h1", key.channel.clone(), &format!("m{i}"))
             })
         })
         .collect();
