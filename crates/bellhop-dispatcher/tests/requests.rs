@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use bellhop_dispatcher::requests::{
 };
 use bellhop_dispatcher::{
     Broker, ChannelEvent, ChannelKey, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig,
-    RedisBroker, RedisConfig, SubscriptionEvent,
+    RedisBroker, RedisConfig, Subscription, SubscriptionEvent,
 };
 use bellhop_protocol::{Channel, Envelope, Priority, Role};
 use bellhop_testkit::RedisServer;
@@ -314,6 +314,38 @@ async fn escalations(broker: &dyn Broker, channel: &str) -> HashMap<(String, u64
     counts
 }
 
+/// Waits until `sub` (on `channel` of `broker`) delivered `want` distinct `ESCALATION`s
+/// (request id, level), or until `deadline`: the checks after it say what is missing. After a
+/// gap it counts what the channel stores instead, as a subscriber that fell behind re-reads.
+async fn wait_escalations(
+    broker: &dyn Broker,
+    channel: &str,
+    sub: &mut Subscription,
+    want: usize,
+    deadline: Instant,
+) {
+    let mut seen = HashSet::new();
+    while seen.len() < want {
+        let Ok(event) = tokio::time::timeout_at(deadline, sub.recv()).await else {
+            return;
+        };
+        match event {
+            SubscriptionEvent::Event(ChannelEvent::Message(m))
+                if m.envelope.event == ESCALATION =>
+            {
+                let p = &m.envelope.payload;
+                seen.insert((
+                    p["requestId"].as_str().unwrap().to_owned(),
+                    p["level"].as_u64().unwrap(),
+                ));
+            }
+            SubscriptionEvent::Gap => seen.extend(escalations(broker, channel).await.into_keys()),
+            SubscriptionEvent::Closed => panic!("subscription to {channel} closed"),
+            SubscriptionEvent::Event(_) => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_on_redis_half_answered_escalate_exactly_the_other_half_per_level() {
     let redis = RedisServer::start().await;
@@ -358,6 +390,10 @@ async fn thousand_requests_half_answered(config: RedisConfig, backend: &str) {
         let requests = Requests::start(dispatcher, store, rc).unwrap();
         nodes.push((broker, requests));
     }
+    // Subscribed before the first request opens, so that no escalation goes unseen.
+    let watcher = &nodes[0].0;
+    let mut dept = watcher.subscribe(&key("dept:maintenance")).await.unwrap();
+    let mut mgmt = watcher.subscribe(&key("dept:management")).await.unwrap();
     let started = Instant::now();
     let opens = (0..N).map(|i| {
         let requests = nodes[i % 2].1.clone();
@@ -397,16 +433,19 @@ async fn thousand_requests_half_answered(config: RedisConfig, backend: &str) {
         "acknowledged in {acked_in:?}: too slow for the test"
     );
 
-    // Wait (with a deadline) until every unanswered request reached the last level in the store.
+    // Wait (with a deadline) for the ESCALATIONs of every unanswered request, to both levels on
+    // the department and to the last level on management.
     let deadline = started + Duration::from_secs(30);
     let broker = nodes[0].0.clone();
-    loop {
-        let counts = escalations(broker.as_ref(), "dept:maintenance").await;
-        if counts.len() >= N || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_escalations(broker.as_ref(), "dept:maintenance", &mut dept, N, deadline).await;
+    wait_escalations(
+        broker.as_ref(),
+        "dept:management",
+        &mut mgmt,
+        N / 2,
+        deadline,
+    )
+    .await;
     // Every unanswered request at level 3 and not due any more.
     for id in ids.iter().skip(1).step_by(2) {
         let r = nodes[0].1.get("h1", id).await.unwrap().unwrap();
