@@ -108,10 +108,19 @@ async def wedge(url, bellhop, pid):
     print(f"wedge: staff got {len(got)} frames in 10 s: history reply: {desc}; pong: {'yes' if pong else 'no'}")
 
 
+async def listener_and_guest(url, bellhop, listener, guest):
+    """A staff client (`listener`: its user and the channel it subscribes to) and a guest of a
+    room (`guest`: its user and room), both of h1."""
+    staff, channel = listener
+    s = await Client.connect(url, token(bellhop, "--sub", staff, "--role", "staff", "--prop", "h1", "--depts", "housekeeping"))
+    await s.request({"type": "subscribe", "channel": channel})
+    user, room = guest
+    g = await Client.connect(url, token(bellhop, "--sub", user, "--role", "guest", "--prop", "h1", "--rooms", room))
+    return s, g
+
+
 async def typing(url, bellhop, pid):
-    s = await Client.connect(url, token(bellhop, "--sub", "st", "--role", "staff", "--prop", "h1", "--depts", "housekeeping"))
-    await s.request({"type": "subscribe", "channel": "room:902"})
-    g = await Client.connect(url, token(bellhop, "--sub", "gt", "--role", "guest", "--prop", "h1", "--rooms", "902"))
+    s, g = await listener_and_guest(url, bellhop, ("st", "room:902"), ("gt", "902"))
     for _ in range(100):
         await g.send({"type": "typing", "channel": "room:902"})
     got = await s.frames_for(3)
@@ -120,9 +129,7 @@ async def typing(url, bellhop, pid):
 
 
 async def toggle(url, bellhop, pid):
-    s = await Client.connect(url, token(bellhop, "--sub", "sb", "--role", "staff", "--prop", "h1", "--depts", "housekeeping"))
-    await s.request({"type": "subscribe", "channel": "broadcast"})
-    g = await Client.connect(url, token(bellhop, "--sub", "gb", "--role", "guest", "--prop", "h1", "--rooms", "903"))
+    s, g = await listener_and_guest(url, bellhop, ("sb", "broadcast"), ("gb", "903"))
     for _ in range(50):
         await g.request({"type": "subscribe", "channel": "broadcast"})
         await g.request({"type": "unsubscribe", "channel": "broadcast"})

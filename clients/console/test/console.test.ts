@@ -9,8 +9,8 @@
  * shows: docs/console.png, docs/console-reconnecting.png).
  */
 
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,7 +18,8 @@ import { chromium, type Browser, type Page } from "playwright-core";
 import { build } from "vite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BellhopClient } from "../../typescript/src/index.js";
-import { BellhopNode, Redis, freePort, mintToken, nextEvent } from "../../typescript/test/support/cluster.js";
+import { BellhopNode, Redis, freePort, mintToken, nextEvent, startCluster, stopCluster } from "../../typescript/test/support/cluster.js";
+import { serveStatic } from "../../typescript/test/support/site.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkg = path.resolve(here, "..");
@@ -31,26 +32,6 @@ interface View {
   received: { channel: string; offset: string; event: string; priority: string; payload: { n?: number; text?: string } }[];
   nodes: string[];
   state: string;
-}
-
-/** Serves static files from `dir`. */
-export function serveStatic(dir: string): Promise<{ server: Server; url: string }> {
-  const types: Record<string, string> = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css" };
-  const server = createServer((req, res) => {
-    const url = new URL(req.url ?? "/", "http://x");
-    const file = path.join(dir, url.pathname === "/" ? "index.html" : path.normalize(url.pathname));
-    if (!file.startsWith(dir) || !existsSync(file)) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-type": types[path.extname(file)] ?? "application/octet-stream" }).end(readFileSync(file));
-  });
-  return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () => {
-      const a = server.address();
-      resolve({ server, url: `http://127.0.0.1:${typeof a === "object" && a ? a.port : 0}` });
-    }),
-  );
 }
 
 /** POST /api/v1/publish on `node`: the way a hotel system publishes. */
@@ -80,12 +61,8 @@ describe("the front-desk console in a real browser", () => {
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (make console does)`);
     const out = path.join(tmpdir(), `bellhop-console-${process.pid}`);
     await build({ configFile: path.join(pkg, "vite.config.ts"), build: { outDir: out } });
-    redis = await Redis.start();
     portA = await freePort();
-    [a, b] = await Promise.all([
-      BellhopNode.start({ nodeId: "node-a", redisUrl: redis.url, env: { WS_PORT: String(portA) } }),
-      BellhopNode.start({ nodeId: "node-b", redisUrl: redis.url }),
-    ]);
+    ({ redis, nodes: [a, b] } = await startCluster({ nodeId: "node-a", env: { WS_PORT: String(portA) } }, { nodeId: "node-b" }));
     site = await serveStatic(out);
     service = await mintToken({ sub: "pms", role: "service" });
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
@@ -96,8 +73,7 @@ describe("the front-desk console in a real browser", () => {
     colleague?.close();
     await browser?.close();
     site?.server.close();
-    await Promise.all([a?.stop(), b?.stop()]);
-    await redis?.stop();
+    await stopCluster([], [a, b], redis);
   });
 
   /** A screenshot in test-results/; with UPDATE_SCREENSHOTS=1 also into docs/ (the committed ones). */

@@ -6,8 +6,8 @@
  * resumes from the offset it saved. Saves a screenshot in test-results/.
  */
 
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { existsSync, mkdirSync } from "node:fs";
+import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -15,7 +15,8 @@ import { chromium, type Browser, type Page } from "playwright-core";
 import { build } from "vite";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BellhopClient } from "../src/index.js";
-import { BellhopNode, Redis, mintToken, nextEvent } from "./support/cluster.js";
+import { BellhopNode, Redis, mintToken, nextEvent, startCluster, stopCluster } from "./support/cluster.js";
+import { serveStatic, type Route } from "./support/site.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkg = path.resolve(here, "..");
@@ -30,29 +31,15 @@ interface Feed {
 
 /** Serves the built page and `/token` (what an app's backend does: mint a token for its user). */
 function serve(dir: string): Promise<{ server: Server; url: string }> {
-  const types: Record<string, string> = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css" };
-  const server = createServer((req, res) => {
-    const url = new URL(req.url ?? "/", "http://x");
-    if (url.pathname === "/token") {
-      mintToken({ sub: "maria", role: "staff", depts: ["housekeeping"] }).then(
-        (t) => res.writeHead(200, { "content-type": "text/plain" }).end(t),
-        (e) => res.writeHead(500).end(String(e)),
-      );
-      return;
-    }
-    const file = path.join(dir, url.pathname === "/" ? "index.html" : path.normalize(url.pathname));
-    if (!file.startsWith(dir) || !existsSync(file)) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-type": types[path.extname(file)] ?? "application/octet-stream" }).end(readFileSync(file));
-  });
-  return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () => {
-      const a = server.address();
-      resolve({ server, url: `http://127.0.0.1:${typeof a === "object" && a ? a.port : 0}` });
-    }),
-  );
+  const token: Route = (url, res) => {
+    if (url.pathname !== "/token") return false;
+    mintToken({ sub: "maria", role: "staff", depts: ["housekeeping"] }).then(
+      (t) => res.writeHead(200, { "content-type": "text/plain" }).end(t),
+      (e) => res.writeHead(500).end(String(e)),
+    );
+    return true;
+  };
+  return serveStatic(dir, [token]);
 }
 
 describe("the README's page in a real browser", () => {
@@ -68,11 +55,7 @@ describe("the README's page in a real browser", () => {
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (make sdk-ts does)`);
     const out = path.join(tmpdir(), `bellhop-feed-${process.pid}`);
     await build({ configFile: path.join(pkg, "examples/feed/vite.config.ts"), build: { outDir: out } });
-    redis = await Redis.start();
-    [a, b] = await Promise.all([
-      BellhopNode.start({ nodeId: "node-a", redisUrl: redis.url }),
-      BellhopNode.start({ nodeId: "node-b", redisUrl: redis.url }),
-    ]);
+    ({ redis, nodes: [a, b] } = await startCluster({ nodeId: "node-a" }, { nodeId: "node-b" }));
     site = await serve(out);
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu"] });
     page = await browser.newPage({ viewport: { width: 900, height: 700 } });
@@ -86,8 +69,7 @@ describe("the README's page in a real browser", () => {
     publisher?.close();
     await browser?.close();
     site?.server.close();
-    await Promise.all([a?.stop(), b?.stop()]);
-    await redis?.stop();
+    await stopCluster([], [a, b], redis);
   });
 
   const feed = () => page.evaluate(() => {

@@ -6,7 +6,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BellhopClient, type ConnectedContext, type ReconnectingContext } from "../src/index.js";
-import { BellhopNode, Redis, mintToken, nextEvent, until } from "./support/cluster.js";
+import { BellhopNode, Redis, mintToken, nextEvent, startCluster, stopCluster, until } from "./support/cluster.js";
 
 describe("drain", () => {
   let redis: Redis;
@@ -15,17 +15,9 @@ describe("drain", () => {
   const clients: BellhopClient[] = [];
 
   beforeAll(async () => {
-    redis = await Redis.start();
-    [a, b] = await Promise.all([
-      BellhopNode.start({ nodeId: "node-a", redisUrl: redis.url, env: { DRAIN_SECONDS: "2" } }),
-      BellhopNode.start({ nodeId: "node-b", redisUrl: redis.url }),
-    ]);
+    ({ redis, nodes: [a, b] } = await startCluster({ nodeId: "node-a", env: { DRAIN_SECONDS: "2" } }, { nodeId: "node-b" }));
   });
-  afterAll(async () => {
-    for (const c of clients) c.close();
-    await Promise.all([a?.stop(), b?.stop()]);
-    await redis?.stop();
-  });
+  afterAll(() => stopCluster(clients, [a, b], redis));
 
   it("SIGTERM -> 1012 -> each client reconnects to the other node soon, with jitter, and loses nothing", async () => {
     const FOLLOWERS = 10;

@@ -9,7 +9,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BellhopClient, type ConnectedContext, type MessageContext } from "../src/index.js";
-import { BellhopNode, Redis, mintToken, nextEvent, until } from "./support/cluster.js";
+import { BellhopNode, Redis, mintToken, nextEvent, startCluster, stopCluster, until } from "./support/cluster.js";
 
 const CHANNELS = ["room:7", "room:8"] as const;
 
@@ -117,17 +117,9 @@ describe("resume across nodes", () => {
   const clients: BellhopClient[] = [];
 
   beforeAll(async () => {
-    redis = await Redis.start();
-    [a, b] = await Promise.all([
-      BellhopNode.start({ nodeId: "node-a", redisUrl: redis.url }),
-      BellhopNode.start({ nodeId: "node-b", redisUrl: redis.url }),
-    ]);
+    ({ redis, nodes: [a, b] } = await startCluster({ nodeId: "node-a" }, { nodeId: "node-b" }));
   });
-  afterAll(async () => {
-    for (const c of clients) c.close();
-    await Promise.all([a?.stop(), b?.stop()]);
-    await redis?.stop();
-  });
+  afterAll(() => stopCluster(clients, [a, b], redis));
 
   it("SIGKILL of node A while 1,000 messages are published: its clients resume on B with none lost, duplicated or reordered", async () => {
     const N = 1000;

@@ -8,7 +8,7 @@
 
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BellhopClient, type MessageContext, type RetryContext } from "../src/index.js";
-import { BellhopNode, Redis, mintToken, nextEvent, recordingWebSocket, until } from "./support/cluster.js";
+import { BellhopNode, Redis, mintToken, nextEvent, recordingWebSocket, startCluster, stopCluster, until } from "./support/cluster.js";
 
 describe("publish retries", () => {
   let redis: Redis;
@@ -67,17 +67,9 @@ describe("publish timeout on a stopped node", () => {
   const clients: BellhopClient[] = [];
 
   beforeAll(async () => {
-    redis = await Redis.start();
-    [s, b] = await Promise.all([
-      BellhopNode.start({ nodeId: "node-s", redisUrl: redis.url }),
-      BellhopNode.start({ nodeId: "node-b", redisUrl: redis.url }),
-    ]);
+    ({ redis, nodes: [s, b] } = await startCluster({ nodeId: "node-s" }, { nodeId: "node-b" }));
   });
-  afterAll(async () => {
-    for (const c of clients) c.close();
-    await Promise.all([s?.stop(), b?.stop()]);
-    await redis?.stop();
-  });
+  afterAll(() => stopCluster(clients, [s, b], redis));
 
   it("a publish to a node that stopped answering times out, and is retried on the other node with its key", async () => {
     const follower = new BellhopClient({ url: b.url, token: await mintToken({ sub: "f1", role: "staff" }) });

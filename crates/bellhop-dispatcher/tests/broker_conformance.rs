@@ -23,7 +23,7 @@ use bellhop_dispatcher::{
     Subscription, SubscriptionEvent, MAX_IDEMPOTENCY_KEY_BYTES,
 };
 use bellhop_dispatcher::{MemoryBroker, MemoryConfig, RedisBroker, RedisConfig};
-use bellhop_protocol::{Channel, Envelope, Offset, Priority, Role, Sender};
+use bellhop_protocol::{Channel, Envelope, Offset};
 
 mod support;
 
@@ -35,20 +35,11 @@ use support::redis_server::{RedisOptions, RedisServer};
 
 /// A message for `channel` of `property`, recognisable by its `id`.
 fn envelope(property: &str, channel: &Channel, id: &str) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        message_id: id.into(),
-        event: "CHAT_MESSAGE".into(),
-        namespace: property.into(),
-        channel: channel.clone(),
-        payload: serde_json::json!({ "text": id }),
-        timestamp: "2026-01-01T00:00:00.000Z".into(),
-        sender: Sender {
-            id: "u1".into(),
-            role: Role::Staff,
-        },
-        priority: Priority::Normal,
-        correlation_id: None,
-    })
+    Arc::new(bellhop_testkit::envelope::chat(
+        property,
+        channel.clone(),
+        id,
+    ))
 }
 
 /// A property name of its own for one check, unique per test run (see the module docs).
@@ -369,13 +360,8 @@ async fn check_subscription_yields_published_messages_in_order(broker: Arc<dyn B
         .iter()
         .map(|id| envelope(&key.property, &key.channel, id).into())
         .collect();
-    offsets.extend(
-        broker
-            .publish_batch(batch)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap().offset),
-    );
+    let published = broker.publish_batch(batch).await;
+    offsets.extend(published.into_iter().map(|r| r.unwrap().offset));
 
     for (offset, id) in offsets.iter().zip(&names) {
         let m = next_message(&mut sub).await;

@@ -16,7 +16,7 @@ use bellhop_dispatcher::{
     Broker, BrokerError, ChannelEvent, ChannelKey, RedisBroker, RedisConfig, StoredMessage,
     Subscription, SubscriptionEvent,
 };
-use bellhop_protocol::{Channel, Envelope, Offset, Priority, Role, Sender};
+use bellhop_protocol::{Channel, Envelope, Offset};
 
 mod support;
 
@@ -31,20 +31,11 @@ fn key() -> ChannelKey {
 }
 
 fn envelope(key: &ChannelKey, id: &str) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        message_id: id.into(),
-        event: "CHAT_MESSAGE".into(),
-        namespace: key.property.clone(),
-        channel: key.channel.clone(),
-        payload: serde_json::json!({ "text": id }),
-        timestamp: "2026-01-01T00:00:00.000Z".into(),
-        sender: Sender {
-            id: "u1".into(),
-            role: Role::Staff,
-        },
-        priority: Priority::Normal,
-        correlation_id: None,
-    })
+    Arc::new(bellhop_testkit::envelope::chat(
+        &key.property,
+        key.channel.clone(),
+        id,
+    ))
 }
 
 async fn broker_on(server: &RedisServer, tweak: impl FnOnce(&mut RedisConfig)) -> RedisBroker {

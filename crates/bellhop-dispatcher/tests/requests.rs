@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +14,9 @@ use bellhop_dispatcher::requests::{
 };
 use bellhop_dispatcher::{
     Broker, ChannelEvent, ChannelKey, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig,
-    RedisBroker, RedisConfig, SubscriptionEvent,
+    RedisBroker, RedisConfig, Subscription, SubscriptionEvent,
 };
-use bellhop_protocol::{Channel, Envelope, Priority, Role, Sender};
+use bellhop_protocol::{Channel, Envelope, Priority, Role};
 use bellhop_testkit::RedisServer;
 use serde_json::json;
 use tokio::time::Instant;
@@ -49,16 +49,11 @@ fn envelope(channel: Channel, event: &str, payload: serde_json::Value, p: Priori
     Envelope {
         message_id: uuid::Uuid::new_v4().to_string(),
         event: event.into(),
-        namespace: "h1".into(),
-        channel,
         payload,
         timestamp: "2026-11-23T09:30:00.000Z".into(),
-        sender: Sender {
-            id: "g1".into(),
-            role: Role::Guest,
-        },
+        sender: bellhop_testkit::envelope::sender("g1", Role::Guest),
         priority: p,
-        correlation_id: None,
+        ..bellhop_testkit::envelope::chat("h1", channel, "")
     }
 }
 
@@ -319,6 +314,39 @@ async fn escalations(broker: &dyn Broker, channel: &str) -> HashMap<(String, u64
     counts
 }
 
+/// Waits until `want` distinct `ESCALATION`s (request id, level) were published on `channel` of
+/// `broker`, or until `deadline`: the checks after it say what is missing. `sub`, subscribed
+/// before the call, delivers those to come; those before it (and after a gap, as a subscriber
+/// that fell behind re-reads) are counted from what the channel stores.
+async fn wait_escalations(
+    broker: &dyn Broker,
+    channel: &str,
+    sub: &mut Subscription,
+    want: usize,
+    deadline: Instant,
+) {
+    let mut seen: HashSet<_> = escalations(broker, channel).await.into_keys().collect();
+    while seen.len() < want {
+        let Ok(event) = tokio::time::timeout_at(deadline, sub.recv()).await else {
+            return;
+        };
+        match event {
+            SubscriptionEvent::Event(ChannelEvent::Message(m))
+                if m.envelope.event == ESCALATION =>
+            {
+                let p = &m.envelope.payload;
+                seen.insert((
+                    p["requestId"].as_str().unwrap().to_owned(),
+                    p["level"].as_u64().unwrap(),
+                ));
+            }
+            SubscriptionEvent::Gap => seen.extend(escalations(broker, channel).await.into_keys()),
+            SubscriptionEvent::Closed => panic!("subscription to {channel} closed"),
+            SubscriptionEvent::Event(_) => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_on_redis_half_answered_escalate_exactly_the_other_half_per_level() {
     let redis = RedisServer::start().await;
@@ -402,16 +430,22 @@ async fn thousand_requests_half_answered(config: RedisConfig, backend: &str) {
         "acknowledged in {acked_in:?}: too slow for the test"
     );
 
-    // Wait (with a deadline) until every unanswered request reached the last level in the store.
+    // Wait (with a deadline) for the ESCALATIONs of every unanswered request, to both levels on
+    // the department and to the last level on management. Subscribed only now, so that the
+    // timed part above carries no extra subscriber; what came before is in the store.
     let deadline = started + Duration::from_secs(30);
     let broker = nodes[0].0.clone();
-    loop {
-        let counts = escalations(broker.as_ref(), "dept:maintenance").await;
-        if counts.len() >= N || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut dept = broker.subscribe(&key("dept:maintenance")).await.unwrap();
+    let mut mgmt = broker.subscribe(&key("dept:management")).await.unwrap();
+    wait_escalations(broker.as_ref(), "dept:maintenance", &mut dept, N, deadline).await;
+    wait_escalations(
+        broker.as_ref(),
+        "dept:management",
+        &mut mgmt,
+        N / 2,
+        deadline,
+    )
+    .await;
     // Every unanswered request at level 3 and not due any more.
     for id in ids.iter().skip(1).step_by(2) {
         let r = nodes[0].1.get("h1", id).await.unwrap().unwrap();

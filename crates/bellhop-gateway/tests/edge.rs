@@ -421,16 +421,35 @@ async fn a_client_that_vanishes_without_a_close_frame_is_cleaned_up() {
     assert_eq!(node.gateway().connection_count(), 1);
 }
 
+/// The broker's answer while it is down: unavailable, retry in 250 ms.
+fn broker_down() -> bellhop_dispatcher::BrokerError {
+    bellhop_dispatcher::BrokerError::Unavailable {
+        reason: "broker down".into(),
+        retry_after: Duration::from_millis(250),
+    }
+}
+
+/// A service's chat message to `room:1` over HTTP: the status, headers and body text.
+async fn publish_chat_over_http(node: &TestNode) -> (u16, Vec<(String, String)>, String) {
+    let body = json!({"channel": "room:1", "event": "CHAT_MESSAGE"}).to_string();
+    let auth = format!("Bearer {}", service("pms"));
+    http(
+        node.addr,
+        "POST",
+        "/api/v1/publish",
+        &[("authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_broker_failure_reaches_the_publisher_as_unavailable_or_internal() {
     use bellhop_dispatcher::BrokerError;
     let broker = FaultyBroker::new();
     let node = TestNode::start_on(broker.clone(), |_| {}).await;
     let mut c = node.connect(&manager("m1")).await;
-    *broker.publish_error.lock() = Some(BrokerError::Unavailable {
-        reason: "broker down".into(),
-        retry_after: Duration::from_millis(250),
-    });
+    *broker.publish_error.lock() = Some(broker_down());
     let frame = json!({"type": "publish", "channel": "room:1", "event": "CHAT_MESSAGE"});
     let e = c.request(frame.clone()).await;
     assert_eq!(
@@ -438,16 +457,7 @@ async fn a_broker_failure_reaches_the_publisher_as_unavailable_or_internal() {
         (Some("unavailable"), &json!(250)),
         "{e}"
     );
-    let body = json!({"channel": "room:1", "event": "CHAT_MESSAGE"}).to_string();
-    let auth = format!("Bearer {}", service("pms"));
-    let (status, headers, text) = http(
-        node.addr,
-        "POST",
-        "/api/v1/publish",
-        &[("authorization", &auth)],
-        body.as_bytes(),
-    )
-    .await;
+    let (status, headers, text) = publish_chat_over_http(&node).await;
     assert_eq!(status, 503, "{text}");
     assert!(
         headers.iter().any(|(k, v)| k == "retry-after" && v == "1"),
@@ -470,7 +480,6 @@ async fn a_broker_failure_reaches_the_publisher_as_unavailable_or_internal() {
 
 #[tokio::test]
 async fn an_open_breaker_fails_publishes_fast_and_readyz_reports_it_degraded() {
-    use bellhop_dispatcher::BrokerError;
     let broker = FaultyBroker::new();
     let node = TestNode::start_on(broker.clone(), |_| {}).await;
     let readyz = || async {
@@ -496,10 +505,7 @@ async fn an_open_breaker_fails_publishes_fast_and_readyz_reports_it_degraded() {
     );
 
     let mut c = node.connect(&manager("m1")).await;
-    *broker.publish_error.lock() = Some(BrokerError::Unavailable {
-        reason: "broker down".into(),
-        retry_after: Duration::from_millis(250),
-    });
+    *broker.publish_error.lock() = Some(broker_down());
     let frame = json!({"type": "publish", "channel": "room:1", "event": "CHAT_MESSAGE"});
     for _ in 0..9 {
         let e = c.request(frame.clone()).await;
@@ -525,16 +531,7 @@ async fn an_open_breaker_fails_publishes_fast_and_readyz_reports_it_degraded() {
     );
     let retry = e["retryAfterMs"].as_u64().unwrap();
     assert!((20_000..=30_000).contains(&retry), "{e}");
-    let body = json!({"channel": "room:1", "event": "CHAT_MESSAGE"}).to_string();
-    let auth = format!("Bearer {}", service("pms"));
-    let (status, headers, text) = http(
-        node.addr,
-        "POST",
-        "/api/v1/publish",
-        &[("authorization", &auth)],
-        body.as_bytes(),
-    )
-    .await;
+    let (status, headers, text) = publish_chat_over_http(&node).await;
     assert_eq!(status, 503, "{text}");
     let retry_after = headers
         .iter()

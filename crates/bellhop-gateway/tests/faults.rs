@@ -36,16 +36,15 @@ const CHANNELS: [&str; 2] = ["room:7", "room:8"];
 /// Longest one case may run.
 const CASE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Starts `count` followers on `urls[0]`, each subscribed to [`CHANNELS`], following until the
-/// targets sent on the returned sender are reached.
-async fn followers(
-    count: usize,
-    urls: &[String],
-    deadline: Instant,
-) -> (
+/// Followers started by [`followers`]: where to send their targets, and their tasks.
+type Followers = (
     watch::Sender<Option<HashMap<String, Offset>>>,
     Vec<JoinHandle<Follower>>,
-) {
+);
+
+/// Starts `count` followers on `urls[0]`, each subscribed to [`CHANNELS`], following until the
+/// targets sent on the returned sender are reached.
+async fn followers(count: usize, urls: &[String], deadline: Instant) -> Followers {
     let (targets, rx) = watch::channel(None);
     let mut handles = Vec::new();
     for i in 0..count {
@@ -95,40 +94,93 @@ async fn wait_pubsub_clients(redis: &RedisServer, count: usize, deadline: Instan
 async fn killing_the_redis_pubsub_connections_mid_stream_loses_and_duplicates_nothing() {
     const N: u64 = 600;
     const KILLS: usize = 5;
+    const CASE: PubsubKills = PubsubKills {
+        name: "redis-pubsub-kill",
+        figures_prefix: "",
+        kills: KILLS,
+        recovered: "the node recovers its Redis subscription by itself; the client never \
+                    needs to reconnect",
+    };
     let started = Instant::now();
     let deadline = started + CASE_DEADLINE;
     let (redis, nodes) = redis_nodes(2).await;
     let (targets, handles) = followers(2, &[nodes[0].url()], deadline).await;
     let mut publisher = WsPublisher::connect(&nodes[1].url(), &manager("m1")).await;
+    let (log, killed) = publish_with_kills(&mut publisher, N, KILLS, deadline, || async {
+        // Both nodes' subscriber connections are back (and subscribed) from the last kill.
+        wait_pubsub_clients(&redis, 2, deadline).await;
+        let reply = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+        let count: u64 = reply[0].parse().unwrap_or_else(|_| panic!("{reply:?}"));
+        assert!(
+            count >= 1,
+            "CLIENT KILL TYPE pubsub killed nothing: {reply:?}"
+        );
+        count
+    })
+    .await;
+    check_pubsub_kills(&CASE, started, &log, (targets, handles), &killed).await;
+}
+
+/// Publishes `n` numbers alternately on [`CHANNELS`] and calls `kill` `kills` times spread
+/// evenly over them; returns the log and what each kill reported killing.
+async fn publish_with_kills<F, K>(
+    publisher: &mut WsPublisher,
+    n: u64,
+    kills: usize,
+    deadline: Instant,
+    mut kill: F,
+) -> (PublishLog, Vec<u64>)
+where
+    F: FnMut() -> K,
+    K: std::future::Future<Output = u64>,
+{
     let mut log = PublishLog::default();
     let mut killed = Vec::new();
-    let every = N / (KILLS as u64 + 1);
-    for n in 0..N {
-        if n > 0 && n % every == 0 && killed.len() < KILLS {
-            // Both nodes' subscriber connections are back (and subscribed) from the last kill.
-            wait_pubsub_clients(&redis, 2, deadline).await;
-            let reply = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
-            let count: u64 = reply[0].parse().unwrap_or_else(|_| panic!("{reply:?}"));
-            assert!(
-                count >= 1,
-                "CLIENT KILL TYPE pubsub killed nothing: {reply:?}"
-            );
-            killed.push(count);
+    let every = n / (kills as u64 + 1);
+    for i in 0..n {
+        if i > 0 && i % every == 0 && killed.len() < kills {
+            killed.push(kill().await);
         }
         publisher
-            .publish(&mut log, CHANNELS[n as usize % 2], n, deadline)
+            .publish(&mut log, CHANNELS[i as usize % 2], i, deadline)
             .await;
     }
-    let done = finish(&log, targets, handles).await;
+    (log, killed)
+}
+
+/// What a pub/sub-kill case checks and prints.
+struct PubsubKills {
+    /// The name on the figures line.
+    name: &'static str,
+    /// Printed before the kill figures.
+    figures_prefix: &'static str,
+    /// How many kills there must have been.
+    kills: usize,
+    /// Why no follower may have reconnected.
+    recovered: &'static str,
+}
+
+/// Collects the followers, prints a pub/sub-kill case's figures and checks them: nothing lost
+/// or duplicated, every kill done, no publish failed, and no follower needed a second
+/// connection.
+async fn check_pubsub_kills(
+    case: &PubsubKills,
+    started: Instant,
+    log: &PublishLog,
+    (targets, handles): Followers,
+    killed: &[u64],
+) {
+    let done = finish(log, targets, handles).await;
     let received: Vec<&[_]> = done.iter().map(|f| f.received.as_slice()).collect();
-    let figures = Figures::tally(&log, &received);
+    let figures = Figures::tally(log, &received);
     let reconnects: u32 = done.iter().map(|f| f.connections - 1).sum();
     println!(
         "{}",
         figures.line(
-            "redis-pubsub-kill",
+            case.name,
             &format!(
-                "kills={} connections_killed={} client_reconnects={reconnects} elapsed_ms={}",
+                "{}kills={} connections_killed={} client_reconnects={reconnects} elapsed_ms={}",
+                case.figures_prefix,
                 killed.len(),
                 killed.iter().sum::<u64>(),
                 started.elapsed().as_millis()
@@ -136,7 +188,7 @@ async fn killing_the_redis_pubsub_connections_mid_stream_loses_and_duplicates_no
         )
     );
     figures.assert_clean();
-    assert_eq!(killed.len(), KILLS);
+    assert_eq!(killed.len(), case.kills);
     assert_eq!(
         figures.failed_attempts, 0,
         "killing pub/sub connections must not fail publishes: {:?}",
@@ -146,9 +198,9 @@ async fn killing_the_redis_pubsub_connections_mid_stream_loses_and_duplicates_no
         assert_eq!(
             f.connections,
             1,
-            "{}: the node recovers its Redis subscription by itself; the client never needs to \
-             reconnect: {:?}",
+            "{}: {}: {:?}",
             f.name(),
+            case.recovered,
             f.endings
         );
     }
@@ -178,6 +230,12 @@ async fn cluster_pubsub_clients(cluster: &Arc<RedisCluster>) -> Vec<usize> {
 async fn killing_the_sharded_pubsub_connections_of_a_redis_cluster_loses_and_duplicates_nothing() {
     const N: u64 = 600;
     const KILLS: usize = 5;
+    const CASE: PubsubKills = PubsubKills {
+        kills: KILLS,
+        name: "redis-cluster-spubsub-kill",
+        figures_prefix: "masters=3 ",
+        recovered: "the node recovers its sharded subscriptions by itself",
+    };
     let started = Instant::now();
     let deadline = started + CASE_DEADLINE;
     // A cluster of its own: the kills must not reach other tests' subscribers.
@@ -196,73 +254,35 @@ async fn killing_the_sharded_pubsub_connections_of_a_redis_cluster_loses_and_dup
     let mut publisher = WsPublisher::connect(&nodes[1].url(), &manager("m1")).await;
     // Every subscription is confirmed by now: this is the steady state to come back to.
     let baseline = cluster_pubsub_clients(&cluster).await;
-    let mut log = PublishLog::default();
-    let mut killed = Vec::new();
-    let every = N / (KILLS as u64 + 1);
-    for n in 0..N {
-        if n > 0 && n % every == 0 && killed.len() < KILLS {
-            // Wait (polling: there is no event for it) until every node subscribed again.
-            while cluster_pubsub_clients(&cluster).await != baseline {
-                assert!(
-                    Instant::now() < deadline,
-                    "pub/sub clients never came back to {baseline:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let c = cluster.clone();
-            let count: u64 = tokio::task::spawn_blocking(move || {
-                c.ports()
-                    .iter()
-                    .map(|&port| {
-                        let reply = c.command_on(port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
-                        reply
-                            .trim()
-                            .parse::<u64>()
-                            .unwrap_or_else(|_| panic!("{reply:?}"))
-                    })
-                    .sum()
-            })
-            .await
-            .unwrap();
-            assert!(count >= 1, "CLIENT KILL TYPE pubsub killed nothing");
-            killed.push(count);
+    let (log, killed) = publish_with_kills(&mut publisher, N, KILLS, deadline, || async {
+        // Wait (polling: there is no event for it) until every node subscribed again.
+        while cluster_pubsub_clients(&cluster).await != baseline {
+            assert!(
+                Instant::now() < deadline,
+                "pub/sub clients never came back to {baseline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        publisher
-            .publish(&mut log, CHANNELS[n as usize % 2], n, deadline)
-            .await;
-    }
-    let done = finish(&log, targets, handles).await;
-    let received: Vec<&[_]> = done.iter().map(|f| f.received.as_slice()).collect();
-    let figures = Figures::tally(&log, &received);
-    let reconnects: u32 = done.iter().map(|f| f.connections - 1).sum();
-    println!(
-        "{}",
-        figures.line(
-            "redis-cluster-spubsub-kill",
-            &format!(
-                "masters=3 kills={} connections_killed={} client_reconnects={reconnects} elapsed_ms={}",
-                killed.len(),
-                killed.iter().sum::<u64>(),
-                started.elapsed().as_millis()
-            )
-        )
-    );
-    figures.assert_clean();
-    assert_eq!(killed.len(), KILLS);
-    assert_eq!(
-        figures.failed_attempts, 0,
-        "killing pub/sub connections must not fail publishes: {:?}",
-        log.failure_reasons
-    );
-    for f in &done {
-        assert_eq!(
-            f.connections,
-            1,
-            "{}: the node recovers its sharded subscriptions by itself: {:?}",
-            f.name(),
-            f.endings
-        );
-    }
+        let c = cluster.clone();
+        let count: u64 = tokio::task::spawn_blocking(move || {
+            c.ports()
+                .iter()
+                .map(|&port| {
+                    let reply = c.command_on(port, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+                    reply
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or_else(|_| panic!("{reply:?}"))
+                })
+                .sum()
+        })
+        .await
+        .unwrap();
+        assert!(count >= 1, "CLIENT KILL TYPE pubsub killed nothing");
+        count
+    })
+    .await;
+    check_pubsub_kills(&CASE, started, &log, (targets, handles), &killed).await;
 }
 
 /// Two gateway nodes on a `redis-server` with AOF (`appendfsync always`), a 2-node cluster.

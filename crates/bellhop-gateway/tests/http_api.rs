@@ -53,6 +53,22 @@ async fn history(node: &TestNode, token: &str, channel_and_query: &str) -> (u16,
     http_json(node.addr, "GET", &path, Some(token), None).await
 }
 
+/// The presence of `channel`, as `token` sees it.
+async fn presence(node: &TestNode, token: &str, channel: &str) -> (u16, Value) {
+    let path = format!("/api/v1/channels/{channel}/presence");
+    http_json(node.addr, "GET", &path, Some(token), None).await
+}
+
+/// The string at `pointer` (a JSON pointer) of every message in a history reply, in order.
+fn history_strs<'a>(body: &'a Value, pointer: &str) -> Vec<&'a str> {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.pointer(pointer).and_then(Value::as_str).unwrap())
+        .collect()
+}
+
 /// The `payload.n` of every message in a history reply, in order.
 fn history_ns(body: &Value) -> Vec<i64> {
     body["messages"]
@@ -121,23 +137,11 @@ async fn manager_and_admin_tokens_may_use_the_api() {
         assert!(body["messageId"].is_string(), "{who}: {body}");
         let (status, body) = history(&node, &t, "broadcast/history").await;
         assert_eq!(status, 200, "{who}: {body}");
-        let (status, body) = http_json(
-            node.addr,
-            "GET",
-            "/api/v1/channels/broadcast/presence",
-            Some(&t),
-            None,
-        )
-        .await;
+        let (status, body) = presence(&node, &t, "broadcast").await;
         assert_eq!(status, 200, "{who}: {body}");
     }
     let (_, body) = history(&node, &manager("mgr"), "broadcast/history").await;
-    let senders: Vec<&str> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["message"]["sender"]["role"].as_str().unwrap())
-        .collect();
+    let senders = history_strs(&body, "/message/sender/role");
     assert_eq!(senders, ["manager", "admin"], "{body}");
 }
 
@@ -157,14 +161,7 @@ async fn guest_and_staff_tokens_are_forbidden_and_bad_tokens_unauthorized() {
             403,
             "forbidden",
         );
-        let presence = http_json(
-            node.addr,
-            "GET",
-            "/api/v1/channels/room:101/presence",
-            Some(&t),
-            None,
-        )
-        .await;
+        let presence = presence(&node, &t, "room:101").await;
         assert_error(&presence, 403, "forbidden");
     }
 
@@ -236,45 +233,18 @@ async fn bad_input_is_refused_with_the_documented_codes() {
     let body: Value = serde_json::from_str(&text).unwrap();
     assert_error(&(status, body), 400, "bad_request");
 
-    // Missing event.
-    assert_error(
-        &publish_http(&node, &svc, json!({"channel": "room:101", "payload": {}})).await,
-        400,
-        "bad_request",
-    );
-    // Unknown channel kind.
-    assert_error(
-        &publish_http(
-            &node,
-            &svc,
-            json!({"channel": "floor:3", "event": "SERVICE_REQUEST", "payload": {}}),
-        )
-        .await,
-        400,
-        "bad_request",
-    );
-    // Invalid channel id.
-    assert_error(
-        &publish_http(
-            &node,
-            &svc,
-            json!({"channel": "room:1 01", "event": "SERVICE_REQUEST", "payload": {}}),
-        )
-        .await,
-        400,
-        "bad_request",
-    );
-    // Events are UPPER_SNAKE.
-    assert_error(
-        &publish_http(
-            &node,
-            &svc,
-            json!({"channel": "room:101", "event": "service_request", "payload": {}}),
-        )
-        .await,
-        400,
-        "bad_request",
-    );
+    for body in [
+        // Missing event.
+        json!({"channel": "room:101", "payload": {}}),
+        // Unknown channel kind.
+        json!({"channel": "floor:3", "event": "SERVICE_REQUEST", "payload": {}}),
+        // Invalid channel id.
+        json!({"channel": "room:1 01", "event": "SERVICE_REQUEST", "payload": {}}),
+        // Events are UPPER_SNAKE.
+        json!({"channel": "room:101", "event": "service_request", "payload": {}}),
+    ] {
+        assert_error(&publish_http(&node, &svc, body).await, 400, "bad_request");
+    }
 
     // Text up to 10,000 characters is fine; 10,001 is too large.
     let ok = publish_http(
@@ -284,27 +254,14 @@ async fn bad_input_is_refused_with_the_documented_codes() {
     )
     .await;
     assert_eq!(ok.0, 200, "{}", ok.1);
-    assert_error(
-        &publish_http(
-            &node,
-            &svc,
-            json!({"channel": "room:101", "event": "CHAT_MESSAGE", "payload": {"text": "x".repeat(10_001)}}),
-        )
-        .await,
-        413,
-        "too_large",
-    );
-    // A bare string payload counts too.
-    assert_error(
-        &publish_http(
-            &node,
-            &svc,
-            json!({"channel": "room:101", "event": "CHAT_MESSAGE", "payload": "x".repeat(10_001)}),
-        )
-        .await,
-        413,
-        "too_large",
-    );
+    for payload in [
+        json!({"text": "x".repeat(10_001)}),
+        // A bare string payload counts too.
+        json!("x".repeat(10_001)),
+    ] {
+        let body = json!({"channel": "room:101", "event": "CHAT_MESSAGE", "payload": payload});
+        assert_error(&publish_http(&node, &svc, body).await, 413, "too_large");
+    }
 
     // A body over 64 KiB, even made of short strings.
     let parts: Vec<String> = (0..8_000).map(|i| format!("part-{i}")).collect();
@@ -313,31 +270,15 @@ async fn bad_input_is_refused_with_the_documented_codes() {
     assert_error(&publish_http(&node, &svc, big).await, 413, "too_large");
 
     // History query parameters.
-    assert_error(
-        &history(&node, &svc, "room:101/history?limit=500").await,
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &history(&node, &svc, "room:101/history?limit=0").await,
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &history(&node, &svc, "room:101/history?limit=ten").await,
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &history(&node, &svc, "room:101/history?since=yesterday").await,
-        400,
-        "bad_request",
-    );
-    assert_error(
-        &history(&node, &svc, "floor:3/history").await,
-        400,
-        "bad_request",
-    );
+    for path in [
+        "room:101/history?limit=500",
+        "room:101/history?limit=0",
+        "room:101/history?limit=ten",
+        "room:101/history?since=yesterday",
+        "floor:3/history",
+    ] {
+        assert_error(&history(&node, &svc, path).await, 400, "bad_request");
+    }
 
     // Only the one valid publish was stored.
     let (status, h) = history(&node, &svc, "room:101/history").await;
@@ -517,14 +458,7 @@ async fn a_service_token_stays_inside_its_property() {
         json!(["alice"]),
     )
     .await;
-    let (status, body) = http_json(
-        node.addr,
-        "GET",
-        "/api/v1/channels/room:101/presence",
-        Some(&h2),
-        None,
-    )
-    .await;
+    let (status, body) = presence(&node, &h2, "room:101").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["users"], json!([]), "{body}");
 
@@ -560,12 +494,7 @@ async fn a_service_token_stays_inside_its_property() {
     assert_eq!(msgs[0]["message"]["payload"]["from"], "h2");
 
     let (_, body) = history(&node, &h1, "room:101/history").await;
-    let from: Vec<&str> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["message"]["payload"]["from"].as_str().unwrap())
-        .collect();
+    let from = history_strs(&body, "/message/payload/from");
     assert_eq!(from, ["h1", "h1-after"], "{body}");
     assert_eq!(body["messages"][0]["offset"], h1_offset.as_str());
 }
@@ -796,14 +725,7 @@ async fn a_request_the_node_cannot_answer_in_time_gets_503() {
         .presence_hangs
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let started = tokio::time::Instant::now();
-    let got = http_json(
-        node.addr,
-        "GET",
-        "/api/v1/channels/broadcast/presence",
-        Some(&service("pms")),
-        None,
-    )
-    .await;
+    let got = presence(&node, &service("pms"), "broadcast").await;
     assert_error(&got, 503, "unavailable");
     assert!(
         got.1["error"]["retryAfterMs"].as_u64().is_some(),
@@ -814,14 +736,7 @@ async fn a_request_the_node_cannot_answer_in_time_gets_503() {
     broker
         .presence_hangs
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let (status, body) = http_json(
-        node.addr,
-        "GET",
-        "/api/v1/channels/broadcast/presence",
-        Some(&service("pms")),
-        None,
-    )
-    .await;
+    let (status, body) = presence(&node, &service("pms"), "broadcast").await;
     assert_eq!(status, 200, "{body}");
 }
 

@@ -33,6 +33,27 @@ fn offset(v: &Value) -> String {
     v["offset"].as_str().expect("offset").to_string()
 }
 
+/// The offsets of the messages of a `history` reply, in order.
+fn offsets_of(history: &Value) -> Vec<String> {
+    history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(offset)
+        .collect()
+}
+
+/// Publishes `{"n": 0}` to `{"n": count - 1}` one after the other; their offsets.
+async fn publish_n(client: &mut Client, channel: &str, event: &str, count: u64) -> Vec<String> {
+    let mut offsets = Vec::new();
+    for n in 0..count {
+        offsets.push(offset(
+            &client.publish(channel, event, json!({"n": n})).await,
+        ));
+    }
+    offsets
+}
+
 async fn a_guest_service_request_reaches_housekeeping(backend: Backend) {
     let node = TestNode::start(backend).await;
     let mut housekeeping = node.connect(&staff("s1", &["housekeeping"])).await;
@@ -65,14 +86,7 @@ async fn a_guest_service_request_reaches_housekeeping(backend: Backend) {
 async fn resume_replays_missed_messages_then_goes_live_without_gap_or_duplicate(backend: Backend) {
     let node = TestNode::start(backend).await;
     let mut publisher = node.connect(&manager("m1")).await;
-    let mut offsets = Vec::new();
-    for i in 0..5 {
-        offsets.push(offset(
-            &publisher
-                .publish("room:101", "CHAT_MESSAGE", json!({"n": i}))
-                .await,
-        ));
-    }
+    let offsets = publish_n(&mut publisher, "room:101", "CHAT_MESSAGE", 5).await;
     // A client that saw up to the second message comes back.
     let mut client = node.connect(&staff("s1", &[])).await;
     let sub = client
@@ -241,34 +255,18 @@ async fn unsubscribe_stops_delivery_and_releases_the_channel(backend: Backend) {
 async fn history_returns_the_newest_or_those_after_since(backend: Backend) {
     let node = TestNode::start(backend).await;
     let mut m = node.connect(&manager("m1")).await;
-    let mut offsets = Vec::new();
-    for i in 0..4 {
-        offsets.push(offset(
-            &m.publish("dept:maintenance", "MAINTENANCE_ALERT", json!({"n": i}))
-                .await,
-        ));
-    }
+    let offsets = publish_n(&mut m, "dept:maintenance", "MAINTENANCE_ALERT", 4).await;
     let h = m
         .request(json!({"type": "history", "channel": "dept:maintenance", "limit": 2}))
         .await;
     assert_eq!(h["type"], "history");
-    let got: Vec<String> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(offset)
-        .collect();
+    let got = offsets_of(&h);
     assert_eq!(got, offsets[2..], "newest two, oldest first");
     assert_eq!(h["messages"][0]["message"]["payload"]["n"], 2);
     let h = m
         .request(json!({"type": "history", "channel": "dept:maintenance", "since": offsets[0]}))
         .await;
-    let got: Vec<String> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(offset)
-        .collect();
+    let got = offsets_of(&h);
     assert_eq!(got, offsets[1..]);
     let bad = m
         .request(json!({"type": "history", "channel": "dept:maintenance", "limit": 101}))

@@ -60,36 +60,50 @@ fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Polls until `port` accepts TCP connections, or fails the test with `child`'s log.
-async fn wait_listening(port: u16, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + STEP;
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "server exited ({status}) before listening on {port}:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port} after {STEP:?}:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How many times a nats-server (or a cluster of them) is started again on fresh free ports
+/// when a port picked free was taken before the server bound it.
+const PORT_ATTEMPTS: usize = 5;
 
 /// A nats-server on free ports with the benchmark's configuration; returns it and its
 /// WebSocket base URL.
-async fn start_nats(dir: &Path, name: &str, cluster: Option<(u16, Vec<u16>)>) -> (Child, String) {
+async fn start_nats(dir: &Path, name: &str) -> (Child, String) {
+    for _ in 0..PORT_ATTEMPTS {
+        if let Some(started) = try_start_nats(dir, name, None).await {
+            return started;
+        }
+    }
+    panic!("nats-server {name}: a port was taken on each of {PORT_ATTEMPTS} attempts");
+}
+
+/// Two nats-servers routed to each other, on free ports; returns them and their WebSocket base
+/// URLs. A route port is in both configurations, so a taken one restarts both.
+async fn start_nats_cluster(dir: &Path) -> [(Child, String); 2] {
+    for _ in 0..PORT_ATTEMPTS {
+        let (route_a, route_b) = (free_port(), free_port());
+        let Some(a) = try_start_nats(dir, "a", Some((route_a, vec![route_b]))).await else {
+            continue;
+        };
+        if let Some(b) = try_start_nats(dir, "b", Some((route_b, vec![route_a]))).await {
+            return [a, b];
+        }
+    }
+    panic!("nats cluster: a port was taken on each of {PORT_ATTEMPTS} attempts");
+}
+
+/// Starts a nats-server on free ports with the benchmark's configuration and waits until it
+/// says it listens for WebSocket clients and, in a cluster, for routes (it binds the route
+/// port last, after "Server is ready", and exits when that fails). `None` when it exited
+/// because a port was taken meanwhile; any other failure fails the test with its log.
+async fn try_start_nats(
+    dir: &Path,
+    name: &str,
+    cluster: Option<(u16, Vec<u16>)>,
+) -> Option<(Child, String)> {
     let client = free_port();
     let ws = free_port();
+    let clustered = cluster.is_some();
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(&conf, nats::server_config(client, ws, cluster)).unwrap();
-    let log = dir.join(format!("{name}.log"));
     let check = std::process::Command::new("nats-server")
         .arg("-t")
         .arg("-c")
@@ -102,19 +116,49 @@ async fn start_nats(dir: &Path, name: &str, cluster: Option<(u16, Vec<u16>)>) ->
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+    // The log goes to stderr, read here as it comes and copied to `{name}.log`.
     let mut child = Command::new("nats-server")
         .arg("-c")
         .arg(&conf)
-        .arg("-l")
-        .arg(&log)
+        .kill_on_drop(true)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_listening(ws, &mut child, &log).await;
-    (child, format!("ws://127.0.0.1:{ws}"))
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut seen = String::new();
+    let listening = timeout(STEP, async {
+        let (mut on_ws, mut on_routes) = (false, !clustered);
+        while let Ok(Some(line)) = lines.next_line().await {
+            on_ws |= line.contains("Listening for websocket clients on");
+            on_routes |= line.contains("Listening for route connections on");
+            seen.push_str(&line);
+            seen.push('\n');
+            if on_ws && on_routes {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or_else(|_| panic!("nats-server {name} not listening after {STEP:?}:\n{seen}"));
+    std::io::Write::write_all(&mut log, seen.as_bytes()).unwrap();
+    if !listening {
+        let status = child.wait().await.unwrap();
+        if seen.contains("address already in use") {
+            return None;
+        }
+        panic!("nats-server {name} exited ({status}) before listening:\n{seen}");
+    }
+    // Keep copying, so the log is there for a failure and the child never blocks on the pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes());
+        }
+    });
+    Some((child, format!("ws://127.0.0.1:{ws}")))
 }
 
 /// One WebSocket connection driven through a `Wire`, as the load generator's driver does.
@@ -264,7 +308,7 @@ async fn nats_single_server_delivers_every_payload_once_in_order() {
         return;
     }
     let dir = scratch_dir("nats");
-    let (_server, base) = start_nats(&dir, "single", None).await;
+    let (_server, base) = start_nats(&dir, "single").await;
     round_trip(System::Nats, &base, &base).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -276,9 +320,7 @@ async fn nats_cluster_of_two_carries_messages_between_servers() {
         return;
     }
     let dir = scratch_dir("nats-cluster");
-    let (route_a, route_b) = (free_port(), free_port());
-    let (_a, base_a) = start_nats(&dir, "a", Some((route_a, vec![route_b]))).await;
-    let (_b, base_b) = start_nats(&dir, "b", Some((route_b, vec![route_a]))).await;
+    let [(_a, base_a), (_b, base_b)] = start_nats_cluster(&dir).await;
 
     // Interest crosses the route asynchronously: probe until a message published on b reaches
     // a subscriber on a, then the real run starts on fresh connections.

@@ -1,9 +1,10 @@
 //! Test support shared by Bellhop's crates: real servers, not doubles, started on free loopback
-//! ports and stopped when dropped, the clients and books of fault-injection tests, and throwaway
-//! TLS certificates. Used only as a dev-dependency.
+//! ports and stopped when dropped, the clients and books of fault-injection tests, throwaway
+//! TLS certificates, and the envelopes tests publish. Used only as a dev-dependency.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+pub mod envelope;
 pub mod jwt;
 pub mod ledger;
 pub mod redis_cluster;

@@ -388,28 +388,16 @@ impl WsPublisher {
         deadline: Instant,
     ) {
         log.start();
-        loop {
-            let started = Instant::now();
-            let attempt = tokio::time::timeout_at(deadline, self.attempt(channel, n))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("publish of n={n} not acknowledged before the deadline")
-                });
-            match attempt {
-                Attempt::Acked(message_id, offset) => {
-                    log.acked(Ack {
-                        n,
-                        channel: channel.into(),
-                        message_id,
-                        offset,
-                    });
-                    return;
-                }
-                Attempt::Failed(why, wait) => {
-                    log.failed(n, started.elapsed(), why);
-                    tokio::time::sleep(wait).await;
-                }
-            }
+        while let Some(wait) = log_attempt(
+            log,
+            channel,
+            n,
+            deadline,
+            Box::pin(self.attempt(channel, n)),
+        )
+        .await
+        {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -468,6 +456,37 @@ impl WsPublisher {
     }
 }
 
+/// Makes one attempt to publish `{"n": n}` on `channel` and logs it (one that outlives
+/// `deadline` fails the test); `Some(wait)` when it failed and the next one should wait that
+/// long, `None` when it was acknowledged.
+async fn log_attempt(
+    log: &mut PublishLog,
+    channel: &str,
+    n: u64,
+    deadline: Instant,
+    attempt: impl std::future::Future<Output = Attempt>,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let attempt = tokio::time::timeout_at(deadline, attempt)
+        .await
+        .unwrap_or_else(|_| panic!("publish of n={n} not acknowledged before the deadline"));
+    match attempt {
+        Attempt::Acked(message_id, offset) => {
+            log.acked(Ack {
+                n,
+                channel: channel.into(),
+                message_id,
+                offset,
+            });
+            None
+        }
+        Attempt::Failed(why, wait) => {
+            log.failed(n, started.elapsed(), why);
+            Some(wait)
+        }
+    }
+}
+
 /// Publishes through the HTTP API (`POST /api/v1/publish`), one connection per request.
 #[derive(Debug, Clone)]
 pub struct HttpPublisher {
@@ -490,28 +509,10 @@ impl HttpPublisher {
     /// into `log`.
     pub async fn publish(&self, log: &mut PublishLog, channel: &str, n: u64, deadline: Instant) {
         log.start();
-        loop {
-            let started = Instant::now();
-            let attempt = tokio::time::timeout_at(deadline, self.attempt(channel, n))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!("publish of n={n} not acknowledged before the deadline")
-                });
-            match attempt {
-                Attempt::Acked(message_id, offset) => {
-                    log.acked(Ack {
-                        n,
-                        channel: channel.into(),
-                        message_id,
-                        offset,
-                    });
-                    return;
-                }
-                Attempt::Failed(why, wait) => {
-                    log.failed(n, started.elapsed(), why);
-                    tokio::time::sleep(wait).await;
-                }
-            }
+        while let Some(wait) =
+            log_attempt(log, channel, n, deadline, self.attempt(channel, n)).await
+        {
+            tokio::time::sleep(wait).await;
         }
     }
 

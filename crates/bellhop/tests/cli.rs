@@ -103,6 +103,9 @@ fn verifier(secret: &str) -> Verifier {
     Verifier::new(&config).unwrap()
 }
 
+/// `bellhop token` for staff user `u1` of `h1`, the options of a test after it.
+const TOKEN_U1: [&str; 7] = ["token", "--sub", "u1", "--role", "staff", "--prop", "h1"];
+
 /// Mints a token with the binary (JWT_SECRET set to `secret`).
 async fn mint(secret: &str, args: &[&str]) -> String {
     let mut all = vec!["token"];
@@ -115,21 +118,8 @@ async fn mint(secret: &str, args: &[&str]) -> String {
 #[tokio::test]
 async fn token_prints_one_jwt_with_the_requested_claims() {
     let before = now_secs();
-    let out = run(
-        &[
-            "token",
-            "--sub",
-            "u1",
-            "--role",
-            "staff",
-            "--prop",
-            "h1",
-            "--depts",
-            "housekeeping,maintenance",
-        ],
-        &[],
-    )
-    .await;
+    let args = [&TOKEN_U1[..], &["--depts", "housekeeping,maintenance"]].concat();
+    let out = run(&args, &[]).await;
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
@@ -215,29 +205,16 @@ async fn token_signs_rs256_and_es256_with_a_private_key_file() {
         let key = TestSigningKey::generate(kind, "k1");
         let private = files.write(&format!("{}.key", kind.alg()), &key.private_pem);
         let set = files.write(&format!("{}.json", kind.alg()), &jwks(&[&key]));
-        let out = run(
-            &[
-                "token",
-                "--sub",
-                "u1",
-                "--role",
-                "staff",
-                "--prop",
-                "h1",
-                "--alg",
-                kind.alg(),
-                "--key",
-                private.to_str().unwrap(),
-                "--kid",
-                "k1",
-                "--iss",
-                "https://id.example",
-                "--aud",
-                "bellhop",
-            ],
-            &[],
-        )
-        .await;
+        let signing = [
+            "--alg",
+            kind.alg(),
+            "--key",
+            private.to_str().unwrap(),
+            "--kid",
+            "k1",
+        ];
+        let iss_aud = ["--iss", "https://id.example", "--aud", "bellhop"];
+        let out = run(&[&TOKEN_U1[..], &signing, &iss_aud].concat(), &[]).await;
         assert!(out.status.success(), "{out:?}");
         assert!(
             out.stderr.is_empty(),
@@ -263,7 +240,6 @@ async fn token_signs_rs256_and_es256_with_a_private_key_file() {
     let private = files.write("ec.key", &ec.private_pem);
     let private = private.to_str().unwrap();
     let public = files.write("ec.pub", &ec.public_pem);
-    let base = ["token", "--sub", "u1", "--role", "staff", "--prop", "h1"];
     for (extra, needle) in [
         (vec!["--key", private], "--alg RS256 or --alg ES256"),
         (vec!["--alg", "ES256"], "needs --key"),
@@ -280,7 +256,7 @@ async fn token_signs_rs256_and_es256_with_a_private_key_file() {
             "expected a private key",
         ),
     ] {
-        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let args = [&TOKEN_U1[..], &extra].concat();
         let out = run(&args, &[]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -304,20 +280,13 @@ async fn a_production_node_verifies_es256_tokens_with_a_public_key_and_no_secret
         ("JWT_PUBLIC_KEY_PATH", public.to_str().unwrap()),
     ];
     let (mut node, _) = serve(&env).await;
+    let who = ["token", "--sub", "alice", "--role", "staff", "--prop", "h1"];
     let out = run(
         &[
-            "token",
-            "--sub",
-            "alice",
-            "--role",
-            "staff",
-            "--prop",
-            "h1",
-            "--alg",
-            "ES256",
-            "--key",
-            private.to_str().unwrap(),
-        ],
+            &who[..],
+            &["--alg", "ES256", "--key", private.to_str().unwrap()],
+        ]
+        .concat(),
         &[],
     )
     .await;
@@ -436,24 +405,24 @@ fn addr_field(v: &Value) -> SocketAddr {
         .unwrap_or_else(|e| panic!("address field {v}: {e}"))
 }
 
+/// `bellhop serve` on free loopback ports.
+const SERVE_ON_FREE_PORTS: [&str; 7] = [
+    "serve",
+    "--port",
+    "0",
+    "--metrics-port",
+    "0",
+    "--bind",
+    "127.0.0.1",
+];
+
 /// Starts a node on free ports and waits for its `gateway listening` log line.
 async fn serve(env: &[(&str, &str)]) -> (Served, Value) {
-    let mut child = bellhop(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-        ],
-        env,
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = bellhop(&SERVE_ON_FREE_PORTS, env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let listening = tokio::time::timeout(DEADLINE, async {
         let mut seen = Vec::new();
@@ -1012,15 +981,7 @@ async fn a_lost_redis_is_reported_in_words() {
     let redis = bellhop_testkit::RedisServer::start().await;
     let url = redis.url();
     let mut child = bellhop(
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-        ],
+        &SERVE_ON_FREE_PORTS,
         &[("JWT_SECRET", SECRET), ("REDIS_URL", &url)],
     )
     .stdout(Stdio::null())

@@ -7,101 +7,34 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bellhop_client::protocol::{Offset, Role};
 use bellhop_client::{
-    Client, ClientOptions, Error, Event, PublishOptions, State, SubEvent, SubState, Subscription,
-    Token,
+    Client, ClientOptions, Error, Event, PublishAck, PublishOptions, State, SubEvent, SubState,
+    Subscription, Token,
 };
 use bellhop_gateway::auth::{mint, Claims};
 use bellhop_testkit::ledger::Ack;
 use bellhop_testkit::{Figures, HttpPublisher, PublishLog, Received, RedisServer};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bellhop");
 const SECRET: &str = "sdk-rust-test-secret-0123456789abcdef0123";
-const START_DEADLINE: Duration = Duration::from_secs(15);
 /// Longest any wait for an event may take.
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Node {
-    child: Child,
-    local: SocketAddr,
-}
+mod support;
 
-impl Node {
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.local)
-    }
-}
+use support::Node;
 
 /// Starts `bellhop serve` on free ports with `env`, waits for `gateway listening`.
 async fn serve(node_id: &str, env: &[(&str, &str)]) -> Node {
-    // `WS_PORT` in `env`: a fixed port (a node restarted on the same address); else the OS picks.
-    let port = env
-        .iter()
-        .find(|(k, _)| *k == "WS_PORT")
-        .map_or("0", |(_, v)| *v);
-    let mut command = Command::new(BIN);
-    command
-        .args([
-            "serve",
-            "--port",
-            port,
-            "--metrics-port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-        ])
-        .env_clear()
-        .env("JWT_SECRET", SECRET)
-        .env("NODE_ID", node_id)
-        .env("LOG_FORMAT", "json")
-        .env("RATE_LIMIT_PUBLISHES_PER_MINUTE", "10000000")
-        .env("RATE_LIMIT_FRAMES_PER_SECOND", "1000000")
-        .env("RATE_LIMIT_PER_IP", "1000000")
-        .env("MAX_PENDING_PER_IP", "1000000");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = tokio::time::timeout(START_DEADLINE, async {
-        loop {
-            let line =
-                lines.next_line().await.unwrap().unwrap_or_else(|| {
-                    panic!("{node_id}: stderr ended before `gateway listening`")
-                });
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["fields"]["message"] == "gateway listening" {
-                return v;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{node_id}: no `gateway listening` within {START_DEADLINE:?}"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let local = listening["fields"]["local_addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    Node { child, local }
+    support::serve_with(SECRET, node_id, env).await
 }
 
 fn now() -> u64 {
@@ -132,30 +65,69 @@ fn token(sub: &str, role: Role) -> String {
     token_for(sub, role, &["housekeeping"], 3600, SECRET)
 }
 
+/// Publishes a `CHAT_MESSAGE` with `payload` and the default options.
+async fn chat(client: &Client, channel: &str, payload: Value) -> Result<PublishAck, Error> {
+    client
+        .publish(channel, "CHAT_MESSAGE", payload, PublishOptions::default())
+        .await
+}
+
 fn client(urls: Vec<String>, token: Token) -> Client {
     let client = Client::new(ClientOptions::new(urls, token));
     client.connect();
     client
 }
 
-/// The next subscription event that `pick` accepts, within [`WAIT`].
-async fn next_matching<T>(
-    sub: &mut Subscription,
-    mut pick: impl FnMut(SubEvent) -> Option<T>,
+/// What yields events one at a time: a subscription, or a client's event feed.
+trait Events {
+    type Event;
+    /// The next event (panics when the source ended).
+    async fn next_event(&mut self) -> Self::Event;
+    /// What the events are, for a failure message.
+    fn what(&self) -> String;
+}
+
+impl Events for Subscription {
+    type Event = SubEvent;
+    async fn next_event(&mut self) -> SubEvent {
+        self.next().await.expect("subscription open")
+    }
+    fn what(&self) -> String {
+        format!("event on {}", self.channel())
+    }
+}
+
+impl Events for broadcast::Receiver<Event> {
+    type Event = Event;
+    async fn next_event(&mut self) -> Event {
+        self.recv().await.expect("events open")
+    }
+    fn what(&self) -> String {
+        "client event".into()
+    }
+}
+
+/// The next event of `events` that `pick` accepts, within [`WAIT`].
+async fn first_picked<E: Events, T>(
+    events: &mut E,
+    mut pick: impl FnMut(E::Event) -> Option<T>,
 ) -> T {
-    tokio::time::timeout(WAIT, async {
+    let picked = tokio::time::timeout(WAIT, async {
         loop {
-            let event = sub.next().await.expect("subscription open");
-            if let Some(t) = pick(event) {
+            if let Some(t) = pick(events.next_event().await) {
                 return t;
             }
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("no matching event on {} within {WAIT:?}", sub.channel()))
+    .await;
+    picked.unwrap_or_else(|_| panic!("no matching {} within {WAIT:?}", events.what()))
 }
 
-/// The next client event that `pick` accepts, within [`WAIT`].
+/// The next subscription event that `pick` accepts, within [`WAIT`].
+async fn next_matching<T>(sub: &mut Subscription, pick: impl FnMut(SubEvent) -> Option<T>) -> T {
+    first_picked(sub, pick).await
+}
+
 /// Waits until every thread of process `pid` is stopped (state `T` in /proc).
 async fn stopped(pid: &str) {
     let all_stopped = || {
@@ -178,20 +150,12 @@ async fn stopped(pid: &str) {
     .unwrap_or_else(|_| panic!("process {pid} not stopped within {WAIT:?}"));
 }
 
+/// The next client event that `pick` accepts, within [`WAIT`].
 async fn next_event<T>(
     events: &mut broadcast::Receiver<Event>,
     mut pick: impl FnMut(&Event) -> Option<T>,
 ) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let event = events.recv().await.expect("events open");
-            if let Some(t) = pick(&event) {
-                return t;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no matching client event within {WAIT:?}"))
+    first_picked(events, |e| pick(&e)).await
 }
 
 async fn subscribed(sub: &mut Subscription) -> (Offset, bool, u64) {
@@ -263,29 +227,21 @@ async fn every_request_kind_against_a_real_node() {
         idempotency_key: Some("order-991".into()),
         ..PublishOptions::default()
     };
-    let first = alice
-        .publish(
+    let towels = || {
+        alice.publish(
             "room:101",
             "SERVICE_REQUEST",
             json!({"item": "towels"}),
             options(),
         )
-        .await
-        .unwrap();
+    };
+    let first = towels().await.unwrap();
     assert!(!first.duplicate);
     assert_eq!(
         (first.attempts, first.idempotency_key.as_str()),
         (1, "order-991")
     );
-    let again = alice
-        .publish(
-            "room:101",
-            "SERVICE_REQUEST",
-            json!({"item": "towels"}),
-            options(),
-        )
-        .await
-        .unwrap();
+    let again = towels().await.unwrap();
     assert!(
         again.duplicate,
         "the node answers a repeated key with duplicate: true"
@@ -301,15 +257,7 @@ async fn every_request_kind_against_a_real_node() {
 
     // five more, then history in pages of two (`more`), oldest first
     for n in 0..5 {
-        alice
-            .publish(
-                "room:101",
-                "CHAT_MESSAGE",
-                json!({"n": n}),
-                PublishOptions::default(),
-            )
-            .await
-            .unwrap();
+        chat(&alice, "room:101", json!({"n": n})).await.unwrap();
     }
     let mut pages = alice.history_pages("room:101", None, 2);
     let mut offsets = Vec::new();
@@ -353,14 +301,7 @@ async fn every_request_kind_against_a_real_node() {
     alice.ping().await.unwrap();
 
     // A frame over the node's 64 KiB is refused before it is sent (the node would close 1009).
-    let big = alice
-        .publish(
-            "room:101",
-            "CHAT_MESSAGE",
-            json!({"text": "x".repeat(70_000)}),
-            PublishOptions::default(),
-        )
-        .await;
+    let big = chat(&alice, "room:101", json!({"text": "x".repeat(70_000)})).await;
     assert!(
         matches!(
             big,
@@ -410,14 +351,9 @@ async fn every_request_kind_against_a_real_node() {
     // disconnect / connect: the subscription resumes after its offset
     alice.disconnect();
     wait_state(&alice, State::Disconnected).await;
-    bob.publish(
-        "room:101",
-        "CHAT_MESSAGE",
-        json!({"n": "while away"}),
-        PublishOptions::default(),
-    )
-    .await
-    .unwrap();
+    chat(&bob, "room:101", json!({"n": "while away"}))
+        .await
+        .unwrap();
     alice.connect();
     let (_, payload, _) = message(&mut a_room).await;
     assert_eq!(payload, json!({"n": "while away"}));
@@ -555,13 +491,7 @@ async fn a_node_sigkilled_mid_stream_the_sdk_resumes_on_the_other_with_nothing_l
         let channel = CHANNELS[n as usize % 2];
         log.start();
         let sent = Instant::now();
-        let ack = publisher
-            .publish(
-                channel,
-                "CHAT_MESSAGE",
-                json!({"n": n}),
-                PublishOptions::default(),
-            )
+        let ack = chat(&publisher, channel, json!({"n": n}))
             .await
             .unwrap_or_else(|e| panic!("publish n={n}: {e}"));
         for _ in 1..ack.attempts {
@@ -655,15 +585,7 @@ async fn the_token_is_refreshed_before_expiry_and_after_a_4001() {
         "same session"
     );
     // The subscription still works after the re-auth.
-    client
-        .publish(
-            "room:101",
-            "CHAT_MESSAGE",
-            json!({"n": 1}),
-            PublishOptions::default(),
-        )
-        .await
-        .unwrap();
+    chat(&client, "room:101", json!({"n": 1})).await.unwrap();
     let (_, payload, _) = message(&mut sub).await;
     assert_eq!(payload, json!({"n": 1}));
     client.close();
@@ -842,28 +764,12 @@ async fn a_resume_on_a_node_that_cannot_vouch_for_the_offset_fires_recovery_fail
     c.ready(WAIT).await.unwrap();
     let mut sub = c.subscribe("room:3", None).unwrap();
     subscribed(&mut sub).await;
-    let x1 = c
-        .publish(
-            "room:3",
-            "CHAT_MESSAGE",
-            json!({"n": "x1"}),
-            PublishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let x1 = chat(&c, "room:3", json!({"n": "x1"})).await.unwrap();
     assert_eq!(message(&mut sub).await.0, x1.offset);
     let y = serve("node-y", &[("WS_PORT", &port_y)]).await;
     let on_y = client(vec![y.url()], Token::Fixed(token("pms", Role::Service)));
     on_y.ready(WAIT).await.unwrap();
-    let y1 = on_y
-        .publish(
-            "room:3",
-            "CHAT_MESSAGE",
-            json!({"n": "y1"}),
-            PublishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let y1 = chat(&on_y, "room:3", json!({"n": "y1"})).await.unwrap();
     x.child.kill().await.unwrap();
     let (since, _) = next_matching(&mut sub, |e| match e {
         SubEvent::RecoveryFailed { since, offset } => Some((since, offset)),
@@ -874,15 +780,7 @@ async fn a_resume_on_a_node_that_cannot_vouch_for_the_offset_fires_recovery_fail
     assert_eq!(sub.recovered(), Some(false));
     // What Y holds after `since` is replayed, then live.
     assert_eq!(message(&mut sub).await.0, y1.offset);
-    let y2 = on_y
-        .publish(
-            "room:3",
-            "CHAT_MESSAGE",
-            json!({"n": "y2"}),
-            PublishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let y2 = chat(&on_y, "room:3", json!({"n": "y2"})).await.unwrap();
     assert_eq!(message(&mut sub).await.0, y2.offset);
     println!("sdk-rust recovery-failed: since={since} surfaced, y1 replayed, y2 live");
 }
@@ -924,15 +822,7 @@ async fn unavailable_is_retried_after_retry_after_and_a_timeout_on_another_node(
     let mut events = c.events();
     let publish = {
         let c = c.clone();
-        tokio::spawn(async move {
-            c.publish(
-                "room:5",
-                "CHAT_MESSAGE",
-                json!({"n": 1}),
-                PublishOptions::default(),
-            )
-            .await
-        })
+        tokio::spawn(async move { chat(&c, "room:5", json!({"n": 1})).await })
     };
     // Redis comes back once the publish was refused and is waiting to retry.
     let (code, delay) = next_event(&mut events, |e| match e {
@@ -983,15 +873,7 @@ async fn unavailable_is_retried_after_retry_after_and_a_timeout_on_another_node(
     // kill(2) only queues the signal: a thread of A running on another core may still answer
     // for a moment, so wait (with a deadline) until every thread of A is stopped.
     stopped(&pid).await;
-    let ack2 = d
-        .publish(
-            "room:5",
-            "CHAT_MESSAGE",
-            json!({"n": 2}),
-            PublishOptions::default(),
-        )
-        .await
-        .unwrap();
+    let ack2 = chat(&d, "room:5", json!({"n": 2})).await.unwrap();
     assert!(ack2.attempts >= 2, "{ack2:?}");
     assert_eq!(d.session().unwrap().node, "node-b");
     assert!(Command::new("kill")

@@ -234,6 +234,22 @@ export class BellhopNode {
   }
 }
 
+/** A redis-server and one node on it per option (its `redisUrl` set), started together. */
+export async function startCluster<T extends NodeOptions[]>(
+  ...options: T
+): Promise<{ redis: Redis; nodes: { [K in keyof T]: BellhopNode } }> {
+  const redis = await Redis.start();
+  const nodes = await Promise.all(options.map((o) => BellhopNode.start({ ...o, redisUrl: redis.url })));
+  return { redis, nodes: nodes as { [K in keyof T]: BellhopNode } };
+}
+
+/** Closes `clients`, then stops `nodes` and `redis` (any may be missing: a start that failed). */
+export async function stopCluster(clients: { close(): void }[], nodes: (BellhopNode | undefined)[], redis: Redis | undefined): Promise<void> {
+  for (const c of clients) c.close();
+  await Promise.all(nodes.map((n) => n?.stop()));
+  await redis?.stop();
+}
+
 /**
  * SIGSTOP, and waits until every thread of the process is stopped (a signal is delivered
  * asynchronously).

@@ -474,19 +474,9 @@ impl Broker for RedisBroker {
 /// A chat message to `room:101` of property `h1`, for the unit tests of the parts.
 #[cfg(test)]
 fn test_envelope(message_id: &str) -> bellhop_protocol::Envelope {
-    use bellhop_protocol::{Channel, Envelope, Priority, Role, Sender};
-    Envelope {
-        message_id: message_id.into(),
-        event: "CHAT_MESSAGE".into(),
-        namespace: "h1".into(),
-        channel: Channel::Room("101".into()),
+    let room = bellhop_protocol::Channel::Room("101".into());
+    bellhop_protocol::Envelope {
         payload: serde_json::json!({"text": "hi"}),
-        timestamp: "2026-01-01T00:00:00.000Z".into(),
-        sender: Sender {
-            id: "u1".into(),
-            role: Role::Staff,
-        },
-        priority: Priority::Normal,
-        correlation_id: None,
+        ..bellhop_testkit::envelope::chat("h1", room, message_id)
     }
 }

@@ -52,27 +52,31 @@ where
     run(node, stream, MessageWire(sink), opening).await;
 }
 
-/// One end of an in-memory WebSocket: what the server reads and where it writes.
-struct Duplex {
+/// One end of an in-memory WebSocket: what the server reads, and `outgoing`, where it writes:
+/// an unbounded channel, or a bounded one for a peer that reads at its own pace (the server's
+/// writes then wait for it, as they wait for a real client's TCP window).
+struct Duplex<O> {
     incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
-    outgoing: mpsc::UnboundedSender<Message>,
+    outgoing: O,
 }
 
-impl Stream for Duplex {
+impl<O: Unpin> Stream for Duplex<O> {
     type Item = Result<Message, WsError>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.incoming.poll_next_unpin(cx)
     }
 }
 
-impl Sink<Message> for Duplex {
+impl<O: Sink<Message> + Unpin> Sink<Message> for Duplex<O> {
     type Error = WsError;
-    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        Poll::Ready(Ok(()))
-    }
-    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         self.outgoing
-            .unbounded_send(item)
+            .poll_ready_unpin(cx)
+            .map_err(|_| WsError::ConnectionClosed)
+    }
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        self.outgoing
+            .start_send_unpin(item)
             .map_err(|_| WsError::ConnectionClosed)
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
@@ -83,12 +87,56 @@ impl Sink<Message> for Duplex {
     }
 }
 
-struct Peer {
-    to_server: mpsc::UnboundedSender<Result<Message, WsError>>,
-    from_server: mpsc::UnboundedReceiver<Message>,
+/// Runs a session of a node with `config` on `broker` for `principal`, writing to `outgoing`;
+/// returns where the peer's frames go in, and the session's task.
+fn spawn_session<O>(
+    config: GatewayConfig,
+    broker: Arc<MemoryBroker>,
+    principal: Principal,
+    outgoing: O,
+) -> (
+    mpsc::UnboundedSender<Result<Message, WsError>>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    O: Sink<Message> + Send + Unpin + 'static,
+{
+    let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
+    let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
+    let node = Arc::new(Node::new(config, dispatcher, verifier));
+    let (to_server, incoming) = mpsc::unbounded();
+    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+    let opening = Opening {
+        principal: Some(principal),
+        codec: Codec::Json,
+        permit,
+    };
+    let session = tokio::spawn(run_duplex(node, Duplex { incoming, outgoing }, opening));
+    (to_server, session)
 }
 
-impl Peer {
+/// The client's end: `from_server` is unbounded, or bounded for a slow peer.
+struct Peer<R = mpsc::UnboundedReceiver<Message>> {
+    to_server: mpsc::UnboundedSender<Result<Message, WsError>>,
+    from_server: R,
+}
+
+/// A peer that reads at its own pace (see [`Duplex`]).
+type SlowPeer = Peer<mpsc::Receiver<Message>>;
+
+impl<R: Stream<Item = Message> + Unpin> Peer<R> {
+    fn send(&self, frame: serde_json::Value) {
+        self.to_server
+            .unbounded_send(Ok(Message::text(frame.to_string())))
+            .unwrap();
+    }
+
+    fn pong(&self) {
+        self.to_server
+            .unbounded_send(Ok(Message::Pong(Default::default())))
+            .unwrap();
+    }
+
     async fn next(&mut self) -> Message {
         self.from_server.next().await.expect("server still writing")
     }
@@ -113,18 +161,8 @@ fn start_with_leeway(principal: Principal, leeway: Duration) -> Peer {
     let mut config = GatewayConfig::new("secret");
     config.auth.leeway = leeway;
     let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
-    let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-    let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
-    let node = Arc::new(Node::new(config, dispatcher, verifier));
-    let (to_server, incoming) = mpsc::unbounded();
     let (outgoing, from_server) = mpsc::unbounded();
-    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-    let opening = Opening {
-        principal: Some(principal),
-        codec: Codec::Json,
-        permit,
-    };
-    tokio::spawn(run_duplex(node, Duplex { incoming, outgoing }, opening));
+    let (to_server, _) = spawn_session(config, broker, principal, outgoing);
     Peer {
         to_server,
         from_server,
@@ -138,62 +176,15 @@ fn close_code(m: &Message) -> Option<u16> {
     }
 }
 
-/// A socket whose peer reads at its own pace: the server's writes wait for it (a bounded
-/// channel), as they wait for a real client's TCP window.
-struct SlowDuplex {
-    incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
-    outgoing: mpsc::Sender<Message>,
-}
-
-impl Stream for SlowDuplex {
-    type Item = Result<Message, WsError>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.incoming.poll_next_unpin(cx)
-    }
-}
-
-impl Sink<Message> for SlowDuplex {
-    type Error = WsError;
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        self.outgoing
-            .poll_ready(cx)
-            .map_err(|_| WsError::ConnectionClosed)
-    }
-    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
-        self.outgoing
-            .start_send(item)
-            .map_err(|_| WsError::ConnectionClosed)
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-struct SlowPeer {
-    to_server: mpsc::UnboundedSender<Result<Message, WsError>>,
-    from_server: mpsc::Receiver<Message>,
-}
-
 impl SlowPeer {
-    fn send(&self, frame: serde_json::Value) {
-        self.to_server
-            .unbounded_send(Ok(Message::text(frame.to_string())))
-            .unwrap();
-    }
-
     /// Reads the next frame after `pace` (a client reading ~1/pace frames a second); pings
     /// are answered at once, as a live client's WebSocket library does.
     async fn next_after(&mut self, pace: Duration) -> Message {
         loop {
             tokio::time::sleep(pace).await;
-            let m = self.from_server.next().await.expect("server still writing");
+            let m = self.next().await;
             if let Message::Ping(_) = m {
-                self.to_server
-                    .unbounded_send(Ok(Message::Pong(Default::default())))
-                    .unwrap();
+                self.pong();
                 continue;
             }
             return m;
@@ -219,18 +210,10 @@ async fn slow_peer_with_backlog(principal: Principal, stored: usize) -> (SlowPee
     let envelopes: Vec<_> = (0..stored)
         .map(|i| {
             Arc::new(bellhop_protocol::Envelope {
-                message_id: format!("m{i}"),
-                event: "CHAT_MESSAGE".into(),
-                namespace: "h1".into(),
-                channel: key.channel.clone(),
                 payload: serde_json::json!({ "n": i }),
                 timestamp: "2026-12-01T10:00:00.000Z".into(),
-                sender: bellhop_protocol::Sender {
-                    id: "g1".into(),
-                    role: Role::Guest,
-                },
-                priority: bellhop_protocol::Priority::Normal,
-                correlation_id: None,
+                sender: bellhop_testkit::envelope::sender("g1", Role::Guest),
+                ..bellhop_testkit::envelope::chat("h1", key.channel.clone(), &format!("m{i}"))
             })
         })
         .collect();
@@ -240,18 +223,8 @@ async fn slow_peer_with_backlog(principal: Principal, stored: usize) -> (SlowPee
             bellhop_dispatcher::Broker::publish_batch(broker.as_ref(), batch.collect()).await;
         assert!(stored.iter().all(Result::is_ok));
     }
-    let dispatcher = Arc::new(Dispatcher::new(broker, DispatcherConfig::default()));
-    let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
-    let node = Arc::new(Node::new(config, dispatcher, verifier));
-    let (to_server, incoming) = mpsc::unbounded();
     let (outgoing, from_server) = mpsc::channel(0);
-    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-    let opening = Opening {
-        principal: Some(principal),
-        codec: Codec::Json,
-        permit,
-    };
-    tokio::spawn(run_duplex(node, SlowDuplex { incoming, outgoing }, opening));
+    let (to_server, _) = spawn_session(config, broker, principal, outgoing);
     (
         SlowPeer {
             to_server,
@@ -399,23 +372,28 @@ fn token(sub: &str, expires_in_secs: u64) -> String {
 }
 
 impl Peer {
-    fn send(&self, frame: serde_json::Value) {
-        self.to_server
-            .unbounded_send(Ok(Message::text(frame.to_string())))
-            .unwrap();
-    }
-
     /// The next frame that is not a ping, answering pings on the way (a live client).
     async fn next_answering_pings(&mut self) -> Message {
         loop {
             match self.next().await {
-                Message::Ping(_) => self
-                    .to_server
-                    .unbounded_send(Ok(Message::Pong(Default::default())))
-                    .unwrap(),
+                Message::Ping(_) => self.pong(),
                 other => return other,
             }
         }
+    }
+
+    /// Checks that the next frames (answering pings) are the `token expired` warning and a
+    /// 4001 close.
+    async fn closed_for_expiry(&mut self) {
+        let error = json(self.next_answering_pings().await);
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("token expired"),
+            "{error}"
+        );
+        assert_eq!(close_code(&self.next().await), Some(close::UNAUTHORIZED));
     }
 
     /// Answers pings until tokio's clock reaches `until`; every other frame is returned.
@@ -485,15 +463,7 @@ async fn reauthenticating_before_expiry_extends_the_deadline_and_keeps_the_conne
         (Some("pong"), &10.into())
     );
     // And the new token's expiry still ends it, with the same warning.
-    let error = json(peer.next_answering_pings().await);
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("token expired"),
-        "{error}"
-    );
-    assert_eq!(close_code(&peer.next().await), Some(close::UNAUTHORIZED));
+    peer.closed_for_expiry().await;
     let elapsed = started.elapsed().as_secs();
     assert!(
         (3659..=3661).contains(&elapsed),
@@ -520,15 +490,7 @@ async fn a_refused_reauthentication_keeps_the_old_deadline() {
         (Some("unauthorized"), &2.into())
     );
     // Both refusals leave the connection open, and the first token's expiry in force.
-    let error = json(peer.next_answering_pings().await);
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("token expired"),
-        "{error}"
-    );
-    assert_eq!(close_code(&peer.next().await), Some(close::UNAUTHORIZED));
+    peer.closed_for_expiry().await;
     let elapsed = started.elapsed().as_secs();
     assert!((74..=76).contains(&elapsed), "closed at {elapsed} s");
 }
@@ -553,18 +515,8 @@ async fn a_token_accepted_inside_the_leeway_lives_only_until_exp_plus_leeway() {
 fn start_on_broker(principal: Principal) -> (Peer, Arc<MemoryBroker>, tokio::task::JoinHandle<()>) {
     let config = GatewayConfig::new("secret");
     let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
-    let dispatcher = Arc::new(Dispatcher::new(broker.clone(), DispatcherConfig::default()));
-    let verifier = Arc::new(crate::auth::Verifier::new(&config.auth).unwrap());
-    let node = Arc::new(Node::new(config, dispatcher, verifier));
-    let (to_server, incoming) = mpsc::unbounded();
     let (outgoing, from_server) = mpsc::unbounded();
-    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-    let opening = Opening {
-        principal: Some(principal),
-        codec: Codec::Json,
-        permit,
-    };
-    let session = tokio::spawn(run_duplex(node, Duplex { incoming, outgoing }, opening));
+    let (to_server, session) = spawn_session(config, broker.clone(), principal, outgoing);
     (
         Peer {
             to_server,

@@ -283,18 +283,16 @@ impl TestNode {
 
     /// Connects with the token in the Authorization header and waits for `welcome`.
     pub async fn connect(&self, token: &str) -> Client {
-        let mut client = self
-            .connect_with(Some(token), Codec::Json)
-            .await
-            .expect("upgrade accepted");
-        let welcome = client.next().await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        client
+        self.connect_welcomed(token, Codec::Json).await
     }
 
     pub async fn connect_msgpack(&self, token: &str) -> Client {
+        self.connect_welcomed(token, Codec::MsgPack).await
+    }
+
+    async fn connect_welcomed(&self, token: &str, codec: Codec) -> Client {
         let mut client = self
-            .connect_with(Some(token), Codec::MsgPack)
+            .connect_with(Some(token), codec)
             .await
             .expect("upgrade accepted");
         let welcome = client.next().await;

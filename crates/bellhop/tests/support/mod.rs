@@ -41,13 +41,26 @@ fn addr_field(v: &Value) -> SocketAddr {
 /// publishers and followers are far faster than people) and `env` on top, and waits for its
 /// `gateway listening` log line.
 pub async fn serve(redis_url: &str, node_id: &str, env: &[(&str, &str)]) -> Node {
+    let mut with_redis = vec![("REDIS_URL", redis_url)];
+    with_redis.extend_from_slice(env);
+    serve_with(SECRET, node_id, &with_redis).await
+}
+
+/// Starts a node accepting tokens signed with `secret`, with the per-client limits raised and
+/// `env` on top (no `REDIS_URL` in it: the embedded broker), on free ports (`WS_PORT` in `env`:
+/// that port, for a node restarted on the same address), and waits for its `gateway listening`
+/// log line.
+pub async fn serve_with(secret: &str, node_id: &str, env: &[(&str, &str)]) -> Node {
+    let port = env
+        .iter()
+        .find(|(k, _)| *k == "WS_PORT")
+        .map_or("0", |(_, v)| *v);
     let mut command = Command::new(BIN);
     command
-        .args(["serve", "--port", "0", "--metrics-port", "0"])
+        .args(["serve", "--port", port, "--metrics-port", "0"])
         .args(["--bind", "127.0.0.1"])
         .env_clear()
-        .env("REDIS_URL", redis_url)
-        .env("JWT_SECRET", SECRET)
+        .env("JWT_SECRET", secret)
         .env("NODE_ID", node_id)
         .env("LOG_FORMAT", "json")
         .env("RATE_LIMIT_PUBLISHES_PER_MINUTE", "10000000")
