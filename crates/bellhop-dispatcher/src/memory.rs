@@ -15,7 +15,8 @@
 //! `recovered: false` because their offsets are older than this broker's history.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,8 +25,8 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::broker::{
-    Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, ReadResult, StoredMessage,
-    Subscription,
+    Attachment, Broker, BrokerError, ChannelEvent, ChannelKey, LiveSink, Publish, Published,
+    ReadResult, StoredMessage, Subscription, SubscriptionEvent,
 };
 
 /// Settings of the embedded broker.
@@ -42,9 +43,11 @@ pub struct MemoryConfig {
     /// Most idempotency results remembered at once (100,000, about 30 MB at most); beyond it the
     /// oldest are forgotten before their window ends.
     pub max_idempotency_keys: usize,
-    /// Events buffered per channel for a live subscriber before it is told it has a gap (32).
-    /// The buffer is allocated in full for every channel with a subscriber, so it is small: a
-    /// node's hub drains it at once, and a subscriber that falls behind re-reads the log.
+    /// Events buffered per channel for a live [`Broker::subscribe`] subscriber before it is told
+    /// it has a gap (32). The buffer is allocated in full for every channel with such a
+    /// subscriber, so it is small: a subscriber that falls behind re-reads the log. Sinks
+    /// ([`Broker::attach`], what a node's hub uses) are handed each event as it happens and have
+    /// no buffer here.
     pub subscriber_buffer: usize,
 }
 
@@ -65,8 +68,11 @@ type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// The in-memory broker of a single node.
 pub struct MemoryBroker {
-    /// All channels this broker knows.
-    channels: Mutex<HashMap<ChannelKey, ChannelState>>,
+    /// All channels this broker knows (shared with the [`Attachment`]s, which detach their sink
+    /// when dropped).
+    channels: Arc<Mutex<Channels>>,
+    /// Numbers the attached sinks, so that an attachment detaches its own.
+    next_sink: AtomicU64,
     /// Retention and size limits.
     config: MemoryConfig,
     /// Where this broker's history begins: offsets before it were never seen here.
@@ -92,6 +98,9 @@ impl std::fmt::Debug for MemoryBroker {
     }
 }
 
+/// Every channel's state, by key.
+type Channels = HashMap<ChannelKey, ChannelState>;
+
 /// One channel's log and side state.
 #[derive(Debug)]
 struct ChannelState {
@@ -102,8 +111,10 @@ struct ChannelState {
     /// Messages at or before this offset may have been trimmed: a `since` below it is not
     /// recoverable.
     floor: Offset,
-    /// Live subscribers.
-    tx: broadcast::Sender<ChannelEvent>,
+    /// Live subscribers of [`Broker::subscribe`]; made with the first of them.
+    tx: Option<broadcast::Sender<ChannelEvent>>,
+    /// Attached sinks, by number.
+    sinks: Vec<(u64, Arc<dyn LiveSink>)>,
     /// Sessions on the channel, by user.
     presence: HashMap<String, HashSet<String>>,
     /// Read markers by user.
@@ -161,6 +172,23 @@ impl Idempotency {
 }
 
 impl ChannelState {
+    /// Hands a live event to every subscriber and sink, in the order events happen (the caller
+    /// holds the channels' lock).
+    fn emit(&self, event: ChannelEvent) {
+        for (_, sink) in &self.sinks {
+            sink.deliver(SubscriptionEvent::Event(event.clone()));
+        }
+        if let Some(tx) = &self.tx {
+            // No receivers is fine: the message is stored for history and recovery.
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Whether anyone listens to the channel's live events.
+    fn has_listeners(&self) -> bool {
+        !self.sinks.is_empty() || self.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     fn count_after(&self, offset: Offset) -> u64 {
         let start = self.log.partition_point(|m| m.offset <= offset);
         (self.log.len() - start) as u64
@@ -177,7 +205,8 @@ impl MemoryBroker {
     pub fn with_clock(config: MemoryConfig, clock: Clock) -> Self {
         let origin = Offset::new(clock(), 0);
         MemoryBroker {
-            channels: Mutex::new(HashMap::new()),
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            next_sink: AtomicU64::new(1),
             config,
             origin,
             high_water: Mutex::new(Offset::ZERO),
@@ -229,8 +258,7 @@ impl MemoryBroker {
         };
         state.log.push_back(message.clone());
         self.trim(state, now);
-        // No receivers is fine: the message is stored for history and recovery.
-        let _ = state.tx.send(ChannelEvent::Message(message));
+        state.emit(ChannelEvent::Message(message));
         if let Some(remembered) = remembered {
             let window = self
                 .config
@@ -252,12 +280,12 @@ impl MemoryBroker {
         let last = floor
             .max(Offset::new(now.saturating_sub(1), 0))
             .max(*self.high_water.lock());
-        let (tx, _) = broadcast::channel(self.config.subscriber_buffer.max(1));
         ChannelState {
             log: VecDeque::new(),
             last,
             floor,
-            tx,
+            tx: None,
+            sinks: Vec::new(),
             presence: HashMap::new(),
             markers: HashMap::new(),
         }
@@ -293,9 +321,8 @@ impl MemoryBroker {
         let mut channels = self.channels.lock();
         channels.retain(|_, state| {
             self.trim(state, now);
-            let keep = !(state.log.is_empty()
-                && state.tx.receiver_count() == 0
-                && state.presence.is_empty());
+            let keep =
+                !(state.log.is_empty() && !state.has_listeners() && state.presence.is_empty());
             if !keep {
                 let mut high_water = self.high_water.lock();
                 *high_water = (*high_water).max(state.last);
@@ -339,13 +366,37 @@ impl Broker for MemoryBroker {
         event: ChannelEvent,
     ) -> Result<(), BrokerError> {
         if let Some(state) = self.channels.lock().get(key) {
-            let _ = state.tx.send(event);
+            state.emit(event);
         }
         Ok(())
     }
 
     async fn subscribe(&self, key: &ChannelKey) -> Result<Subscription, BrokerError> {
-        Ok(self.with_state(key, |state, _| Subscription::new(state.tx.subscribe())))
+        let capacity = self.config.subscriber_buffer.max(1);
+        Ok(self.with_state(key, |state, _| {
+            let tx = state
+                .tx
+                .get_or_insert_with(|| broadcast::channel(capacity).0);
+            Subscription::new(tx.subscribe())
+        }))
+    }
+
+    async fn attach(
+        &self,
+        key: &ChannelKey,
+        sink: Arc<dyn LiveSink>,
+    ) -> Result<Attachment, BrokerError> {
+        let id = self.next_sink.fetch_add(1, Ordering::Relaxed);
+        self.with_state(key, |state, _| {
+            // Usually the one node's hub: no room kept for more.
+            state.sinks.reserve_exact(1);
+            state.sinks.push((id, sink));
+        });
+        Ok(Attachment::new(Box::new(Detach {
+            channels: Arc::downgrade(&self.channels),
+            key: key.clone(),
+            id,
+        })))
     }
 
     async fn read(
@@ -470,6 +521,28 @@ impl Broker for MemoryBroker {
         self.trim(state, now);
         let marker = state.markers.get(user_id).copied().unwrap_or(Offset::ZERO);
         Ok(state.count_after(marker))
+    }
+}
+
+/// Detaches a sink from its channel when dropped (an [`Attachment`] of the embedded broker).
+struct Detach {
+    /// The broker's channels; gone with the broker.
+    channels: Weak<Mutex<Channels>>,
+    /// The sink's channel.
+    key: ChannelKey,
+    /// The sink's number.
+    id: u64,
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let Some(channels) = self.channels.upgrade() else {
+            return;
+        };
+        let mut channels = channels.lock();
+        if let Some(state) = channels.get_mut(&self.key) {
+            state.sinks.retain(|(id, _)| *id != self.id);
+        }
     }
 }
 

@@ -675,9 +675,11 @@ fn upgrade(edge: &Edge, mut req: Request<Incoming>, remote: SocketAddr) -> Respo
     response
 }
 
-/// Read buffer of a WebSocket connection, and how much one read asks the socket for: client
-/// frames are small, and a large one only takes more reads (the buffer grows to hold it).
-const READ_BUFFER_BYTES: usize = 1024;
+/// tungstenite's read buffer of a WebSocket connection, and how much it takes at once: client
+/// frames are small, and the buffer grows to hold a large one. It is filled from the socket
+/// through `wire::Duplex`, which reads up to 4 KiB at a time and keeps what does not fit only
+/// until tungstenite takes it.
+const READ_BUFFER_BYTES: usize = 128;
 
 /// Whether a request's `Origin` may open a connection: any when no list is configured; a
 /// request without `Origin` (not a browser) is allowed.

@@ -156,10 +156,11 @@ struct Session<'a> {
     counted: Option<(String, String)>,
 }
 
-/// Sleeps until `until`, or forever without one.
+/// Sleeps until `until`, or forever without one. The timer is boxed: only a closing connection
+/// has one, and every idle connection's handler would otherwise hold its room.
 async fn sleep_or_never(until: Option<Instant>) {
     match until {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => Box::pin(tokio::time::sleep_until(t)).await,
         None => std::future::pending().await,
     }
 }
