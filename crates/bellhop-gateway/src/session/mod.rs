@@ -72,7 +72,7 @@ pub(crate) struct Opening {
 
 /// Runs a connection to its end: `stream` is what the peer sends, `wire` where the writer
 /// writes. Returns both when the writer finished in time (its close frame sent), so the caller
-/// can linger on the socket before dropping it (see `server::linger`).
+/// can linger on the socket before dropping it (see `upgrade::linger`).
 pub(crate) async fn run<R, W>(
     node: Arc<Node>,
     mut stream: R,
