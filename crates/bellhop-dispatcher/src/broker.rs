@@ -225,6 +225,49 @@ impl Subscription {
     }
 }
 
+/// Where a broker pushes one channel's live events, in order, as they happen (see
+/// [`Broker::attach`]): the alternative to a [`Subscription`] for a consumer that holds many
+/// channels, most of them quiet. A subscription is a buffer allocated in full and a task to read
+/// it for every channel; a sink is whatever the consumer makes of it (the gateway's hub queues
+/// the event and wakes a task only while there is something to deliver).
+pub trait LiveSink: Send + Sync + fmt::Debug + 'static {
+    /// Takes the channel's next event: a message, an ephemeral event, a
+    /// [`SubscriptionEvent::Gap`] when events may have been missed (the backend's connection came
+    /// back, a sequence jumped), or [`SubscriptionEvent::Closed`] when the backend ends the
+    /// attachment. Called with the backend's locks held, in the order the events happened: it
+    /// must return at once, and must not call the broker or drop an [`Attachment`].
+    fn deliver(&self, event: SubscriptionEvent);
+}
+
+/// A sink attached to a channel by [`Broker::attach`]. Dropping it detaches the sink (the
+/// backend takes its own lock to do so: never drop it while holding a lock the sink takes).
+pub struct Attachment {
+    /// What the backend keeps alive for as long as the sink is attached.
+    _lease: Lease,
+}
+
+impl fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Attachment")
+    }
+}
+
+impl Attachment {
+    /// An attachment that ends when `lease` is dropped.
+    pub(crate) fn new(lease: Lease) -> Self {
+        Attachment { _lease: lease }
+    }
+}
+
+/// Ends a forwarding task when dropped (the default [`Broker::attach`]).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The answer to a read of a channel's log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReadResult {
@@ -280,6 +323,30 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Subscribes to a channel's live events.
     async fn subscribe(&self, key: &ChannelKey) -> Result<Subscription, BrokerError>;
+
+    /// Attaches `sink` to a channel's live events: every event from now on is handed to it, in
+    /// order, until the returned [`Attachment`] is dropped. The same guarantees as
+    /// [`Broker::subscribe`] (a gap is signalled, never silent), without a buffer or a task per
+    /// channel in the backends that implement it natively; this default reads a subscription
+    /// from a task of its own.
+    async fn attach(
+        &self,
+        key: &ChannelKey,
+        sink: Arc<dyn LiveSink>,
+    ) -> Result<Attachment, BrokerError> {
+        let mut subscription = self.subscribe(key).await?;
+        let task = tokio::spawn(async move {
+            loop {
+                let event = subscription.recv().await;
+                let closed = event == SubscriptionEvent::Closed;
+                sink.deliver(event);
+                if closed {
+                    return;
+                }
+            }
+        });
+        Ok(Attachment::new(Box::new(AbortOnDrop(task.abort_handle()))))
+    }
 
     /// Reads messages after `since` (oldest first, at most `limit`), or with no `since` the
     /// newest `limit` messages.

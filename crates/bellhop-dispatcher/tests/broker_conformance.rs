@@ -19,8 +19,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bellhop_dispatcher::{
-    now_ms, Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, StoredMessage,
-    Subscription, SubscriptionEvent, MAX_IDEMPOTENCY_KEY_BYTES,
+    now_ms, Broker, BrokerError, ChannelEvent, ChannelKey, LiveSink, Publish, Published,
+    StoredMessage, Subscription, SubscriptionEvent, MAX_IDEMPOTENCY_KEY_BYTES,
 };
 use bellhop_dispatcher::{MemoryBroker, MemoryConfig, RedisBroker, RedisConfig};
 use bellhop_protocol::{Channel, Envelope, Offset};
@@ -368,6 +368,83 @@ async fn check_subscription_yields_published_messages_in_order(broker: Arc<dyn B
         assert_eq!((m.offset, &m.envelope.message_id), (*offset, id));
         assert_eq!(ChannelKey::of(&m.envelope), key);
     }
+}
+
+/// A [`LiveSink`] that records what it is handed.
+#[derive(Debug, Default)]
+struct Recorder {
+    events: parking_lot::Mutex<Vec<SubscriptionEvent>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl LiveSink for Recorder {
+    fn deliver(&self, event: SubscriptionEvent) {
+        self.events.lock().push(event);
+        self.arrived.notify_waiters();
+    }
+}
+
+impl Recorder {
+    /// The first `n` events, once they have arrived (with a deadline, as [`next_event`]).
+    async fn first(&self, n: usize) -> Vec<SubscriptionEvent> {
+        let wait = async {
+            loop {
+                let arrived = self.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                {
+                    let events = self.events.lock();
+                    if events.len() >= n {
+                        return events[..n].to_vec();
+                    }
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("the events within 5 s")
+    }
+}
+
+/// An attached sink is handed every message and ephemeral event from then on, in order, at the
+/// offsets publish reported, and nothing once its attachment is dropped.
+async fn check_an_attached_sink_sees_events_in_order_until_detached(broker: Arc<dyn Broker>) {
+    let key = ChannelKey::new(property("sink"), room("101"));
+    let sink = Arc::new(Recorder::default());
+    let attachment = broker.attach(&key, sink.clone()).await.unwrap();
+    let mut sub = broker.subscribe(&key).await.unwrap();
+    let names = ids("m", 3);
+    let mut offsets = publish_each(&broker, &key, &names[..2]).await;
+    let typing = ChannelEvent::Typing {
+        user_id: "u2".into(),
+    };
+    broker
+        .publish_ephemeral(&key, typing.clone())
+        .await
+        .unwrap();
+    offsets.extend(publish_each(&broker, &key, &names[2..]).await);
+    let got = sink.first(4).await;
+    let message = |i: usize| match &got[i] {
+        SubscriptionEvent::Event(ChannelEvent::Message(m)) => {
+            (m.offset, m.envelope.message_id.clone())
+        }
+        other => panic!("expected a message, got {other:?}"),
+    };
+    assert_eq!(message(0), (offsets[0], names[0].clone()));
+    assert_eq!(message(1), (offsets[1], names[1].clone()));
+    assert_eq!(got[2], SubscriptionEvent::Event(typing));
+    assert_eq!(message(3), (offsets[2], names[2].clone()));
+
+    drop(attachment);
+    let after = publish_each(&broker, &key, &["after".to_owned()]).await[0];
+    // The subscription sees everything the sink saw, then the message published after the
+    // detach: by then the sink would have had it too.
+    for _ in 0..4 {
+        next_event(&mut sub).await;
+    }
+    assert_eq!(next_message(&mut sub).await.offset, after);
+    assert_eq!(sink.events.lock().len(), 4, "nothing after the detach");
 }
 
 /// Ephemeral events (join, typing) reach live subscribers in order with the messages around
@@ -848,6 +925,7 @@ macro_rules! conformance {
             check_since_zero_is_not_recovered_but_returns_retained,
             check_subscription_yields_published_messages_in_order,
             check_ephemeral_events_are_live_only,
+            check_an_attached_sink_sees_events_in_order_until_detached,
             check_resume_reads_then_live_without_gap_or_duplicate,
             check_presence_tracks_users_across_sessions,
             check_read_markers_count_unread_and_never_move_back,

@@ -6,19 +6,24 @@
 //! subscriber. A new subscriber starts *pending*: live messages are buffered while its session
 //! replays history from the broker, then [`Hub::activate`] flushes the buffered messages that are
 //! newer than the replay and turns the subscriber live. A gap reported by the broker makes the
-//! channel task re-read the log from its last offset, so nothing is skipped.
+//! channel re-read the log from its last offset, so nothing is skipped.
+//!
+//! An idle channel costs no task and no buffer: the hub attaches each channel to the broker as a
+//! [`LiveSink`], which queues what the broker hands it and starts a task to deliver it only
+//! while there is something queued (the task ends when the queue is empty). Events of one
+//! channel are delivered by one task at a time, in the order the broker handed them over.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bellhop_dispatcher::{
-    Broker, BrokerError, ChannelEvent, ChannelKey, StoredMessage, Subscription, SubscriptionEvent,
+    Attachment, Broker, BrokerError, ChannelEvent, ChannelKey, LiveSink, StoredMessage,
+    SubscriptionEvent,
 };
 use bellhop_protocol::{close, Codec, Offset, ServerFrame};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
-use tokio::task::AbortHandle;
 
 use crate::metrics::Metrics;
 use crate::outbound::{channel_tag, Class, Outbound, Pushed};
@@ -28,6 +33,9 @@ use crate::wire::WireFrame;
 const PENDING_BUFFER: usize = 4096;
 /// Messages per broker read when catching up after a gap.
 const PAGE: usize = 500;
+/// Live events a channel queues while its delivery task is busy (catching up after a gap,
+/// say) before the queue is dropped for a gap: what was dropped is re-read from the log.
+const QUEUED_EVENTS: usize = 4096;
 
 /// A local connection's interest in a channel.
 #[derive(Debug, Clone)]
@@ -68,27 +76,48 @@ struct LocalSub {
     mode: Mode,
 }
 
-/// One channel's local state.
+/// What every channel of the hub shares.
+#[derive(Debug)]
+struct Shared {
+    /// The broker: attachments and catch-up reads.
+    broker: Arc<dyn Broker>,
+    /// Delivery metrics.
+    metrics: Metrics,
+}
+
+/// One channel's local state; the broker's [`LiveSink`] for the channel.
 #[derive(Debug)]
 struct ChannelHub {
     /// Which channel.
     key: ChannelKey,
     /// The channel's tag in outbound queues.
     tag: u64,
-    /// Set once the broker subscription is up and the task runs.
+    /// Set once the broker attachment is up and delivery may start.
     init: OnceCell<()>,
-    /// Subscribers and the channel's delivery position.
+    /// Subscribers, the channel's delivery position and its queue of live events.
     state: Mutex<HubState>,
+    /// The hub's broker and metrics.
+    shared: Arc<Shared>,
+    /// This channel itself, for the delivery task the sink starts.
+    me: Weak<ChannelHub>,
 }
 
 #[derive(Debug, Default)]
 struct HubState {
-    /// Local subscribers by connection id.
-    subs: HashMap<u64, LocalSub>,
+    /// Local subscribers by connection id (boxed: most channels have one or a few, and the
+    /// table's spare slots are then pointers, not whole subscribers).
+    subs: HashMap<u64, Box<LocalSub>>,
     /// The newest offset delivered on this channel.
     last: Offset,
-    /// The task reading the broker subscription.
-    task: Option<AbortHandle>,
+    /// Live events the broker handed over and no task delivered yet; empty (and unallocated)
+    /// while the channel is quiet.
+    queue: VecDeque<SubscriptionEvent>,
+    /// A delivery task is running (it ends when it finds the queue empty).
+    delivering: bool,
+    /// Delivery may start: the attachment is up and `last` is known.
+    ready: bool,
+    /// The broker attachment; dropped (outside the lock) when the last subscriber leaves.
+    attachment: Option<Attachment>,
     /// Set when the last subscriber left; a joiner that finds it set starts over.
     closed: bool,
 }
@@ -107,18 +136,15 @@ pub(crate) enum Activation {
 pub(crate) struct Hub {
     /// Channels with at least one local subscriber (or one joining).
     channels: Mutex<HashMap<ChannelKey, Arc<ChannelHub>>>,
-    /// The broker whose subscriptions feed the hub.
-    broker: Arc<dyn Broker>,
-    /// Delivery metrics.
-    metrics: Metrics,
+    /// The broker whose attachments feed the hub, and the delivery metrics.
+    shared: Arc<Shared>,
 }
 
 impl Hub {
     pub(crate) fn new(broker: Arc<dyn Broker>, metrics: Metrics) -> Self {
         Hub {
             channels: Mutex::new(HashMap::new()),
-            broker,
-            metrics,
+            shared: Arc::new(Shared { broker, metrics }),
         }
     }
 
@@ -131,11 +157,13 @@ impl Hub {
                 .lock()
                 .entry(key.clone())
                 .or_insert_with(|| {
-                    Arc::new(ChannelHub {
+                    Arc::new_cyclic(|me| ChannelHub {
                         key: key.clone(),
                         tag: channel_tag(key),
                         init: OnceCell::new(),
                         state: Mutex::default(),
+                        shared: self.shared.clone(),
+                        me: me.clone(),
                     })
                 })
                 .clone();
@@ -157,24 +185,27 @@ impl Hub {
                 buffer: Vec::new(),
                 overflowed: false,
             };
-            state.subs.insert(sub.conn_id, LocalSub { sub, mode });
+            state
+                .subs
+                .insert(sub.conn_id, Box::new(LocalSub { sub, mode }));
             return Ok(());
         }
     }
 
     async fn start(&self, hub: Arc<ChannelHub>) -> Result<(), BrokerError> {
-        let subscription = self.broker.subscribe(&hub.key).await?;
-        // Everything up to `last` is covered by each subscriber's own replay.
-        let last = self.broker.read(&hub.key, None, 0).await?.last;
-        hub.state.lock().last = last;
-        let task = tokio::spawn(run_channel(
-            hub.clone(),
-            subscription,
-            self.broker.clone(),
-            self.metrics.clone(),
-        ));
-        hub.state.lock().task = Some(task.abort_handle());
-        self.metrics.channels.inc();
+        let broker = &self.shared.broker;
+        let attachment = broker.attach(&hub.key, hub.clone()).await?;
+        // Everything up to `last` is covered by each subscriber's own replay. Events the broker
+        // hands over meanwhile wait in the queue (they are newer, or dropped as not).
+        let last = broker.read(&hub.key, None, 0).await?.last;
+        {
+            let mut state = hub.state.lock();
+            state.last = state.last.max(last);
+            state.attachment = Some(attachment);
+            state.ready = true;
+            hub.wake(&mut state);
+        }
+        self.shared.metrics.channels.inc();
         tracing::debug!(channel = %hub.key, "node subscribed to channel");
         Ok(())
     }
@@ -201,7 +232,7 @@ impl Hub {
         let buffered = std::mem::take(buffer);
         for m in buffered.iter().filter(|m| m.offset > cursor) {
             if let Some(frame) = encode_message(local.sub.codec, &hub.key, m) {
-                push_message(&local.sub.outbound, hub.tag, m, frame, &self.metrics);
+                push_message(&local.sub.outbound, hub.tag, m, frame, &self.shared.metrics);
             }
             watermark = m.offset;
         }
@@ -211,21 +242,26 @@ impl Hub {
 
     /// Removes a subscriber; the node unsubscribes from the broker when it was the last.
     pub(crate) fn leave(&self, key: &ChannelKey, conn_id: u64) {
-        let mut channels = self.channels.lock();
-        let Some(hub) = channels.get(key).cloned() else {
-            return;
-        };
-        let mut state = hub.state.lock();
-        state.subs.remove(&conn_id);
-        if state.subs.is_empty() && hub.init.initialized() {
-            state.closed = true;
-            if let Some(task) = state.task.take() {
-                task.abort();
+        let attachment = {
+            let mut channels = self.channels.lock();
+            let Some(hub) = channels.get(key).cloned() else {
+                return;
+            };
+            let mut state = hub.state.lock();
+            state.subs.remove(&conn_id);
+            if !(state.subs.is_empty() && hub.init.initialized()) {
+                return;
             }
+            state.closed = true;
+            state.queue = VecDeque::new();
             channels.remove(key);
-            self.metrics.channels.dec();
+            self.shared.metrics.channels.dec();
             tracing::debug!(channel = %key, "node unsubscribed from channel");
-        }
+            state.attachment.take()
+        };
+        // Detaching takes the broker's lock, under which the broker takes this channel's: so
+        // never with this channel's lock held.
+        drop(attachment);
     }
 
     /// Channels the node is subscribed to.
@@ -283,9 +319,39 @@ fn push_message(
     }
 }
 
+impl LiveSink for ChannelHub {
+    fn deliver(&self, event: SubscriptionEvent) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return;
+        }
+        if state.queue.len() >= QUEUED_EVENTS {
+            // The delivery task is far behind (a long catch-up): what is dropped here is in the
+            // log, and the gap makes the task re-read it.
+            tracing::debug!(channel = %self.key, "live queue full; re-reading the log");
+            state.queue.clear();
+            state.queue.push_back(SubscriptionEvent::Gap);
+        }
+        state.queue.push_back(event);
+        self.wake(&mut state);
+    }
+}
+
 impl ChannelHub {
+    /// Starts the delivery task when events wait, delivery may start, and none runs.
+    fn wake(&self, state: &mut HubState) {
+        if state.delivering || !state.ready || state.queue.is_empty() {
+            return;
+        }
+        let Some(hub) = self.me.upgrade() else {
+            return;
+        };
+        state.delivering = true;
+        tokio::spawn(run_channel(hub));
+    }
+
     /// Delivers one stored message to every subscriber that has not seen it.
-    fn deliver(&self, m: &StoredMessage, metrics: &Metrics) {
+    fn deliver_message(&self, m: &StoredMessage, metrics: &Metrics) {
         let mut state = self.state.lock();
         if m.offset <= state.last {
             return;
@@ -381,43 +447,60 @@ impl ChannelHub {
     }
 }
 
-/// Reads one channel's broker subscription and fans it out until the last subscriber leaves
-/// (which aborts this task) or the broker ends the subscription.
-async fn run_channel(
-    hub: Arc<ChannelHub>,
-    mut subscription: Subscription,
-    broker: Arc<dyn Broker>,
-    metrics: Metrics,
-) {
+/// Delivers a channel's queued events, in order, until the queue is empty or the last
+/// subscriber left.
+async fn run_channel(hub: Arc<ChannelHub>) {
+    let metrics = &hub.shared.metrics;
     loop {
-        match subscription.recv().await {
-            SubscriptionEvent::Event(ChannelEvent::Message(m)) => hub.deliver(&m, &metrics),
-            SubscriptionEvent::Event(event) => hub.deliver_ephemeral(&event, &metrics),
-            SubscriptionEvent::Gap => catch_up(&hub, broker.as_ref(), &metrics).await,
-            SubscriptionEvent::Closed => {
-                tracing::warn!(channel = %hub.key, "broker ended the subscription");
-                hub.close_all(
-                    close::RESTART,
-                    "channel subscription lost: reconnect and resume from your offsets",
-                );
+        let events = {
+            let mut state = hub.state.lock();
+            if state.closed || state.queue.is_empty() {
+                // A quiet channel keeps no buffer.
+                state.queue = VecDeque::new();
+                state.delivering = false;
                 return;
+            }
+            std::mem::take(&mut state.queue)
+        };
+        for event in events {
+            match event {
+                SubscriptionEvent::Event(ChannelEvent::Message(m)) => {
+                    hub.deliver_message(&m, metrics)
+                }
+                SubscriptionEvent::Event(event) => hub.deliver_ephemeral(&event, metrics),
+                SubscriptionEvent::Gap => Box::pin(catch_up(&hub)).await,
+                SubscriptionEvent::Closed => {
+                    tracing::warn!(channel = %hub.key, "broker ended the subscription");
+                    hub.close_all(
+                        close::RESTART,
+                        "channel subscription lost: reconnect and resume from your offsets",
+                    );
+                }
             }
         }
     }
 }
 
-/// Re-reads the channel's log after the last delivered offset, retrying until it succeeds.
-async fn catch_up(hub: &ChannelHub, broker: &dyn Broker, metrics: &Metrics) {
+/// Re-reads the channel's log after the last delivered offset, retrying until it succeeds or
+/// the last subscriber left.
+async fn catch_up(hub: &ChannelHub) {
+    let (broker, metrics) = (hub.shared.broker.as_ref(), &hub.shared.metrics);
     let mut backoff = Duration::from_millis(50);
     loop {
-        let from = hub.state.lock().last;
+        let from = {
+            let state = hub.state.lock();
+            if state.closed {
+                return;
+            }
+            state.last
+        };
         match broker.read(&hub.key, Some(from), PAGE).await {
             Ok(read) => {
                 if !read.recovered {
                     tracing::warn!(channel = %hub.key, %from, "messages expired before this node could deliver them");
                 }
                 for m in &read.messages {
-                    hub.deliver(m, metrics);
+                    hub.deliver_message(m, metrics);
                 }
                 if !read.more {
                     return;
@@ -553,14 +636,20 @@ mod tests {
         assert_eq!(received(&outbound, 2).await, vec![5, 6]);
     }
 
-    #[tokio::test]
-    async fn a_message_delivered_again_by_a_catch_up_is_dropped() {
+    /// A hub with one subscriber (connection 1) that is live from the channel's start.
+    async fn live_subscriber() -> (Arc<MemoryBroker>, Hub, Arc<Outbound>, Offset) {
         let broker = Arc::new(MemoryBroker::new(MemoryConfig::default()));
         let hub = Hub::new(broker.clone(), Metrics::new("t"));
         let (sub, outbound) = subscriber(1);
         hub.join(&key(), sub).await.unwrap();
         let start = broker.read(&key(), None, 0).await.unwrap().last;
         assert_eq!(hub.activate(&key(), 1, start), Activation::Live);
+        (broker, hub, outbound, start)
+    }
+
+    #[tokio::test]
+    async fn a_message_delivered_again_by_a_catch_up_is_dropped() {
+        let (broker, hub, outbound, start) = live_subscriber().await;
         store(&broker, 0..2).await;
         assert_eq!(received(&outbound, 2).await, vec![0, 1]);
         // A gap's catch-up re-reads from the channel's last offset; anything it hands the hub
@@ -568,10 +657,34 @@ mod tests {
         let channel = hub.channels.lock()[&key()].clone();
         let again = broker.read(&key(), Some(start), 10).await.unwrap();
         for m in &again.messages {
-            channel.deliver(m, &hub.metrics);
+            channel.deliver_message(m, &hub.shared.metrics);
         }
         store(&broker, 2..3).await;
         assert_eq!(received(&outbound, 1).await, vec![2], "0 and 1 not twice");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_channel_holds_no_task_and_no_queue() {
+        let (broker, hub, outbound, _) = live_subscriber().await;
+        store(&broker, 0..3).await;
+        assert_eq!(received(&outbound, 3).await, vec![0, 1, 2]);
+        // Once everything is delivered, the delivery task ends and gives its queue back.
+        let started = tokio::time::Instant::now();
+        loop {
+            let quiet = {
+                let channels = hub.channels.lock();
+                let state = channels[&key()].state.lock();
+                !state.delivering && state.queue.capacity() == 0
+            };
+            if quiet {
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "the channel stayed busy");
+            tokio::task::yield_now().await;
+        }
+        // And the next message starts one again.
+        store(&broker, 3..4).await;
+        assert_eq!(received(&outbound, 1).await, vec![3]);
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@ pub mod policy;
 mod server;
 mod session;
 pub mod tls;
+mod upgrade;
 pub mod wire;
 
 use std::net::SocketAddr;

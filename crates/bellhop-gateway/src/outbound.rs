@@ -404,8 +404,8 @@ impl Outbound {
                         }
                     }
                 }
-                if inner.frames == 0 && inner.queues.iter().any(|q| q.capacity() > 64) {
-                    // A burst's buffers are not kept for the rest of an idle connection's life.
+                if inner.frames == 0 && inner.queues.iter().any(|q| q.capacity() > 0) {
+                    // Buffers are held only while frames wait: an idle connection keeps none.
                     inner.queues = Default::default();
                 }
                 let captured = self.captured.swap(false, Ordering::AcqRel);

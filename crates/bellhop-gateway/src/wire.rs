@@ -12,9 +12,10 @@
 
 use std::future::Future;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
@@ -132,12 +133,23 @@ impl Captured {
 #[derive(Debug)]
 pub(crate) struct Capture(Arc<Captured>);
 
+/// Most bytes one read takes from the socket. They are read onto the stack: what tungstenite's
+/// small buffer cannot take at once waits in [`Duplex`]'s `unread`, which is allocated only
+/// while it holds something, so an idle connection holds no read buffer beyond tungstenite's
+/// (`server::READ_BUFFER_BYTES`), and a burst of frames still costs one read.
+const SOCKET_READ_BYTES: usize = 4096;
+
 /// The stream tungstenite reads from and writes to: the socket's read half, and [`Capture`].
 #[derive(Debug)]
 pub(crate) struct Duplex<T> {
     /// The socket's read half.
     pub(crate) read: ReadHalf<T>,
     capture: Capture,
+    /// Bytes read from the socket that tungstenite has not taken yet, from `unread_at` on;
+    /// empty and unallocated otherwise.
+    unread: Vec<u8>,
+    /// Where the untaken part of `unread` starts.
+    unread_at: usize,
 }
 
 impl<T: AsyncRead> AsyncRead for Duplex<T> {
@@ -146,7 +158,31 @@ impl<T: AsyncRead> AsyncRead for Duplex<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.unread_at < this.unread.len() {
+            let n = buf.remaining().min(this.unread.len() - this.unread_at);
+            buf.put_slice(&this.unread[this.unread_at..this.unread_at + n]);
+            this.unread_at += n;
+            if this.unread_at == this.unread.len() {
+                this.unread = Vec::new();
+                this.unread_at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= SOCKET_READ_BYTES {
+            // tungstenite's buffer grew for a large frame: read straight into it.
+            return Pin::new(&mut this.read).poll_read(cx, buf);
+        }
+        let mut stack = [MaybeUninit::<u8>::uninit(); SOCKET_READ_BYTES];
+        let mut chunk = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut this.read).poll_read(cx, &mut chunk))?;
+        let read = chunk.filled();
+        let n = read.len().min(buf.remaining());
+        buf.put_slice(&read[..n]);
+        if n < read.len() {
+            this.unread = read[n..].to_vec();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -211,6 +247,8 @@ where
     let duplex = Duplex {
         read,
         capture: Capture(captured.clone()),
+        unread: Vec::new(),
+        unread_at: 0,
     };
     let (sink, stream) = ws(duplex).await.split();
     (
@@ -349,6 +387,44 @@ mod tests {
             reason: "slow".into(),
         })));
         assert_eq!(&close.bytes()[..4], &[0x88, 6, 0x0f, 0xa8]);
+    }
+
+    #[tokio::test]
+    async fn small_reads_take_every_byte_in_order_and_keep_no_buffer_once_taken() {
+        use tokio::io::AsyncReadExt;
+        let (mut peer, socket) = tokio::io::duplex(64 << 10);
+        let (read, _write) = tokio::io::split(socket);
+        let mut duplex = Duplex {
+            read,
+            capture: Capture(Arc::new(Captured::default())),
+            unread: Vec::new(),
+            unread_at: 0,
+        };
+        let sent: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        // Small reads (tungstenite's buffer) and, in between, one larger than a socket read.
+        let (mut small, mut large) = ([0u8; 100], vec![0u8; 2 * SOCKET_READ_BYTES]);
+        for i in 0.. {
+            let n = if i % 50 == 49 && duplex.unread.is_empty() {
+                let n = duplex.read(&mut large).await.unwrap();
+                got.extend_from_slice(&large[..n]);
+                n
+            } else {
+                let n = duplex.read(&mut small).await.unwrap();
+                got.extend_from_slice(&small[..n]);
+                n
+            };
+            if duplex.unread_at == 0 {
+                assert_eq!(duplex.unread.capacity(), duplex.unread.len());
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        assert_eq!(got, sent);
+        assert_eq!(duplex.unread.capacity(), 0, "nothing kept once taken");
     }
 
     #[tokio::test]

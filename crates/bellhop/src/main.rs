@@ -7,7 +7,9 @@ mod connect;
 mod settings;
 
 /// mimalloc instead of glibc's malloc: under fan-out load the node spent 15 % of its CPU in
-/// glibc (`_int_malloc`, `malloc_consolidate`, `free`); see docs/BENCHMARKS.md.
+/// glibc (`_int_malloc`, `malloc_consolidate`, `free`); see docs/BENCHMARKS.md. Built without
+/// the `mimalloc` feature the node uses the system allocator, for heap profilers.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -49,9 +49,11 @@ pub struct RedisConfig {
     pub reconnect_min_delay: Duration,
     /// Longest delay between reconnect attempts (10 s).
     pub reconnect_max_delay: Duration,
-    /// Events buffered per channel for a live subscriber before it is told it has a gap (32).
-    /// The buffer is allocated in full for every channel with a subscriber, so it is small: a
-    /// node's hub drains it at once, and a subscriber that falls behind re-reads the log.
+    /// Events buffered per channel for a live [`Broker::subscribe`](crate::Broker::subscribe)
+    /// subscriber before it is told it has a gap (32). The buffer is allocated in full for every
+    /// channel with such a subscriber, so it is small: a subscriber that falls behind re-reads
+    /// the log. Sinks ([`Broker::attach`](crate::Broker::attach), what a node's hub uses) are
+    /// handed each event as it is routed and have no buffer here.
     pub subscriber_buffer: usize,
     /// Pub/sub messages buffered between the subscriber connection and the task that routes them
     /// to channels, before every channel is told it has a gap (16,384).

@@ -101,7 +101,7 @@ mod subscriber;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,7 +123,8 @@ use self::replies::PublishReply;
 use self::script::SCRIPT;
 use self::subscriber::{subscribe_confirmed, Live, LiveChannel, SubRequest};
 use crate::broker::{
-    Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, ReadResult, Subscription,
+    Attachment, Broker, BrokerError, ChannelEvent, ChannelKey, LiveSink, Publish, Published,
+    ReadResult, Subscription,
 };
 
 /// Most messages one read returns; `more` tells the caller to read on.
@@ -141,6 +142,8 @@ struct Inner {
     script: script::ScriptConstants,
     /// Live channels with local subscribers, by pub/sub channel name.
     live: Mutex<HashMap<String, LiveChannel>>,
+    /// Numbers the attached sinks, so that an attachment detaches its own.
+    next_sink: AtomicU64,
     /// Sessions this broker added and refreshes.
     sessions: Mutex<HashSet<HeldSession>>,
     /// The subscription task's inbox: channels whose local subscribers came or went, and
@@ -263,6 +266,7 @@ impl RedisBroker {
             subscriber,
             script,
             live: Mutex::new(HashMap::new()),
+            next_sink: AtomicU64::new(1),
             sessions: Mutex::new(HashSet::new()),
             sub_requests,
             probe_channel,
@@ -407,6 +411,14 @@ impl Broker for RedisBroker {
 
     async fn subscribe(&self, key: &ChannelKey) -> Result<Subscription, BrokerError> {
         self.inner.subscribe_channel(key).await
+    }
+
+    async fn attach(
+        &self,
+        key: &ChannelKey,
+        sink: Arc<dyn LiveSink>,
+    ) -> Result<Attachment, BrokerError> {
+        self.inner.attach_channel(key, sink).await
     }
 
     async fn read(

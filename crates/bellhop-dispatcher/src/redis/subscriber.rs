@@ -37,7 +37,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bellhop_protocol::{Envelope, Offset};
 use fred::prelude::{ClientLike, Error as FredError, PubsubInterface, Value};
@@ -48,7 +48,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{bans, Inner};
-use crate::broker::{BrokerError, ChannelEvent, ChannelKey, Feed, StoredMessage, Subscription};
+use crate::broker::{
+    Attachment, BrokerError, ChannelEvent, ChannelKey, Feed, LiveSink, StoredMessage, Subscription,
+    SubscriptionEvent,
+};
 
 /// A live event as it travels on a channel's pub/sub channel. Short field names: every byte is
 /// sent to every subscribed node. Stored messages are published by the script, which writes the
@@ -89,8 +92,11 @@ pub(super) enum Live {
 /// One live channel this broker is subscribed to.
 #[derive(Debug)]
 pub(super) struct LiveChannel {
-    /// Fan-out to the local subscriptions.
-    tx: broadcast::Sender<Feed>,
+    /// Fan-out to the local subscriptions; made with the first of them (a node's hub attaches
+    /// sinks instead, which need no buffer).
+    tx: Option<broadcast::Sender<Feed>>,
+    /// Attached sinks, by number.
+    sinks: Vec<(u64, Arc<dyn LiveSink>)>,
     /// Redis confirmed the `SUBSCRIBE`. False until the subscription task's round that subscribes
     /// it has been answered.
     subscribed: bool,
@@ -101,6 +107,71 @@ pub(super) struct LiveChannel {
     /// The subscription was renewed (a reconnect): the next event must be preceded by a gap,
     /// since messages published while it was down are only in the log.
     needs_gap: bool,
+}
+
+impl LiveChannel {
+    fn new() -> Self {
+        LiveChannel {
+            tx: None,
+            sinks: Vec::new(),
+            subscribed: false,
+            waiters: Vec::new(),
+            last_seq: None,
+            needs_gap: false,
+        }
+    }
+
+    /// A receiver of the channel's feed, made with the first.
+    fn receiver(&mut self, capacity: usize) -> broadcast::Receiver<Feed> {
+        self.tx
+            .get_or_insert_with(|| broadcast::channel(capacity).0)
+            .subscribe()
+    }
+
+    /// Hands an event or a gap to every local subscription and sink, in order (the caller holds
+    /// the live channels' lock).
+    fn emit(&self, feed: Feed) {
+        for (_, sink) in &self.sinks {
+            sink.deliver(match &feed {
+                Feed::Event(event) => SubscriptionEvent::Event(event.clone()),
+                Feed::Gap => SubscriptionEvent::Gap,
+            });
+        }
+        if let Some(tx) = &self.tx {
+            // No receivers is fine: the subscription task is about to unsubscribe.
+            let _ = tx.send(feed);
+        }
+    }
+
+    /// Whether a local subscription or sink still wants the channel.
+    fn has_listeners(&self) -> bool {
+        !self.sinks.is_empty() || self.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
+    }
+}
+
+/// Dropped with an [`Attachment`]: detaches the sink, then tells the subscription task to check
+/// whether the channel still has local subscribers.
+struct Detach {
+    /// The broker's shared state; gone with the broker.
+    inner: Weak<Inner>,
+    /// The live channel.
+    channel: String,
+    /// The sink's number.
+    id: u64,
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if let Some(state) = inner.live.lock().get_mut(&self.channel) {
+            state.sinks.retain(|(id, _)| *id != self.id);
+        }
+        let _ = inner
+            .sub_requests
+            .send(SubRequest::Channel(std::mem::take(&mut self.channel)));
+    }
 }
 
 /// What the subscription task is asked to look at.
@@ -225,52 +296,77 @@ impl Inner {
                 tx: self.sub_requests.clone(),
             })
         };
-        if let Some(rx) = self.join_live(&channel) {
-            return Ok(Subscription::with_feed(rx, lease(channel)));
-        }
-        let (rx, confirmed) = {
-            let mut live = self.live.lock();
-            let state = live.entry(channel.clone()).or_insert_with(|| LiveChannel {
-                tx: broadcast::channel(self.config.subscriber_buffer).0,
-                subscribed: false,
-                waiters: Vec::new(),
-                last_seq: None,
-                needs_gap: false,
-            });
-            let rx = state.tx.subscribe();
-            if state.subscribed {
-                (rx, None)
-            } else {
-                let (tx, confirmed) = oneshot::channel();
-                state.waiters.push(tx);
-                (rx, Some(confirmed))
-            }
-        };
+        let capacity = self.config.subscriber_buffer;
+        let (rx, confirmed) = self.join(&channel, |state| state.receiver(capacity));
         // Made before waiting, so that a failure or a cancelled call drops it like any other
         // subscription (the receiver first, then the lease that tells the task to look).
         let subscription = Subscription::with_feed(rx, lease(channel.clone()));
-        if let Some(confirmed) = confirmed {
-            let _ = self.sub_requests.send(SubRequest::Channel(channel));
-            match confirmed.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(error),
-                Err(_) => {
-                    return Err(BrokerError::Unavailable {
-                        reason: "the Redis broker is shutting down".into(),
-                        retry_after: self.config.retry_after,
-                    })
-                }
-            }
-        }
+        self.confirmed(channel, confirmed).await?;
         Ok(subscription)
     }
 
-    /// A receiver on an already subscribed live channel.
-    fn join_live(&self, channel: &str) -> Option<broadcast::Receiver<Feed>> {
-        let live = self.live.lock();
-        live.get(channel)
-            .filter(|c| c.subscribed)
-            .map(|c| c.tx.subscribe())
+    /// Attaches `sink` to `key`'s live channel, once Redis has processed its `SUBSCRIBE` (at
+    /// once when the channel already has local subscribers).
+    pub(super) async fn attach_channel(
+        self: &Arc<Self>,
+        key: &ChannelKey,
+        sink: Arc<dyn LiveSink>,
+    ) -> Result<Attachment, BrokerError> {
+        let channel = self.keys(key).live;
+        let id = self.next_sink.fetch_add(1, Ordering::Relaxed);
+        let ((), confirmed) = self.join(&channel, |state| {
+            // Usually the one node's hub: no room kept for more.
+            state.sinks.reserve_exact(1);
+            state.sinks.push((id, sink));
+        });
+        // Made before waiting, so that a failure or a cancelled call detaches the sink.
+        let attachment = Attachment::new(Box::new(Detach {
+            inner: Arc::downgrade(self),
+            channel: channel.clone(),
+            id,
+        }));
+        self.confirmed(channel, confirmed).await?;
+        Ok(attachment)
+    }
+
+    /// Adds a local listener to a live channel with `add`; the receiver of Redis's
+    /// confirmation when the channel is not subscribed yet.
+    fn join<T>(
+        &self,
+        channel: &str,
+        add: impl FnOnce(&mut LiveChannel) -> T,
+    ) -> (T, Option<oneshot::Receiver<Result<(), BrokerError>>>) {
+        let mut live = self.live.lock();
+        let state = live
+            .entry(channel.to_owned())
+            .or_insert_with(LiveChannel::new);
+        let added = add(state);
+        if state.subscribed {
+            (added, None)
+        } else {
+            let (tx, confirmed) = oneshot::channel();
+            state.waiters.push(tx);
+            (added, Some(confirmed))
+        }
+    }
+
+    /// Waits for Redis to confirm a channel's `SUBSCRIBE`, when [`Inner::join`] asked for it.
+    async fn confirmed(
+        &self,
+        channel: String,
+        confirmed: Option<oneshot::Receiver<Result<(), BrokerError>>>,
+    ) -> Result<(), BrokerError> {
+        let Some(confirmed) = confirmed else {
+            return Ok(());
+        };
+        let _ = self.sub_requests.send(SubRequest::Channel(channel));
+        match confirmed.await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Unavailable {
+                reason: "the Redis broker is shutting down".into(),
+                retry_after: self.config.retry_after,
+            }),
+        }
     }
 
     /// Hands one pub/sub message to its channel's subscribers.
@@ -291,7 +387,7 @@ impl Inner {
                 if jump || state.needs_gap {
                     tracing::debug!(channel, seq = s, last = ?state.last_seq, renewed = state.needs_gap, "gap before a live message");
                     state.needs_gap = false;
-                    let _ = state.tx.send(Feed::Gap);
+                    state.emit(Feed::Gap);
                 }
                 state.last_seq = Some(s);
                 ChannelEvent::Message(StoredMessage {
@@ -306,12 +402,11 @@ impl Inner {
                 // Maybe a message we should have had: the reader re-reads the log.
                 tracing::warn!(channel, %error, "undecodable live message");
                 state.last_seq = None;
-                let _ = state.tx.send(Feed::Gap);
+                state.emit(Feed::Gap);
                 return;
             }
         };
-        // No receivers is fine: the release task is about to unsubscribe.
-        let _ = state.tx.send(Feed::Event(event));
+        state.emit(Feed::Event(event));
     }
 
     /// Tells every live channel's subscribers they may have missed something.
@@ -319,7 +414,7 @@ impl Inner {
         for state in self.live.lock().values_mut() {
             state.last_seq = None;
             state.needs_gap = false;
-            let _ = state.tx.send(Feed::Gap);
+            state.emit(Feed::Gap);
         }
     }
 
@@ -388,7 +483,7 @@ impl Inner {
                     continue;
                 };
                 state.waiters.retain(|w| !w.is_closed());
-                if state.tx.receiver_count() == 0 && state.waiters.is_empty() {
+                if !state.has_listeners() && state.waiters.is_empty() {
                     live.remove(&channel);
                     if at_redis.remove(&channel) {
                         to_unsubscribe.push(channel);

@@ -72,7 +72,7 @@ pub(crate) struct Opening {
 
 /// Runs a connection to its end: `stream` is what the peer sends, `wire` where the writer
 /// writes. Returns both when the writer finished in time (its close frame sent), so the caller
-/// can linger on the socket before dropping it (see `server::linger`).
+/// can linger on the socket before dropping it (see `upgrade::linger`).
 pub(crate) async fn run<R, W>(
     node: Arc<Node>,
     mut stream: R,
@@ -156,10 +156,11 @@ struct Session<'a> {
     counted: Option<(String, String)>,
 }
 
-/// Sleeps until `until`, or forever without one.
+/// Sleeps until `until`, or forever without one. The timer is boxed: only a closing connection
+/// has one, and every idle connection's handler would otherwise hold its room.
 async fn sleep_or_never(until: Option<Instant>) {
     match until {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => Box::pin(tokio::time::sleep_until(t)).await,
         None => std::future::pending().await,
     }
 }

@@ -195,34 +195,44 @@ impl Reader<'_> {
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let interval = self.node.config.heartbeat_interval;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for both the deadline and the heartbeat (whichever comes first), so an idle
+        // connection holds one timer, not two.
+        let mut next_beat = Instant::now() + interval;
+        let timer = sleep_until(next_beat);
+        tokio::pin!(timer);
         let mut last_seen = Instant::now();
         let outbound = self.outbound;
         loop {
             let (deadline, authenticated) = self.inbox.deadline();
+            let wake = next_beat.min(deadline);
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 _ = outbound.closed() => return,
                 _ = self.inbox.deadline_moved.notified() => {}
-                _ = sleep_until(deadline) => {
-                    let message = if authenticated {
-                        "token expired: reconnect with a fresh token"
-                    } else {
-                        "authentication timed out"
-                    };
-                    self.reply(ServerFrame::error(None, ErrorCode::Unauthorized, message));
-                    self.node.count_error(ErrorCode::Unauthorized);
-                    outbound.close(close::UNAUTHORIZED, message);
-                    self.inbox.abort();
-                    return;
-                }
-                _ = heartbeat.tick() => {
+                _ = &mut timer => {
+                    if Instant::now() >= deadline {
+                        let message = if authenticated {
+                            "token expired: reconnect with a fresh token"
+                        } else {
+                            "authentication timed out"
+                        };
+                        self.reply(ServerFrame::error(None, ErrorCode::Unauthorized, message));
+                        self.node.count_error(ErrorCode::Unauthorized);
+                        outbound.close(close::UNAUTHORIZED, message);
+                        self.inbox.abort();
+                        return;
+                    }
                     if last_seen.elapsed() >= self.node.config.heartbeat_timeout {
                         outbound.close(close::HEARTBEAT_TIMEOUT, "no traffic within the heartbeat timeout");
                         return;
                     }
                     outbound.push_control(Message::Ping(Default::default()));
+                    // Like an interval that delays missed ticks: the next beat is a whole
+                    // interval after this one was seen.
+                    next_beat = Instant::now() + interval;
                 }
                 incoming = stream.next() => {
                     last_seen = Instant::now();

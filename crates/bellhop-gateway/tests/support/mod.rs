@@ -856,6 +856,13 @@ impl Broker for FaultyBroker {
     ) -> Result<bellhop_dispatcher::Subscription, bellhop_dispatcher::BrokerError> {
         self.inner.subscribe(key).await
     }
+    async fn attach(
+        &self,
+        key: &bellhop_dispatcher::ChannelKey,
+        sink: Arc<dyn bellhop_dispatcher::LiveSink>,
+    ) -> Result<bellhop_dispatcher::Attachment, bellhop_dispatcher::BrokerError> {
+        self.inner.attach(key, sink).await
+    }
     async fn read(
         &self,
         key: &bellhop_dispatcher::ChannelKey,
