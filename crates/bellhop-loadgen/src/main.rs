@@ -409,12 +409,13 @@ async fn bench(args: BenchArgs, limit: u64) -> anyhow::Result<()> {
             args.runs,
             started.elapsed().as_secs_f64() / 60.0
         );
+        // After every run, so a long bench that fails later keeps what it measured.
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(
+            args.out.join("results.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
     }
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     report::charts(&report, &args.out)?;
     let section = report::markdown(&report);
     report::rewrite_doc(&args.doc, &section)?;
