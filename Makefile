@@ -96,13 +96,13 @@ k6: deps ## the k6 scenarios: chat, fan-out, connect storm against a node it sta
 bench-deps: test-deps ## what `make bench` needs: redis-server, nats-server (apt), Socket.IO and its Redis adapter (npm ci in bench/peers/socketio)
 	@bench/peers/install.sh
 
-bench: bench-deps ## the side-by-side benchmark: Bellhop, NATS and Socket.IO on every workload, and the ceiling server on fan-out; rewrites docs/BENCHMARKS.md (about 15 minutes)
+bench: bench-deps ## the side-by-side benchmark: Bellhop, NATS and Socket.IO on every workload, and the ceiling server on fan-out; every scenario once, the headline's measurements 3 times (medians with spread); rewrites docs/BENCHMARKS.md (about 27 minutes: measured 10.3 min for run 1 and 7.9 and 7.3 min for the repeats, plus about 2 min of ceiling fan-out, at load average 10; the report gives the wall time of each run)
 	$(CARGO) build --release -p bellhop -p bellhop-loadgen
-	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop $(BENCH_ARGS)
+	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop --runs 3 $(BENCH_ARGS)
 
-bench-quick: bench-deps ## the same benchmark with small workloads (about 3 minutes), written to target/bench-quick/ instead of docs/
+bench-quick: bench-deps ## the same benchmark with small workloads and 2 runs (about 7 minutes), written to target/bench-quick/ instead of docs/
 	$(CARGO) build --release -p bellhop -p bellhop-loadgen
-	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop --doc target/bench-quick/BENCHMARKS.md --out target/bench-quick/bench \
+	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop --doc target/bench-quick/BENCHMARKS.md --out target/bench-quick/bench --runs 2 \
 	  --idle-connections 2000 --fanout-subscribers 200 --fanout-rates 50,200 --fanout-step-seconds 2 \
 	  --chat-rooms 200 --chat-rates 1000,2500 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
 

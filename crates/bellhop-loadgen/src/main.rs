@@ -2,8 +2,9 @@
 //! `bellhop-loadgen`: load generator and side-by-side benchmark. See docs/BENCHMARKS.md.
 //!
 //! - `bellhop-loadgen bench` starts each system on free loopback ports, runs every scenario
-//!   against it, and writes `docs/bench/results.json`, the charts and the generated part of
-//!   `docs/BENCHMARKS.md` (what `make bench` runs).
+//!   against it, repeats the headline's measurements (`--runs`), and writes
+//!   `docs/bench/results.json`, the charts and the generated part of `docs/BENCHMARKS.md` (what
+//!   `make bench` runs).
 //! - `bellhop-loadgen run <scenario> --system bellhop --url ws://...` runs one scenario against
 //!   servers that are already running and prints its result as JSON.
 
@@ -18,6 +19,7 @@ use bellhop_loadgen::servers::{self, Binaries, Topology};
 use bellhop_loadgen::stats::ProcSet;
 use bellhop_loadgen::systems::System;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::time::Instant;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -95,6 +97,16 @@ struct Params {
 }
 
 impl Params {
+    /// What run `run` (from 0) measures: the first every step, the later ones only the
+    /// headline's chat rate.
+    fn for_run(&self, run: u32) -> Params {
+        let mut p = self.clone();
+        if run > 0 {
+            p.chat_rates = report::repeat_chat_rates(&self.chat_rates);
+        }
+        p
+    }
+
     fn describe(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert(
@@ -169,6 +181,12 @@ struct BenchArgs {
     /// Scratch directory for server logs and configuration.
     #[arg(long, default_value = "target/bench")]
     scratch: PathBuf,
+    /// Runs of the headline's measurements, reported as medians with their spread. Run 1 is
+    /// every scenario and step; the later runs repeat only what the headline reads (idle,
+    /// fanout and storm whole, chat at the headline's 2,500 messages/s only), with the systems
+    /// taking turns in every run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: u32,
     #[command(flatten)]
     params: Params,
 }
@@ -355,72 +373,127 @@ async fn bench(args: BenchArgs, limit: u64) -> anyhow::Result<()> {
         versions: versions(&args),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         parameters: args.params.describe(),
-        results: BTreeMap::new(),
+        run_seconds: Vec::new(),
+        runs: Vec::new(),
     };
-    for system in &args.systems {
-        let mut results = SystemResults::default();
-        for scenario in &args.scenarios {
-            if *system == System::Ceiling && *scenario != Scenario::Fanout {
-                // The ceiling is a fan-out limit: it has no history, resume or cluster.
-                continue;
-            }
-            let topologies: &[Topology] = if *scenario == Scenario::Chat {
-                &[Topology::Single, Topology::Cluster]
-            } else {
-                &[Topology::Single]
-            };
-            for topology in topologies {
-                eprintln!("== {} {:?} ({:?})", system.label(), scenario, topology);
-                let servers = match servers::start(*system, *topology, &bins).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        eprintln!("   could not start: {e:#}");
-                        results
-                            .failures
-                            .push(format!("{scenario:?} {topology:?}: could not start: {e:#}"));
-                        continue;
-                    }
-                };
-                if let Err(e) = run_scenario(
-                    *scenario,
-                    &servers.target,
-                    &args.params,
-                    limit,
-                    &mut results,
-                )
-                .await
-                {
-                    results
-                        .failures
-                        .push(format!("{scenario:?} {topology:?}: {e:#}"));
-                }
-                servers.stop().await;
-            }
+    let later = match args.runs {
+        1 => None,
+        2 => Some("run 2".to_owned()),
+        n => Some(format!("runs 2 to {n}")),
+    };
+    let repeats = later.map_or_else(String::new, |later| {
+        format!(
+            "; {later}: idle, fanout and storm again, chat at {:?} messages/s only; the systems take turns in every run",
+            report::repeat_chat_rates(&args.params.chat_rates)
+        )
+    });
+    report.parameters.insert(
+        "runs".into(),
+        format!("{} (run 1: every scenario and step{repeats})", args.runs),
+    );
+    for run in 0..args.runs {
+        let started = Instant::now();
+        let params = args.params.for_run(run);
+        let mut results = BTreeMap::new();
+        for system in &args.systems {
+            results.insert(
+                system.label().to_owned(),
+                bench_system(*system, run, &args, &params, &bins, limit).await?,
+            );
         }
+        report.runs.push(results);
+        report.run_seconds.push(started.elapsed().as_secs_f64());
         eprintln!(
-            "{}",
-            serde_json::to_string(&results)?
-                .chars()
-                .take(2000)
-                .collect::<String>()
+            "== run {} of {} took {:.1} min",
+            run + 1,
+            args.runs,
+            started.elapsed().as_secs_f64() / 60.0
         );
-        report.results.insert(system.label().to_owned(), results);
+        // After every run, so a long bench that fails later keeps what it measured.
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(
+            args.out.join("results.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
     }
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
     report::charts(&report, &args.out)?;
     let section = report::markdown(&report);
     report::rewrite_doc(&args.doc, &section)?;
     println!("{section}");
     eprintln!(
-        "wrote {}, {}/results.json and the charts",
+        "wrote {}, {}/results.json and the charts ({:.1} min in all)",
         args.doc.display(),
-        args.out.display()
+        args.out.display(),
+        report.run_seconds.iter().sum::<f64>() / 60.0
     );
+    let failures = report::delivery_failures(&report);
+    if !failures.is_empty() {
+        eprintln!("\n!!! DELIVERY FAILURE: Bellhop must lose, duplicate and reorder nothing !!!");
+        for f in &failures {
+            eprintln!("!!! {f}");
+        }
+        eprintln!("!!! (flagged at the top of the report too)\n");
+    }
     Ok(())
+}
+
+/// One run of every scenario of `args` against `system`, each on freshly started servers.
+async fn bench_system(
+    system: System,
+    run: u32,
+    args: &BenchArgs,
+    params: &Params,
+    bins: &Binaries,
+    limit: u64,
+) -> anyhow::Result<SystemResults> {
+    let mut results = SystemResults::default();
+    for scenario in &args.scenarios {
+        if system == System::Ceiling && *scenario != Scenario::Fanout {
+            // The ceiling is a fan-out limit: it has no history, resume or cluster.
+            continue;
+        }
+        let topologies: &[Topology] = if *scenario == Scenario::Chat {
+            &[Topology::Single, Topology::Cluster]
+        } else {
+            &[Topology::Single]
+        };
+        for topology in topologies {
+            eprintln!(
+                "== run {}/{}: {} {:?} ({:?})",
+                run + 1,
+                args.runs,
+                system.label(),
+                scenario,
+                topology
+            );
+            let servers = match servers::start(system, *topology, bins).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("   could not start: {e:#}");
+                    results
+                        .failures
+                        .push(format!("{scenario:?} {topology:?}: could not start: {e:#}"));
+                    continue;
+                }
+            };
+            if let Err(e) =
+                run_scenario(*scenario, &servers.target, params, limit, &mut results).await
+            {
+                results
+                    .failures
+                    .push(format!("{scenario:?} {topology:?}: {e:#}"));
+            }
+            servers.stop().await;
+        }
+    }
+    eprintln!(
+        "{}",
+        serde_json::to_string(&results)?
+            .chars()
+            .take(2000)
+            .collect::<String>()
+    );
+    Ok(results)
 }
 
 async fn run(args: RunArgs, limit: u64) -> anyhow::Result<()> {
