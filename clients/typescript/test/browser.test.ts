@@ -27,6 +27,7 @@ interface Feed {
   received: { offset: string; n: number; event: string }[];
   nodes: string[];
   state: string;
+  subscription: string;
 }
 
 /** Serves the built page and `/token` (what an app's backend does: mint a token for its user). */
@@ -81,7 +82,9 @@ describe("the README's page in a real browser", () => {
     const query = `?node=${encodeURIComponent(a.url)}&node=${encodeURIComponent(b.url)}&channel=${encodeURIComponent(CH)}`;
     await page.goto(`${site.url}/${query}`);
     await page.waitForFunction(() => document.getElementById("status")?.textContent === "connected", null, { timeout: 15_000 });
-    // Subscribed: a message published now reaches the page.
+    // Subscribed (the node confirmed it; the page subscribes without `since`, so a message
+    // published before that would not be replayed): a message published now reaches the page.
+    await page.waitForFunction(() => (window as unknown as { feed: Feed }).feed.subscription === "subscribed", null, { timeout: 15_000 });
     const first = await publisher.publish(CH, "HOUSEKEEPING_ALERT", { n: 0 });
     await page.waitForFunction((o) => (window as unknown as { feed: Feed }).feed.received.some((r) => r.offset === o), first.offset, { timeout: 15_000 });
     expect((await feed()).nodes).toEqual(["node-a"]);

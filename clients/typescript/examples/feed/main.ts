@@ -23,8 +23,6 @@ const client = new BellhopClient({
 const $ = (id: string) => document.getElementById(id)!;
 const received: { offset: string; n: unknown; event: string }[] = [];
 const nodes: string[] = [];
-// What the page shows, for people and for the browser test.
-(window as unknown as { feed: unknown }).feed = { received, nodes, get state() { return client.state; } };
 
 client.on("state", ({ newState }) => {
   $("status").textContent = newState;
@@ -54,5 +52,13 @@ sub.on("recoveryFailed", () => {
   // some messages may be gone. Tell the user; an app reloads the gap from its own backend here.
   $("gap").style.display = "block";
 });
+// What the page shows, for people and for the browser test.
+(window as unknown as { feed: unknown }).feed = {
+  received,
+  nodes,
+  get state() { return client.state; },
+  get subscription() { return sub.state; },
+};
+
 sub.subscribe();
 client.connect();
