@@ -1,7 +1,7 @@
 //! The benchmark report: every result as JSON and a Markdown section with the headline table
 //! (each figure the median of the runs with its spread, and as a ratio Bellhop / peer of the
 //! medians), the delivery check (loss, duplicate and order counts summed over every run) and the
-//! details of every run. The arithmetic over runs is [`runs`] and the SVG charts [`charts`];
+//! details of every run. The arithmetic over runs is in `runs.rs` and the SVG charts in `charts.rs`;
 //! nothing here measures or times anything.
 
 use std::collections::BTreeMap;
