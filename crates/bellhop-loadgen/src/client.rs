@@ -141,6 +141,51 @@ pub struct State {
     pub subscribed: AtomicBool,
     /// Times the client connected and subscribed.
     pub sessions: AtomicU64,
+    /// Publishes sent and not yet answered, in the order sent (kept only with
+    /// [`WireOptions::resend_unanswered`]).
+    pub unanswered: Mutex<Unanswered>,
+}
+
+/// Publishes awaiting their answer (an `ack` or a refusal), oldest first.
+#[derive(Debug, Default)]
+pub struct Unanswered {
+    /// By send number: the publish id and its frame.
+    sent: std::collections::BTreeMap<u64, (u64, Message)>,
+    /// Send number by publish id.
+    by_id: std::collections::HashMap<u64, u64>,
+    next: u64,
+}
+
+impl Unanswered {
+    fn sent(&mut self, id: u64, message: Message) {
+        let n = self.next;
+        self.next += 1;
+        if let Some(old) = self.by_id.insert(id, n) {
+            self.sent.remove(&old);
+        }
+        self.sent.insert(n, (id, message));
+    }
+
+    fn answered(&mut self, id: u64) {
+        if let Some(n) = self.by_id.remove(&id) {
+            self.sent.remove(&n);
+        }
+    }
+
+    /// The unanswered publishes, oldest first, to send again.
+    fn pending(&self) -> Vec<(u64, Message)> {
+        self.sent.values().cloned().collect()
+    }
+
+    /// How many wait for an answer.
+    pub fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
 }
 
 impl State {
@@ -401,7 +446,9 @@ async fn handle(run: &Run, state: &State, ws: &mut Ws, event: Event) -> anyhow::
         }
         Event::Reply(r) => ws.send(r).await?,
         Event::Error(e) => run.counters.error(e),
+        Event::Acked { id } => state.unanswered.lock().answered(id),
         Event::Refused { id, reason } => {
+            state.unanswered.lock().answered(id);
             let (channel, seq) = crate::systems::publish_of(id);
             run.channels.refuse(channel, seq);
             run.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -440,6 +487,19 @@ async fn session(
     };
     let mut due = first_due(per_second);
     let mut turn = 0usize;
+    if run.wire.resend_unanswered {
+        // What the last connection sent without an answer may or may not be stored: sent again
+        // first (same idempotency key, so stored at most once), before anything newer.
+        let pending = state.unanswered.lock().pending();
+        for (_, message) in pending {
+            if let Err(e) = ws.feed(message).await {
+                return End::Failed(e.into());
+            }
+        }
+        if let Err(e) = ws.flush().await {
+            return End::Failed(e.into());
+        }
+    }
     loop {
         let publishing = per_second > 0.0 && !plan.publishes.is_empty();
         let due_now = due;
@@ -482,6 +542,9 @@ async fn session(
                 let payload = Payload { t, s: seq, p: plan.number }.encode(run.pad);
                 let id = crate::systems::publish_id(channel, seq);
                 let message = wire.publish(run.channels.name(channel), &payload, id);
+                if run.wire.resend_unanswered {
+                    state.unanswered.lock().sent(id, message.clone());
+                }
                 if let Err(e) = ws.send(message).await {
                     return End::Failed(e.into());
                 }
@@ -514,5 +577,27 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_publishes_are_sent_again_oldest_first_until_answered() {
+        let mut u = Unanswered::default();
+        for id in [30, 10, 20] {
+            u.sent(id, Message::text(id.to_string()));
+        }
+        u.answered(10);
+        // Sent again after a reconnect: still unanswered, now the newest.
+        u.sent(30, Message::text("30 again"));
+        let order: Vec<u64> = u.pending().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(order, [20, 30]);
+        u.answered(20);
+        u.answered(30);
+        u.answered(99);
+        assert!(u.is_empty());
     }
 }

@@ -611,6 +611,7 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
         names,
         WireOptions {
             track_offsets: true,
+            resend_unanswered: true,
         },
         specs,
     );

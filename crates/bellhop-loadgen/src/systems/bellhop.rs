@@ -17,6 +17,7 @@ pub const EVENT: &str = "LOADGEN";
 #[derive(Debug)]
 pub struct BellhopWire {
     track_offsets: bool,
+    idempotent: bool,
     next_id: u64,
 }
 
@@ -25,6 +26,7 @@ impl BellhopWire {
     pub fn new(opts: &WireOptions) -> Self {
         Self {
             track_offsets: opts.track_offsets,
+            idempotent: opts.resend_unanswered,
             next_id: 1,
         }
     }
@@ -107,6 +109,13 @@ impl Wire for BellhopWire {
     }
 
     fn publish(&mut self, channel: &str, payload: &str, id: u64) -> Message {
+        if self.idempotent {
+            // The request id names the publish (channel and sequence number) for the whole run:
+            // sent again after a reconnect, it is stored at most once.
+            return Message::text(format!(
+                r#"{{"type":"publish","id":{id},"channel":"{channel}","event":"{EVENT}","idempotencyKey":"lg-{id:x}","payload":{payload}}}"#
+            ));
+        }
         Message::text(format!(
             r#"{{"type":"publish","id":{id},"channel":"{channel}","event":"{EVENT}","payload":{payload}}}"#
         ))
@@ -176,7 +185,12 @@ impl Wire for BellhopWire {
                     _ => out.push(Event::Error(reason)),
                 }
             }
-            // ack, join, leave, typing, pong: nothing to measure.
+            "ack" => {
+                if let Some(id) = frame.id.filter(|id| *id >= super::PUBLISH_IDS) {
+                    out.push(Event::Acked { id });
+                }
+            }
+            // join, leave, typing, pong: nothing to measure.
             _ => {}
         }
     }
@@ -189,6 +203,7 @@ mod tests {
     fn decode(text: &str, chans: &[String]) -> Vec<Event> {
         let mut wire = BellhopWire::new(&WireOptions {
             track_offsets: true,
+            resend_unanswered: true,
         });
         let mut out = Vec::new();
         wire.decode(&Message::text(text), chans, &mut out);
@@ -233,6 +248,34 @@ mod tests {
                 other => panic!("{text}: unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_idempotent_publish_carries_a_key_of_its_id_and_its_ack_is_recognised() {
+        let id = super::super::publish_id(7, 3);
+        let mut wire = BellhopWire::new(&WireOptions {
+            track_offsets: true,
+            resend_unanswered: true,
+        });
+        let Message::Text(text) = wire.publish("room:1", "{}", id) else {
+            panic!("a Bellhop publish is a text frame")
+        };
+        let frame: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+        assert_eq!(frame["id"], id);
+        assert_eq!(frame["idempotencyKey"], format!("lg-{id:x}"));
+        let mut plain = BellhopWire::new(&WireOptions::default());
+        let Message::Text(text) = plain.publish("room:1", "{}", id) else {
+            panic!("a Bellhop publish is a text frame")
+        };
+        assert!(!text.as_str().contains("idempotencyKey"));
+        let ack = format!(r#"{{"type":"ack","id":{id},"messageId":"m","offset":"5-0"}}"#);
+        assert!(matches!(decode(&ack, &[]).as_slice(), [Event::Acked { id: i }] if *i == id));
+        // An ack of a request that is not a publish of the load generator's is not one.
+        assert!(decode(
+            r#"{"type":"ack","id":4,"messageId":"m","offset":"5-0"}"#,
+            &[]
+        )
+        .is_empty());
     }
 
     #[test]

@@ -58,6 +58,10 @@ impl System {
 pub struct WireOptions {
     /// Keep each delivery's offset (Bellhop only), to resume with `since` after a reconnect.
     pub track_offsets: bool,
+    /// Publish with idempotency keys and, after a reconnect, send again every publish that was
+    /// neither acknowledged nor refused (Bellhop only), as the SDKs do: a publish whose
+    /// connection dropped before its answer may or may not have been stored.
+    pub resend_unanswered: bool,
 }
 
 /// A simulated user.
@@ -101,6 +105,11 @@ pub enum Event {
     Reply(Message),
     /// The system refused something; counted as an error.
     Error(String),
+    /// The system acknowledged (stored) the publish with this id (Bellhop `ack`).
+    Acked {
+        /// The id given to [`Wire::publish`].
+        id: u64,
+    },
     /// The system refused the publish with this id (Bellhop's `error` echoing it: over a rate,
     /// the request queue full, unavailable): it was not stored, so no subscriber misses it.
     Refused {
