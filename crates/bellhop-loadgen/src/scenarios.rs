@@ -187,15 +187,23 @@ impl Clients {
         }
     }
 
-    /// Waits (with a deadline) until nothing published is missing; exact losses afterwards.
+    /// Waits until nothing published is missing, or nothing has arrived for [`QUIET`] (what is
+    /// missing then is not coming: a peer without resume lost it), or `within` passed; exact
+    /// losses afterwards.
     async fn drain(&self, within: Duration) -> Losses {
         let deadline = Instant::now() + within;
+        let delivered = || Counters::get(&self.run.counters.delivered);
+        let (mut seen, mut since) = (delivered(), Instant::now());
         loop {
             let mut behind = 0;
             self.for_each_tracker(|t, published, refused| {
                 behind += published.saturating_sub(t.distinct() + refused.len() as u64);
             });
-            if behind == 0 || Instant::now() >= deadline {
+            let now = Instant::now();
+            if delivered() != seen {
+                (seen, since) = (delivered(), now);
+            }
+            if behind == 0 || now >= deadline || now.duration_since(since) >= QUIET {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -267,6 +275,9 @@ pub struct Losses {
     /// full): not stored, so not lost. Bellhop only (the other wires have no request ids).
     pub refused: u64,
 }
+
+/// How long [`Clients::drain`] waits with no delivery arriving before it counts what is missing.
+const QUIET: Duration = Duration::from_secs(3);
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
@@ -577,7 +588,8 @@ pub struct StormResult {
     /// From the drop until every client was connected and subscribed again, ms.
     pub reconnect_ms: Option<f64>,
     /// From the drop until every client had every message published before the last one
-    /// resubscribed, ms; `None` when that never happened (messages lost).
+    /// resubscribed, ms; `None` when that never happened (messages lost), and for a system
+    /// without resume, which is not waited for.
     pub recovery_ms: Option<f64>,
     /// Resubscriptions whose `since` the system could not honour.
     pub not_recovered: u64,
@@ -658,7 +670,9 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
         .map(|c| clients.run.channels.published(c))
         .collect();
     let mut recovery_ms = None;
-    if reconnect_ms.is_some() {
+    // A system without resume cannot catch up on what was published while its clients were
+    // away: waiting for it would only pass the deadline.
+    if reconnect_ms.is_some() && target.system.resumes() {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             // A publish the node refused was never stored: nobody is behind for lacking it.

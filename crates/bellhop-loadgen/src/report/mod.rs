@@ -667,8 +667,11 @@ pub fn markdown(report: &Report) -> String {
                 st.clients,
                 st.publish_rate,
                 st.reconnect_ms.map_or("never".to_owned(), ms),
-                st.recovery_ms
-                    .map_or("never (messages lost)".to_owned(), ms),
+                match st.recovery_ms {
+                    Some(t) => ms(t),
+                    None if s.resumes() => "never (messages lost)".to_owned(),
+                    None => "never (no resume)".to_owned(),
+                },
                 st.not_recovered,
                 st.losses.lost,
                 st.losses.duplicated,

@@ -31,6 +31,11 @@ pub enum System {
 }
 
 impl System {
+    /// Whether a client can resume a subscription where it left off (Bellhop's `since`).
+    pub fn resumes(self) -> bool {
+        self == System::Bellhop
+    }
+
     /// The name used in reports.
     pub fn label(self) -> &'static str {
         match self {
