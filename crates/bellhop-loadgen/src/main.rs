@@ -501,7 +501,10 @@ async fn run(args: RunArgs, limit: u64) -> anyhow::Result<()> {
         system: args.system,
         topology: format!("{} node(s)", args.urls.len()),
         urls: args.urls,
-        procs: ProcSet { pids: args.pids },
+        procs: ProcSet {
+            pids: args.pids,
+            broker: Vec::new(),
+        },
         secret: args.secret,
     };
     let mut results = SystemResults::default();

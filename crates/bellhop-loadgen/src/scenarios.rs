@@ -373,8 +373,10 @@ pub struct Step {
     pub deliveries_per_second: f64,
     /// End-to-end latency.
     pub latency: Percentiles,
-    /// CPU cores the server used.
+    /// CPU cores the server used (with its broker).
     pub server_cores: f64,
+    /// Of those, the cores the broker behind a cluster (its Redis) used; `None` without one.
+    pub broker_cores: Option<f64>,
     /// Server RSS at the end of the step, bytes.
     pub server_rss: u64,
 }
@@ -403,6 +405,7 @@ async fn measure(
         deliveries_per_second: (Counters::get(&c.delivered) - del0) as f64 / elapsed,
         latency: Percentiles::of(&h),
         server_cores: s1.cores_since(&s0),
+        broker_cores: (!target.procs.broker.is_empty()).then(|| s1.broker_cores_since(&s0)),
         server_rss: s1.rss,
     }
 }

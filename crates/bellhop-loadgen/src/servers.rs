@@ -254,6 +254,8 @@ pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyho
     );
     let mut children = Vec::new();
     let mut urls = Vec::new();
+    // The Redis behind a cluster, by its place in `children`.
+    let mut broker = None;
     let label;
     match (system, topology) {
         (System::Bellhop, Topology::Single) => {
@@ -264,6 +266,7 @@ pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyho
         }
         (System::Bellhop, Topology::Cluster) => {
             let (r, port) = redis(bins, "bellhop").await?;
+            broker = Some(children.len());
             children.push(r);
             let redis_url = format!("redis://127.0.0.1:{port}");
             for n in 1..=3 {
@@ -302,6 +305,7 @@ pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyho
         }
         (System::Socketio, Topology::Cluster) => {
             let (r, port) = redis(bins, "socketio").await?;
+            broker = Some(children.len());
             children.push(r);
             let redis_url = format!("redis://127.0.0.1:{port}");
             for n in 1..=2 {
@@ -323,6 +327,7 @@ pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyho
     }
     let procs = ProcSet {
         pids: children.iter().map(pid).collect(),
+        broker: broker.map(|i| pid(&children[i])).into_iter().collect(),
     };
     Ok(Servers {
         children,

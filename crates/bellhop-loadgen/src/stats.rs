@@ -207,6 +207,9 @@ impl Tracker {
 pub struct ProcSet {
     /// Their pids.
     pub pids: Vec<i32>,
+    /// Those of them that are the broker behind a cluster (its Redis), whose CPU is also
+    /// reported on its own.
+    pub broker: Vec<i32>,
 }
 
 /// One reading of a [`ProcSet`].
@@ -216,6 +219,8 @@ pub struct ProcSample {
     pub rss: u64,
     /// Sum of user and system CPU time, seconds.
     pub cpu_seconds: f64,
+    /// The part of it the broker's processes used, seconds.
+    pub broker_cpu_seconds: f64,
     /// When it was read.
     pub at: Option<Instant>,
 }
@@ -231,8 +236,12 @@ impl ProcSet {
         };
         for pid in &self.pids {
             if let Ok(stat) = procfs::process::Process::new(*pid).and_then(|p| p.stat()) {
+                let cpu = (stat.utime + stat.stime) as f64 / ticks;
                 s.rss += stat.rss * page;
-                s.cpu_seconds += (stat.utime + stat.stime) as f64 / ticks;
+                s.cpu_seconds += cpu;
+                if self.broker.contains(pid) {
+                    s.broker_cpu_seconds += cpu;
+                }
             }
         }
         s
@@ -242,10 +251,20 @@ impl ProcSet {
 impl ProcSample {
     /// CPU cores used on average between `earlier` and this sample.
     pub fn cores_since(&self, earlier: &ProcSample) -> f64 {
+        self.rate_since(earlier, self.cpu_seconds - earlier.cpu_seconds)
+    }
+
+    /// CPU cores the broker's processes used on average between `earlier` and this sample.
+    pub fn broker_cores_since(&self, earlier: &ProcSample) -> f64 {
+        self.rate_since(
+            earlier,
+            self.broker_cpu_seconds - earlier.broker_cpu_seconds,
+        )
+    }
+
+    fn rate_since(&self, earlier: &ProcSample, seconds: f64) -> f64 {
         match (self.at, earlier.at) {
-            (Some(a), Some(b)) if a > b => {
-                (self.cpu_seconds - earlier.cpu_seconds) / (a - b).as_secs_f64()
-            }
+            (Some(a), Some(b)) if a > b => seconds / (a - b).as_secs_f64(),
             _ => 0.0,
         }
     }
@@ -292,6 +311,7 @@ mod tests {
     fn this_process_has_a_resident_set() {
         let set = ProcSet {
             pids: vec![i32::try_from(std::process::id()).expect("pid")],
+            broker: Vec::new(),
         };
         let s = set.sample();
         assert!(s.rss > 1 << 20, "rss {}", s.rss);

@@ -20,6 +20,7 @@ async fn a_fanout_against_the_ceiling_loses_and_duplicates_nothing() {
         urls: vec![format!("ws://{}/ws", ceiling.local_addr())],
         procs: ProcSet {
             pids: vec![i32::try_from(std::process::id()).expect("pid")],
+            broker: Vec::new(),
         },
         secret: String::new(),
         topology: "test".to_owned(),

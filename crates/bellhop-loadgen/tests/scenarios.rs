@@ -78,6 +78,7 @@ fn target(node: &Node) -> Target {
         urls: vec![format!("ws://{}/ws", node.gateway.local_addr())],
         procs: ProcSet {
             pids: vec![i32::try_from(std::process::id()).expect("pid")],
+            broker: Vec::new(),
         },
         secret: SECRET.to_owned(),
         topology: "test".to_owned(),

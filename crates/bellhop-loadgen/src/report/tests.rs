@@ -64,6 +64,7 @@ fn chat(p50_ms: f64, duplicated: u64) -> ChatResult {
                 ..Percentiles::default()
             },
             server_cores: 0.5,
+            broker_cores: None,
             server_rss: 0,
         }],
         losses: Losses {
@@ -249,4 +250,23 @@ fn losses_are_summed_over_runs_and_bellhops_are_flagged() {
     let flagged_row = "| Bellhop | storm | 3 | 3 | 0 | 0 | 0 | **⚠ must be 0**";
     assert!(md.contains(flagged_row), "{md}");
     assert_eq!(lost_row(&md)[4], "3");
+}
+
+#[test]
+fn a_cluster_step_reports_its_brokers_share_of_the_cpu() {
+    let step = Step {
+        deliveries_per_second: 10_000.0,
+        server_cores: 1.0,
+        broker_cores: Some(0.25),
+        ..Step::default()
+    };
+    assert_eq!(cpu_per_delivery(&step), Some(100.0));
+    assert_eq!(broker_cpu_per_delivery(&step), Some(25.0));
+    assert!(step_cells(&step).ends_with("| 1.00 (Redis 0.25)"));
+    let alone = Step {
+        broker_cores: None,
+        ..step
+    };
+    assert_eq!(broker_cpu_per_delivery(&alone), None);
+    assert!(step_cells(&alone).ends_with("| 1.00"));
 }
