@@ -77,11 +77,22 @@ impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         let dir = data_dir();
-        let ports = free_cluster_ports(masters);
-        let mut nodes = Vec::with_capacity(masters);
-        for &port in &ports {
-            nodes.push(spawn_node(port, &dir));
-        }
+        // A port found free can be taken before redis-server binds it (by another test
+        // process's server, say): then the whole set is chosen again.
+        let mut attempt = 0;
+        let (ports, nodes) = loop {
+            let ports = free_cluster_ports(masters);
+            let spawned: Result<Vec<ClusterNode>, String> =
+                ports.iter().map(|&port| spawn_node(port, &dir)).collect();
+            match spawned {
+                Ok(nodes) => break (ports, nodes),
+                Err(taken) if attempt < 5 => {
+                    attempt += 1;
+                    eprintln!("redis cluster: {taken}; choosing other ports (attempt {attempt})");
+                }
+                Err(taken) => panic!("redis cluster: {taken}, five times over"),
+            }
+        };
         for &port in &ports {
             wait_for(&format!("node {port} answers PING"), || {
                 cli(port, &["PING"]).is_ok_and(|r| r.trim() == "PONG")
@@ -144,8 +155,9 @@ impl RedisCluster {
     }
 }
 
-/// Starts one cluster-enabled server under its guard and waits for its ready line.
-fn spawn_node(port: u16, dir: &Path) -> ClusterNode {
+/// Starts one cluster-enabled server under its guard and waits for its ready line; `Err` when
+/// its port (or bus port) turned out to be taken.
+fn spawn_node(port: u16, dir: &Path) -> Result<ClusterNode, String> {
     // The guard starts the server in the background, then waits for its stdin to close (the
     // test process exited or dropped the cluster) and kills it.
     const GUARD: &str = r#"redis-server "$@" & server=$!; cat >/dev/null; kill -9 $server 2>/dev/null; wait $server 2>/dev/null; exit 0"#;
@@ -167,15 +179,19 @@ fn spawn_node(port: u16, dir: &Path) -> ClusterNode {
     let stdin = guard.stdin.take();
     let node = ClusterNode { guard, stdin };
     let log = dir.join(format!("redis-{port}.log"));
+    let mut taken = false;
     wait_for(&format!("redis-server on port {port} is ready"), || {
         std::fs::File::open(&log).is_ok_and(|f| {
-            BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .any(|l| l.contains("Ready to accept connections"))
+            BufReader::new(f).lines().map_while(Result::ok).any(|l| {
+                taken |= l.contains("Address already in use");
+                taken || l.contains("Ready to accept connections")
+            })
         })
     });
-    node
+    if taken {
+        return Err(format!("port {port} or {} was taken", port + 10_000));
+    }
+    Ok(node)
 }
 
 /// Runs `redis-cli -p <port> <args>`; its output, or why it failed.
