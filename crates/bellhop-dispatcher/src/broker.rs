@@ -39,12 +39,33 @@ impl fmt::Display for ChannelKey {
 }
 
 /// A message as stored: its offset and the envelope (shared, never copied per subscriber).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct StoredMessage {
     /// Position in the channel.
     pub offset: Offset,
     /// The message.
     pub envelope: Arc<Envelope>,
+    /// The envelope as JSON, where the backend stores it so (Redis): JSON subscribers get
+    /// these bytes as they are (`Codec::json_message`), so a node does not write again what it
+    /// just parsed. A representation of `envelope`, not part of a message's identity.
+    pub json: Option<Arc<str>>,
+}
+
+impl StoredMessage {
+    /// A stored message with no JSON kept beside it.
+    pub fn new(offset: Offset, envelope: Arc<Envelope>) -> Self {
+        StoredMessage {
+            offset,
+            envelope,
+            json: None,
+        }
+    }
+}
+
+impl PartialEq for StoredMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset && self.envelope == other.envelope
+    }
 }
 
 /// Longest idempotency key a backend accepts, in bytes. The gateway admits client keys of at most

@@ -66,6 +66,26 @@ impl Codec {
         self.encode_value(frame)
     }
 
+    /// A JSON `message` frame around an envelope that is JSON already (`envelope_json`, as this
+    /// codec writes an [`Envelope`](crate::Envelope): the Redis backend stores it so). The bytes
+    /// are those [`Codec::Json`] would encode for the same [`ServerFrame::Message`], without
+    /// parsing and writing the envelope again.
+    pub fn json_message(
+        channel: &crate::Channel,
+        offset: crate::Offset,
+        envelope_json: &str,
+    ) -> Result<Bytes, EncodeError> {
+        let mut out = Vec::with_capacity(envelope_json.len() + 96);
+        out.extend_from_slice(br#"{"type":"message","channel":"#);
+        serde_json::to_writer(&mut out, channel).map_err(|e| EncodeError(e.to_string()))?;
+        out.extend_from_slice(br#","offset":"#);
+        serde_json::to_writer(&mut out, &offset).map_err(|e| EncodeError(e.to_string()))?;
+        out.extend_from_slice(br#","message":"#);
+        out.extend_from_slice(envelope_json.as_bytes());
+        out.push(b'}');
+        Ok(Bytes::from(out))
+    }
+
     /// Encodes a client request (used by clients and tests).
     pub fn encode_request(self, request: &Request) -> Result<Bytes, EncodeError> {
         self.encode_value(&request.to_value())
@@ -179,6 +199,31 @@ mod tests {
             priority: Priority::Normal,
             correlation_id: Some("c1".into()),
         })
+    }
+
+    #[test]
+    fn a_message_around_stored_json_is_the_frame_the_json_codec_writes() {
+        let mut quoted = (*envelope()).clone();
+        // Text that JSON must escape, in the envelope and in the channel name.
+        quoted.payload = json!({"note": "\"leak\" in 101\n\u{1F6BF}", "n": [1, 2.5, null]});
+        for (channel, message) in [
+            (Channel::Room("101".into()), envelope()),
+            (Channel::User("a\"b".into()), Arc::new(quoted)),
+        ] {
+            let offset = Offset::new(1_700_000_000_000, 7);
+            let stored = serde_json::to_string(message.as_ref()).expect("envelope JSON");
+            let frame = ServerFrame::Message {
+                channel: channel.clone(),
+                offset,
+                message,
+            };
+            let expected = Codec::Json.encode(&frame).expect("encode");
+            let passed = Codec::json_message(&channel, offset, &stored).expect("frame");
+            assert_eq!(
+                std::str::from_utf8(&passed).unwrap(),
+                std::str::from_utf8(&expected).unwrap()
+            );
+        }
     }
 
     fn every_client_frame() -> Vec<ClientFrame> {

@@ -206,10 +206,7 @@ impl MemoryBroker {
             message_id: publish.envelope.message_id.clone(),
             duplicate: false,
         };
-        let message = StoredMessage {
-            offset,
-            envelope: publish.envelope,
-        };
+        let message = StoredMessage::new(offset, publish.envelope);
         state.log.push_back(message.clone());
         self.trim(state, now);
         state.emit(ChannelEvent::Message(message));

@@ -180,10 +180,10 @@ async fn sweep_keeps_channels_with_a_subscriber_or_presence() {
     let fresh = publish(&broker, &watched, "fresh").await;
     assert_eq!(
         sub.recv().await,
-        SubscriptionEvent::Event(ChannelEvent::Message(StoredMessage {
-            offset: fresh,
-            envelope: envelope("h1", &watched.channel, "fresh"),
-        }))
+        SubscriptionEvent::Event(ChannelEvent::Message(StoredMessage::new(
+            fresh,
+            envelope("h1", &watched.channel, "fresh"),
+        )))
     );
 
     drop(sub);

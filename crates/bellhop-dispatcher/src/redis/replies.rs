@@ -64,6 +64,7 @@ fn parse_entry(entry: Value) -> Result<StoredMessage, BrokerError> {
     Ok(StoredMessage {
         offset,
         envelope: Arc::new(envelope),
+        json: Some(Arc::from(json.as_ref())),
     })
 }
 

@@ -270,12 +270,19 @@ impl Hub {
     }
 }
 
-/// Encodes a message frame for one codec, as the bytes that go on the wire.
+/// Encodes a message frame for one codec, as the bytes that go on the wire. For JSON, a
+/// message whose backend kept its JSON (Redis) is framed around that text as it is.
 pub(crate) fn encode_message(
     codec: Codec,
     key: &ChannelKey,
     m: &StoredMessage,
 ) -> Option<WireFrame> {
+    if let (Codec::Json, Some(json)) = (codec, &m.json) {
+        match Codec::json_message(&key.channel, m.offset, json) {
+            Ok(bytes) => return Some(WireFrame::text(&bytes)),
+            Err(e) => tracing::error!(error = %e, "cannot frame the stored JSON; encoding anew"),
+        }
+    }
     let frame = ServerFrame::Message {
         channel: key.channel.clone(),
         offset: m.offset,

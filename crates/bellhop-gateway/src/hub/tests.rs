@@ -199,3 +199,26 @@ async fn a_replay_that_took_too_long_is_told_to_read_again() {
     store(&broker, total..total + 1).await;
     assert_eq!(received(&outbound, 1).await, vec![total]);
 }
+
+#[tokio::test]
+async fn a_message_with_its_stored_json_is_framed_as_if_encoded_anew() {
+    let broker = MemoryBroker::new(MemoryConfig::default());
+    store(&broker, 0..1).await;
+    let read = broker
+        .read(&key(), Some(Offset::ZERO), 1)
+        .await
+        .expect("read");
+    let fresh = read.messages[0].clone();
+    let kept = StoredMessage {
+        json: Some(Arc::from(
+            serde_json::to_string(fresh.envelope.as_ref()).expect("JSON"),
+        )),
+        ..fresh.clone()
+    };
+    for codec in [Codec::Json, Codec::MsgPack] {
+        let anew = encode_message(codec, &key(), &fresh).expect("frame");
+        let passed = encode_message(codec, &key(), &kept).expect("frame");
+        assert_eq!(passed.len(), anew.len(), "{codec:?}");
+        assert_eq!(passed, anew, "{codec:?}");
+    }
+}
