@@ -10,6 +10,12 @@
 //! announced. A subscribe/unsubscribe storm therefore costs the audience at most two notices per
 //! interval, whatever its rate. Both are per node: a user's connections on other nodes have their
 //! own allowance, bounded by `MAX_CONNECTIONS_PER_USER` and the frame rate.
+//!
+//! Memory follows activity: a (channel, user) entry is needed only within its interval (or while
+//! an announcement is deferred). The maps forget the settled ones when they have doubled since
+//! the last time (so a busy map is pruned in amortized constant time per notice), and
+//! [`Fairness::sweep`], run with the node's housekeeping, forgets them and gives the tables'
+//! room back, so a quiet node holds none of it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -23,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::config::HotelPolicy;
 
-/// Entries a notice map may hold before it is pruned of settled ones.
+/// Entries a notice map may hold before it is first pruned of settled ones.
 const PRUNE_AT: usize = 4096;
 
 /// (property, user): who a budget belongs to.
@@ -38,9 +44,42 @@ pub(crate) struct Fairness {
     emergencies: DefaultKeyedRateLimiter<UserKey>,
     clock: DefaultClock,
     /// When each (channel, user)'s last typing notice went out.
-    typing: Mutex<HashMap<(ChannelKey, String), Instant>>,
+    typing: Mutex<Recent<Instant>>,
     /// The join/leave coalescing state of each (channel, user).
-    presence: Mutex<HashMap<(ChannelKey, String), Notice>>,
+    presence: Mutex<Recent<Notice>>,
+}
+
+/// Per (channel, user) state that matters only for a while, and when to forget what no longer
+/// does.
+struct Recent<V> {
+    /// Entries by (channel, user), the key boxed: a connection storm fills the map with
+    /// entries that matter for an interval, and the table's spare slots are then small.
+    map: HashMap<Box<(ChannelKey, String)>, V>,
+    /// The size at which the map is next pruned: twice what the last pruning kept, at least
+    /// [`PRUNE_AT`].
+    prune_at: usize,
+}
+
+impl<V> Recent<V> {
+    fn new() -> Self {
+        Recent {
+            map: HashMap::new(),
+            prune_at: PRUNE_AT,
+        }
+    }
+
+    /// Prunes the map of entries that `keep` says are settled, if it has grown enough since the
+    /// last time.
+    fn prune_if_grown(&mut self, keep: impl FnMut(&V) -> bool) {
+        if self.map.len() >= self.prune_at {
+            self.prune(keep);
+        }
+    }
+
+    fn prune(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.map.retain(|_, v| keep(v));
+        self.prune_at = (2 * self.map.len()).max(PRUNE_AT);
+    }
 }
 
 impl std::fmt::Debug for Fairness {
@@ -96,8 +135,8 @@ impl Fairness {
             bytes: RateLimiter::dashmap_with_clock(Quota::per_minute(per_minute), clock.clone()),
             emergencies: RateLimiter::dashmap_with_clock(emergencies, clock.clone()),
             clock,
-            typing: Mutex::new(HashMap::new()),
-            presence: Mutex::new(HashMap::new()),
+            typing: Mutex::new(Recent::new()),
+            presence: Mutex::new(Recent::new()),
             policy,
         }
     }
@@ -141,10 +180,9 @@ impl Fairness {
     /// Whether a typing notice of `user` on `key` goes out now.
     pub(crate) fn typing_allowed(&self, key: &ChannelKey, user: &str, now: Instant) -> bool {
         let interval = self.policy.typing_interval;
-        let mut typing = self.typing.lock();
-        if typing.len() >= PRUNE_AT {
-            typing.retain(|_, at| now.duration_since(*at) < interval);
-        }
+        let mut recent = self.typing.lock();
+        recent.prune_if_grown(|at| now.duration_since(*at) < interval);
+        let typing = &mut recent.map;
         match typing.get_mut(&(key.clone(), user.to_owned())) {
             Some(at) if now.duration_since(*at) < interval => false,
             Some(at) => {
@@ -152,7 +190,7 @@ impl Fairness {
                 true
             }
             None => {
-                typing.insert((key.clone(), user.to_owned()), now);
+                typing.insert(Box::new((key.clone(), user.to_owned())), now);
                 true
             }
         }
@@ -168,14 +206,13 @@ impl Fairness {
         now: Instant,
     ) -> Announce {
         let interval = self.policy.presence_notice_interval;
-        let mut notices = self.presence.lock();
-        if notices.len() >= PRUNE_AT {
-            notices.retain(|_, n| n.deferred || now.duration_since(n.at) < interval);
-        }
+        let mut recent = self.presence.lock();
+        recent.prune_if_grown(|n| n.unsettled(now, interval));
+        let notices = &mut recent.map;
         let id = (key.clone(), user.to_owned());
         let Some(n) = notices.get_mut(&id) else {
             notices.insert(
-                id,
+                Box::new(id),
                 Notice {
                     announced: present,
                     at: now,
@@ -204,7 +241,7 @@ impl Fairness {
     /// A deferred announcement is due: the state to announce, if it changed.
     pub(crate) fn presence_due(&self, key: &ChannelKey, user: &str, now: Instant) -> Option<bool> {
         let mut notices = self.presence.lock();
-        let n = notices.get_mut(&(key.clone(), user.to_owned()))?;
+        let n = notices.map.get_mut(&(key.clone(), user.to_owned()))?;
         n.deferred = false;
         if n.wanted == n.announced {
             return None;
@@ -212,6 +249,43 @@ impl Fairness {
         n.announced = n.wanted;
         n.at = now;
         Some(n.wanted)
+    }
+
+    /// Forgets what no longer matters (settled notices, full byte and emergency buckets) and
+    /// gives the tables' spare room back; run with the node's housekeeping.
+    pub(crate) fn sweep(&self, now: Instant) {
+        let typing_interval = self.policy.typing_interval;
+        {
+            let mut typing = self.typing.lock();
+            typing.prune(|at| now.duration_since(*at) < typing_interval);
+            typing.map.shrink_to_fit();
+        }
+        let interval = self.policy.presence_notice_interval;
+        {
+            let mut presence = self.presence.lock();
+            presence.prune(|n| n.unsettled(now, interval));
+            presence.map.shrink_to_fit();
+        }
+        self.bytes.retain_recent();
+        self.bytes.shrink_to_fit();
+        self.emergencies.retain_recent();
+        self.emergencies.shrink_to_fit();
+    }
+
+    /// Entries held: (typing, presence notices).
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
+        (self.typing.lock().map.len(), self.presence.lock().map.len())
+    }
+}
+
+impl Notice {
+    /// Whether the entry still matters: an announcement is deferred, or the last one was within
+    /// the interval. A settled entry may be forgotten: the transitions the broker reports
+    /// alternate, so the next one differs from the state announced and goes out at once either
+    /// way.
+    fn unsettled(&self, now: Instant, interval: Duration) -> bool {
+        self.deferred || now.duration_since(self.at) < interval
     }
 }
 
@@ -287,6 +361,42 @@ mod tests {
         let later = due + Duration::from_secs(10);
         assert_eq!(
             f.presence_changed(&key(), "u1", false, later),
+            Announce::Now(false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_forgets_settled_notices_and_keeps_deferred_ones() {
+        let f = fairness();
+        let t0 = Instant::now();
+        for i in 0..100 {
+            let user = format!("u{i}");
+            assert_eq!(
+                f.presence_changed(&key(), &user, true, t0),
+                Announce::Now(true)
+            );
+            assert!(f.typing_allowed(&key(), &user, t0));
+        }
+        // u0 leaves within the interval: its leave is deferred.
+        let soon = t0 + Duration::from_millis(500);
+        let due = t0 + Duration::from_secs(2);
+        assert_eq!(
+            f.presence_changed(&key(), "u0", false, soon),
+            Announce::At(due)
+        );
+        // Within the interval nothing is forgotten.
+        f.sweep(soon);
+        assert_eq!(f.sizes(), (100, 100));
+        // After it, only the deferred notice is kept, and it still says what to announce.
+        f.sweep(due);
+        assert_eq!(f.sizes(), (0, 1));
+        assert_eq!(f.presence_due(&key(), "u0", due), Some(false));
+        // Once announced and its interval over, it goes too.
+        f.sweep(due + Duration::from_secs(2));
+        assert_eq!(f.sizes(), (0, 0));
+        // A forgotten user's next transition is announced at once.
+        assert_eq!(
+            f.presence_changed(&key(), "u1", false, due + Duration::from_secs(3)),
             Announce::Now(false)
         );
     }

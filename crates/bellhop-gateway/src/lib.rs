@@ -196,7 +196,7 @@ impl Gateway {
             }
             None => (None, None),
         };
-        // Limits housekeeping, and the bans other nodes share (read at start and every sweep, so
+        // Limits and fairness housekeeping, and the bans other nodes share (read at start and every sweep, so
         // one missed while the broker was away still arrives).
         let mut housekeeping = Vec::new();
         let n = node.clone();
@@ -206,6 +206,7 @@ impl Gateway {
             loop {
                 tick.tick().await;
                 n.limits.sweep();
+                n.fairness.sweep(tokio::time::Instant::now());
                 n.sync_bans().await;
             }
         }));

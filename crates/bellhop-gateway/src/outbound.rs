@@ -128,11 +128,33 @@ pub fn channel_tag<K: std::hash::Hash>(key: &K) -> u64 {
         .max(1)
 }
 
+/// One FIFO per class, allocated only while frames wait: an idle connection's queue holds a
+/// pointer, not six empty queues.
+#[derive(Debug, Default)]
+struct Queues(Option<Box<[VecDeque<Entry>; 6]>>);
+
+/// What an unallocated class queue reads as.
+static NO_FRAMES: VecDeque<Entry> = VecDeque::new();
+
+impl std::ops::Index<usize> for Queues {
+    type Output = VecDeque<Entry>;
+
+    fn index(&self, class: usize) -> &VecDeque<Entry> {
+        self.0.as_ref().map_or(&NO_FRAMES, |queues| &queues[class])
+    }
+}
+
+impl std::ops::IndexMut<usize> for Queues {
+    fn index_mut(&mut self, class: usize) -> &mut VecDeque<Entry> {
+        &mut self.0.get_or_insert_with(Default::default)[class]
+    }
+}
+
 /// The queue state behind the lock.
 #[derive(Debug, Default)]
 struct Inner {
     /// One FIFO per class.
-    queues: [VecDeque<Entry>; 6],
+    queues: Queues,
     /// Frames queued.
     frames: usize,
     /// Bytes queued.
@@ -145,7 +167,7 @@ struct Inner {
 
 impl Inner {
     fn take(&mut self, class: usize) -> Option<WireFrame> {
-        let entry = self.queues[class].pop_front()?;
+        let entry = self.queues.0.as_mut()?[class].pop_front()?;
         self.frames -= 1;
         self.bytes -= entry.frame.len();
         Some(entry.frame)
@@ -404,9 +426,9 @@ impl Outbound {
                         }
                     }
                 }
-                if inner.frames == 0 && inner.queues.iter().any(|q| q.capacity() > 0) {
+                if inner.frames == 0 && inner.queues.0.is_some() {
                     // Buffers are held only while frames wait: an idle connection keeps none.
-                    inner.queues = Default::default();
+                    inner.queues = Queues::default();
                 }
                 let captured = self.captured.swap(false, Ordering::AcqRel);
                 if !out.is_empty() {

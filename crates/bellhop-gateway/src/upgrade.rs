@@ -122,7 +122,7 @@ pub(crate) fn upgrade(
     }
     let principal = match request_token(&req) {
         Some(token) => match node.verifier.verify(&token) {
-            Ok(p) => Some(p),
+            Ok(p) => Some(Box::new(p)),
             Err(e) => {
                 let message = match e {
                     AuthError::Expired => "token expired".to_string(),
@@ -149,38 +149,51 @@ pub(crate) fn upgrade(
         .any(|p| p.trim() == MSGPACK_SUBPROTOCOL);
     let codec = if msgpack { Codec::MsgPack } else { Codec::Json };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max = node.config.max_frame_bytes;
+    let opening = Opening {
+        principal,
+        codec,
+        permit,
+    };
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, %remote, "upgrade failed");
-                return;
-            }
+        // What only the handshake needs is scoped to it, and the session future is made in the
+        // same scope: while the session runs, the task holds that future and nothing else.
+        let session = {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, %remote, "upgrade failed");
+                    return;
+                }
+            };
+            // tungstenite's default read buffer is 128 KiB per connection, allocated up front;
+            // clients send small frames, and the buffer grows for a large one (up to the frame
+            // limit).
+            let max = node.config.max_frame_bytes;
+            let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER_BYTES)
+                .max_message_size(Some(max))
+                .max_frame_size(Some(max));
+            // tungstenite reads and handles the closing handshake; the session's writer writes
+            // the socket itself (crate::wire).
+            let (stream, wire) = crate::wire::split(
+                |io| WebSocketStream::from_raw_socket(io, Role::Server, Some(config)),
+                TokioIo::new(upgraded),
+            )
+            .await;
+            session::run(node, stream, wire, opening)
         };
-        // tungstenite's default read buffer is 128 KiB per connection, allocated up front; clients
-        // send small frames, and the buffer grows for a large one (up to the frame limit).
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
-        // tungstenite reads and handles the closing handshake; the session's writer writes the
-        // socket itself (crate::wire).
-        let (stream, wire) = crate::wire::split(
-            |io| WebSocketStream::from_raw_socket(io, Role::Server, Some(config)),
-            TokioIo::new(upgraded),
-        )
-        .await;
-        let opening = Opening {
-            principal,
-            codec,
-            permit,
-        };
-        if let Some((stream, wire)) = session::run(node, stream, wire, opening).await {
-            if let Ok(mut ws) = stream.reunite(wire.sink) {
-                let mut write = wire.io;
-                linger(&mut ws.get_mut().read, &mut write).await;
-            }
+        // Boxed, and made before it is awaited: the task would otherwise keep room for the
+        // linger and for what the session hands back all the session long.
+        let finish = session.await.map(|(stream, wire)| {
+            Box::pin(async move {
+                if let Ok(mut ws) = stream.reunite(wire.sink) {
+                    let mut write = wire.io;
+                    linger(&mut ws.get_mut().read, &mut write).await;
+                }
+            })
+        });
+        if let Some(finish) = finish {
+            finish.await;
         }
     });
     let mut response = Response::new(Full::new(Bytes::new()));

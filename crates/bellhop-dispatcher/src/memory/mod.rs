@@ -14,7 +14,7 @@
 //! Everything here is lost when the process stops; clients that come back are told
 //! `recovered: false` because their offsets are older than this broker's history.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bellhop_protocol::Offset;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tokio::sync::broadcast;
 
 use crate::broker::{
@@ -102,8 +103,13 @@ impl std::fmt::Debug for MemoryBroker {
     }
 }
 
-/// Every channel's state, by key.
-type Channels = HashMap<ChannelKey, ChannelState>;
+/// Every channel's state, by key. Boxed: most channels are a connection's own `user:` channel
+/// with next to nothing in it, and the table's spare slots are then pointers, not whole states.
+type Channels = HashMap<ChannelKey, Box<ChannelState>>;
+
+/// One user's sessions on a channel: almost always one (a user's devices are bounded by
+/// `MAX_CONNECTIONS_PER_USER`), so held inline and searched.
+type Sessions = SmallVec<[Box<str>; 1]>;
 
 /// One channel's log and side state.
 #[derive(Debug)]
@@ -120,7 +126,7 @@ struct ChannelState {
     /// Attached sinks, by number.
     sinks: Vec<(u64, Arc<dyn LiveSink>)>,
     /// Sessions on the channel, by user.
-    presence: HashMap<String, HashSet<String>>,
+    presence: HashMap<Box<str>, Sessions>,
     /// Read markers by user.
     markers: HashMap<String, Offset>,
 }
@@ -183,7 +189,7 @@ impl MemoryBroker {
     /// Stores one publish (or finds its original), with `channels` locked.
     fn publish_one(
         &self,
-        channels: &mut HashMap<ChannelKey, ChannelState>,
+        channels: &mut Channels,
         publish: Publish,
         now: u64,
     ) -> Result<Published, BrokerError> {
@@ -226,12 +232,12 @@ impl MemoryBroker {
     /// the retention cut-off, since anything older is gone either way; its `last` is just below
     /// now, and above every position handed out for a channel that kept no state. Called with
     /// `channels` locked.
-    fn fresh_state(&self, now: u64) -> ChannelState {
+    fn fresh_state(&self, now: u64) -> Box<ChannelState> {
         let floor = self.fresh_floor(now);
         let last = floor
             .max(Offset::new(now.saturating_sub(1), 0))
             .max(*self.high_water.lock());
-        ChannelState {
+        Box::new(ChannelState {
             log: VecDeque::new(),
             last,
             floor,
@@ -239,7 +245,7 @@ impl MemoryBroker {
             sinks: Vec::new(),
             presence: HashMap::new(),
             markers: HashMap::new(),
-        }
+        })
     }
 
     /// Drops messages that left the retention window or exceed the per-channel cap.
@@ -398,9 +404,11 @@ impl Broker for MemoryBroker {
         session: &str,
     ) -> Result<bool, BrokerError> {
         Ok(self.with_state(key, |state, _| {
-            let sessions = state.presence.entry(user_id.to_owned()).or_default();
+            let sessions = state.presence.entry(user_id.into()).or_default();
             let first = sessions.is_empty();
-            sessions.insert(session.to_owned());
+            if !sessions.iter().any(|s| **s == *session) {
+                sessions.push(session.into());
+            }
             first
         }))
     }
@@ -418,8 +426,9 @@ impl Broker for MemoryBroker {
         let Some(sessions) = state.presence.get_mut(user_id) else {
             return Ok(false);
         };
-        let removed = sessions.remove(session);
-        let last = removed && sessions.is_empty();
+        let before = sessions.len();
+        sessions.retain(|s| **s != *session);
+        let last = sessions.len() < before && sessions.is_empty();
         if sessions.is_empty() {
             state.presence.remove(user_id);
         }
@@ -430,7 +439,7 @@ impl Broker for MemoryBroker {
         let channels = self.channels.lock();
         let mut users: Vec<String> = channels
             .get(key)
-            .map(|s| s.presence.keys().cloned().collect())
+            .map(|s| s.presence.keys().map(|user| user.to_string()).collect())
             .unwrap_or_default();
         users.sort();
         Ok(users)

@@ -76,6 +76,102 @@ struct LocalSub {
     mode: Mode,
 }
 
+/// A channel's local subscribers by connection id. Most channels (each connection's own `user:`
+/// channel) have exactly one, which is held inline, without a table; a table holds two or more
+/// (boxed: its spare slots are then pointers, not whole subscribers), and gives way to the
+/// inline form again when one is left.
+#[derive(Debug, Default)]
+enum Subs {
+    #[default]
+    Empty,
+    One(LocalSub),
+    Many(HashMap<u64, Box<LocalSub>>),
+}
+
+impl Subs {
+    fn insert(&mut self, conn_id: u64, local: Box<LocalSub>) {
+        match std::mem::take(self) {
+            Subs::Empty => *self = Subs::One(*local),
+            Subs::One(only) if only.sub.conn_id == conn_id => *self = Subs::One(*local),
+            Subs::One(only) => {
+                let mut many = HashMap::with_capacity(2);
+                many.insert(only.sub.conn_id, Box::new(only));
+                many.insert(conn_id, local);
+                *self = Subs::Many(many);
+            }
+            Subs::Many(mut many) => {
+                many.insert(conn_id, local);
+                *self = Subs::Many(many);
+            }
+        }
+    }
+
+    fn get_mut(&mut self, conn_id: &u64) -> Option<&mut LocalSub> {
+        match self {
+            Subs::Empty => None,
+            Subs::One(only) => (only.sub.conn_id == *conn_id).then_some(only),
+            Subs::Many(many) => many.get_mut(conn_id).map(|b| &mut **b),
+        }
+    }
+
+    fn remove(&mut self, conn_id: &u64) {
+        match self {
+            Subs::Empty => {}
+            Subs::One(only) => {
+                if only.sub.conn_id == *conn_id {
+                    *self = Subs::Empty;
+                }
+            }
+            Subs::Many(many) => {
+                many.remove(conn_id);
+                if many.len() <= 1 {
+                    let last = many.drain().next();
+                    *self = match last {
+                        Some((_, last)) => Subs::One(*last),
+                        None => Subs::Empty,
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Subs::Empty)
+    }
+
+    #[cfg(test)]
+    fn get(&self, conn_id: &u64) -> Option<&LocalSub> {
+        self.values().find(|local| local.sub.conn_id == *conn_id)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &LocalSub> {
+        let (one, many) = match self {
+            Subs::Empty => (None, None),
+            Subs::One(only) => (Some(only), None),
+            Subs::Many(many) => (None, Some(many.values().map(|b| &**b))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut LocalSub> {
+        let (one, many) = match self {
+            Subs::Empty => (None, None),
+            Subs::One(only) => (Some(only), None),
+            Subs::Many(many) => (None, Some(many.values_mut().map(|b| &mut **b))),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Index<&u64> for Subs {
+    type Output = LocalSub;
+
+    fn index(&self, conn_id: &u64) -> &LocalSub {
+        self.get(conn_id).expect("no such subscriber")
+    }
+}
+
 /// What every channel of the hub shares.
 #[derive(Debug)]
 struct Shared {
@@ -104,9 +200,8 @@ struct ChannelHub {
 
 #[derive(Debug, Default)]
 struct HubState {
-    /// Local subscribers by connection id (boxed: most channels have one or a few, and the
-    /// table's spare slots are then pointers, not whole subscribers).
-    subs: HashMap<u64, Box<LocalSub>>,
+    /// Local subscribers by connection id.
+    subs: Subs,
     /// The newest offset delivered on this channel.
     last: Offset,
     /// Live events the broker handed over and no task delivered yet; empty (and unallocated)

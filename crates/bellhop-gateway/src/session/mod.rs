@@ -62,8 +62,9 @@ const QUEUE_FULL_RETRY_AFTER_MS: u64 = 100;
 /// How a connection starts.
 #[derive(Debug)]
 pub(crate) struct Opening {
-    /// Who the upgrade request authenticated, if it carried a token.
-    pub(crate) principal: Option<Principal>,
+    /// Who the upgrade request authenticated, if it carried a token (boxed: the connection's
+    /// task holds it until the session takes it).
+    pub(crate) principal: Option<Box<Principal>>,
     /// The negotiated codec.
     pub(crate) codec: Codec,
     /// The connection's slot under `MAX_CONNECTIONS`, released when it ends.
@@ -73,12 +74,17 @@ pub(crate) struct Opening {
 /// Runs a connection to its end: `stream` is what the peer sends, `wire` where the writer
 /// writes. Returns both when the writer finished in time (its close frame sent), so the caller
 /// can linger on the socket before dropping it (see `upgrade::linger`).
-pub(crate) async fn run<R, W>(
+///
+/// Registers the connection and starts its writer at once, and returns the rest as a future
+/// that holds only what the connection needs while it runs. (An `async fn` keeps its arguments
+/// for as long as it runs, beside the locals they were moved into: the wire, moved into the
+/// writer task, and the opening would then take room in every idle connection's task.)
+pub(crate) fn run<R, W>(
     node: Arc<Node>,
     mut stream: R,
     mut wire: W,
     opening: Opening,
-) -> Option<(R, W)>
+) -> impl std::future::Future<Output = Option<(R, W)>> + Send
 where
     R: Stream<Item = Result<Message, WsError>> + Send + Unpin + 'static,
     W: Wire,
@@ -96,54 +102,67 @@ where
         outbound.clone(),
         node.config.write_timeout,
     ));
-    let inbox = Inbox::new(Instant::now() + node.config.auth.auth_timeout);
-    let mut session = Session {
-        node: node.clone(),
-        conn_id,
-        session_id: uuid::Uuid::new_v4().to_string(),
-        outbound: outbound.clone(),
-        codec: opening.codec,
-        principal: None,
-        inbox: &inbox,
-        subscriptions: HashSet::new(),
-        counted: None,
-    };
-    // The futures of the rare steps are boxed: a connection's task is as large as its largest
-    // step, and most of its life it only waits for the next frame (docs/BENCHMARKS.md).
-    if let Some(p) = opening.principal {
-        Box::pin(session.welcome(None, p)).await;
-    }
-    let reader = Reader {
-        node: &node,
-        outbound: &outbound,
-        inbox: &inbox,
-        codec: opening.codec,
-        frames: node.limits.frame_limiter(),
-    };
-    tokio::join!(reader.run(&mut stream), session.serve());
-    // The peer may have simply gone away: make sure the writer finishes either way.
-    outbound.close(close::NORMAL, "");
-    Box::pin(session.leave_all()).await;
-    if let Some((property, user)) = session.counted.take() {
-        node.limits.remove_user_connection(&property, &user);
-    }
-    // The writer sends what is left and the close frame, bounded by the write timeout.
-    let sink = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
-    node.connections.lock().remove(&conn_id);
-    node.metrics.connections.dec();
-    drop(opening.permit);
-    node.connection_ended.notify_waiters();
-    match sink {
-        Ok(Ok(wire)) => Some((stream, wire)),
-        _ => None,
+    let Opening {
+        principal,
+        codec,
+        permit,
+    } = opening;
+    async move {
+        let inbox = Inbox::new(Instant::now() + node.config.auth.auth_timeout);
+        let mut session = Session {
+            node: node.clone(),
+            conn_id,
+            session_id: uuid::Uuid::new_v4(),
+            outbound: outbound.clone(),
+            codec,
+            principal: None,
+            inbox: &inbox,
+            subscriptions: HashSet::new(),
+            counted: false,
+        };
+        // The futures of the rare steps are boxed: a connection's task is as large as its
+        // largest step, and most of its life it only waits for the next frame
+        // (docs/BENCHMARKS.md).
+        if let Some(p) = principal {
+            Box::pin(session.welcome(None, *p)).await;
+        }
+        let mut reader = Reader {
+            node: &node,
+            outbound: &outbound,
+            inbox: &inbox,
+            codec,
+            frames: node.limits.frame_limiter(),
+        };
+        let read = async {
+            reader.read(&mut stream).await;
+            inbox.end();
+        };
+        tokio::join!(read, session.serve());
+        // The peer may have simply gone away: make sure the writer finishes either way.
+        outbound.close(close::NORMAL, "");
+        Box::pin(session.leave_all()).await;
+        if let (true, Some(p)) = (session.counted, &session.principal) {
+            node.limits.remove_user_connection(&p.property, &p.user_id);
+        }
+        // The writer sends what is left and the close frame, bounded by the write timeout.
+        let sink = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
+        node.connections.lock().remove(&conn_id);
+        node.metrics.connections.dec();
+        drop(permit);
+        node.connection_ended.notify_waiters();
+        match sink {
+            Ok(Ok(wire)) => Some((stream, wire)),
+            _ => None,
+        }
     }
 }
 /// One connection's protocol state, owned by its handler.
 struct Session<'a> {
     node: Arc<Node>,
     conn_id: u64,
-    /// Identifies this connection in presence and in `welcome`.
-    session_id: String,
+    /// Identifies this connection in presence and in `welcome` (as text only when sent: see
+    /// [`Session::session_text`]).
+    session_id: uuid::Uuid,
     outbound: Arc<Outbound>,
     codec: Codec,
     /// `None` until authenticated.
@@ -152,8 +171,9 @@ struct Session<'a> {
     inbox: &'a Inbox,
     /// Channels this connection subscribed to.
     subscriptions: HashSet<Channel>,
-    /// The (property, user) this connection is counted under, for the per-user cap.
-    counted: Option<(String, String)>,
+    /// Whether this connection is counted under the per-user cap: under its principal's
+    /// (property, user), which re-authentication cannot change.
+    counted: bool,
 }
 
 /// Sleeps until `until`, or forever without one. The timer is boxed: only a closing connection
@@ -176,6 +196,11 @@ fn expiry_instant(expires_at: u64, leeway: Duration) -> Instant {
 }
 
 impl Session<'_> {
+    /// The session id as presence records it, written into `buf`.
+    fn session_text<'b>(&self, buf: &'b mut [u8]) -> &'b str {
+        self.session_id.hyphenated().encode_lower(buf)
+    }
+
     /// Answers the reader's requests one at a time until the connection closes. A request still
     /// running when it closes (a replay, say, when the token expires) is abandoned.
     async fn serve(&mut self) {
@@ -191,9 +216,10 @@ impl Session<'_> {
                 drain_until = Some(Instant::now() + self.node.config.write_timeout);
             }
             let until = drain_until;
+            // An abort ends the wait too: `next` then says there is no more work (one wait
+            // fewer in every idle connection's task than an `aborted` branch here).
             let work = tokio::select! {
                 biased;
-                _ = self.inbox.aborted() => return,
                 _ = sleep_or_never(until) => return,
                 _ = outbound.closed(), if until.is_none() => continue,
                 work = self.inbox.next() => match work {
@@ -267,7 +293,7 @@ impl Session<'_> {
     }
 
     async fn welcome(&mut self, id: Option<u64>, p: Principal) {
-        if self.counted.is_none() {
+        if !self.counted {
             if !self
                 .node
                 .limits
@@ -291,11 +317,11 @@ impl Session<'_> {
                 );
                 return;
             }
-            self.counted = Some((p.property.clone(), p.user_id.clone()));
+            self.counted = true;
         }
         let frame = ServerFrame::Welcome(Welcome {
             id,
-            session_id: self.session_id.clone(),
+            session_id: self.session_id.to_string(),
             node: self.node.config.node_id.clone(),
             user_id: p.user_id.clone(),
             role: p.role,
@@ -470,8 +496,9 @@ impl Session<'_> {
         // Presence is best-effort: a failure to record or announce it must not undo a
         // subscription whose messages are already flowing.
         let broker = self.node.dispatcher.broker();
+        let mut session = uuid::Uuid::encode_buffer();
         match broker
-            .presence_join(&key, &p.user_id, &self.session_id)
+            .presence_join(&key, &p.user_id, self.session_text(&mut session))
             .await
         {
             Ok(true) => self.node.announce_presence(&key, &p.user_id, true).await,
@@ -603,8 +630,9 @@ impl Session<'_> {
         let key = Node::key(p, channel);
         self.node.hub.leave(&key, self.conn_id);
         let broker = self.node.dispatcher.broker();
+        let mut session = uuid::Uuid::encode_buffer();
         match broker
-            .presence_leave(&key, &p.user_id, &self.session_id)
+            .presence_leave(&key, &p.user_id, self.session_text(&mut session))
             .await
         {
             Ok(true) if announce => self.node.announce_presence(&key, &p.user_id, false).await,

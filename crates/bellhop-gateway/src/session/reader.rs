@@ -97,7 +97,8 @@ impl Inbox {
         true
     }
 
-    /// The next request, or `None` once the reader ended and the queue is empty.
+    /// The next request, or `None` once the reader ended and the queue is empty, or at once
+    /// when the connection was aborted (what it queued is not done).
     pub(super) async fn next(&self) -> Option<Work> {
         loop {
             let notified = self.work.notified();
@@ -182,31 +183,24 @@ pub(super) struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    pub(super) async fn run<R>(mut self, stream: &mut R)
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        self.read(stream).await;
-        self.inbox.end();
-    }
-
     pub(super) async fn read<R>(&mut self, stream: &mut R)
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
-        let interval = self.node.config.heartbeat_interval;
         // One timer for both the deadline and the heartbeat (whichever comes first), so an idle
         // connection holds one timer, not two.
-        let mut next_beat = Instant::now() + interval;
+        let mut next_beat = Instant::now() + self.node.config.heartbeat_interval;
         let timer = sleep_until(next_beat);
         tokio::pin!(timer);
         let mut last_seen = Instant::now();
         let outbound = self.outbound;
         loop {
             let (deadline, authenticated) = self.inbox.deadline();
-            let wake = next_beat.min(deadline);
-            if timer.deadline() != wake {
-                timer.as_mut().reset(wake);
+            {
+                let wake = next_beat.min(deadline);
+                if timer.deadline() != wake {
+                    timer.as_mut().reset(wake);
+                }
             }
             tokio::select! {
                 biased;
@@ -232,7 +226,7 @@ impl Reader<'_> {
                     outbound.push_control(Message::Ping(Default::default()));
                     // Like an interval that delays missed ticks: the next beat is a whole
                     // interval after this one was seen.
-                    next_beat = Instant::now() + interval;
+                    next_beat = Instant::now() + self.node.config.heartbeat_interval;
                 }
                 incoming = stream.next() => {
                     last_seen = Instant::now();

@@ -107,7 +107,7 @@ where
     let (to_server, incoming) = mpsc::unbounded();
     let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
     let opening = Opening {
-        principal: Some(principal),
+        principal: Some(Box::new(principal)),
         codec: Codec::Json,
         permit,
     };
