@@ -194,7 +194,7 @@ impl Reader<'_> {
     where
         R: Stream<Item = Result<Message, WsError>> + Unpin,
     {
-        let interval = self.node.config.heartbeat_interval;
+        let interval = self.node.config().heartbeat_interval;
         // One timer for both the deadline and the heartbeat (whichever comes first), so an idle
         // connection holds one timer, not two.
         let mut next_beat = Instant::now() + interval;
@@ -225,7 +225,7 @@ impl Reader<'_> {
                         self.inbox.abort();
                         return;
                     }
-                    if last_seen.elapsed() >= self.node.config.heartbeat_timeout {
+                    if last_seen.elapsed() >= self.node.config().heartbeat_timeout {
                         outbound.close(close::HEARTBEAT_TIMEOUT, "no traffic within the heartbeat timeout");
                         return;
                     }
@@ -240,7 +240,7 @@ impl Reader<'_> {
                         None => return,
                         #[cfg(feature = "autobahn")]
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_))))
-                            if self.node.config.session_mode == crate::config::SessionMode::Echo =>
+                            if self.node.config().session_mode == crate::config::SessionMode::Echo =>
                         {
                             // Conformance builds only: echo, with the writer's back-pressure.
                             outbound.send(Class::Control, message).await;
@@ -287,13 +287,13 @@ impl Reader<'_> {
             FrameVerdict::Allow => {}
             FrameVerdict::Refuse(wait) => {
                 self.node
-                    .metrics
+                    .metrics()
                     .rate_limited
                     .with_label_values(&["frame"])
                     .inc();
                 let message = format!(
                     "too many frames: at most {} a second; this one was not processed",
-                    self.node.config.rate_limits.frames_per_second
+                    self.node.config().rate_limits.frames_per_second
                 );
                 self.refuse(codec.peek_id(bytes), message, ms_ceil(wait));
                 return true;
@@ -318,7 +318,7 @@ impl Reader<'_> {
         let id = request.id;
         if !self.inbox.offer(Work::Request(request), bytes.len()) {
             self.node
-                .metrics
+                .metrics()
                 .rate_limited
                 .with_label_values(&["requests_queued"])
                 .inc();
@@ -343,7 +343,7 @@ impl Reader<'_> {
 
     pub(super) fn flood_close(&self) {
         self.node
-            .metrics
+            .metrics()
             .rate_limited
             .with_label_values(&["flood_close"])
             .inc();
@@ -366,7 +366,7 @@ impl Reader<'_> {
 /// Closes the connection with the code that names what the peer did wrong; true when it did
 /// something wrong (rather than simply going away), so what it queued is not to be done.
 fn protocol_failure(node: &Node, outbound: &Outbound, e: WsError) -> bool {
-    let max = node.config.max_frame_bytes;
+    let max = node.config().max_frame_bytes;
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
             node.count_error(ErrorCode::TooLarge);
