@@ -20,10 +20,15 @@ import {
   useState,
   useSyncExternalStore,
 } from "react";
-import type { BellhopClient, ClientEvents, ConnectionState } from "./client.js";
-import type { Envelope, Json, Offset } from "./frames.js";
+// Types from the package's public entry: the bindings stand on the client's public API only.
 import type {
+  BellhopClient,
+  ClientEvents,
+  ConnectionState,
+  Envelope,
+  Json,
   MessageContext,
+  Offset,
   PresenceNotice,
   PublishOptions,
   PublishResult,
@@ -31,7 +36,7 @@ import type {
   RecoveryFailedContext,
   Subscription,
   SubscriptionState,
-} from "./subscription.js";
+} from "./index.js";
 
 export const BellhopContext = createContext<BellhopClient | null>(null);
 

@@ -29,7 +29,7 @@ pub(crate) async fn handle(
     client: IpAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let deadline = node.config.edge.request_timeout;
+    let deadline = node.config().edge.request_timeout;
     let Ok(outcome) = tokio::time::timeout(deadline, route(&node, req)).await else {
         let message = format!(
             "the request was not answered within {} s: retry it (a publish with the same Idempotency-Key is stored once)",
@@ -195,7 +195,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
         )
     })?;
     let principal = node
-        .verifier
+        .verifier()
         .verify(&token)
         .map_err(|e| RequestError::new(ErrorCode::Unauthorized, e.to_string()))?;
     if !matches!(principal.role, Role::Service | Role::Manager | Role::Admin) {
@@ -326,7 +326,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
                 }
             }
             let found = node
-                .requests
+                .requests()
                 .list(&principal.property, &filter)
                 .await
                 .map_err(RequestError::from)?;
@@ -341,7 +341,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Result<Response<Body>, Ap
             }
             let id = decode_path_segment(id);
             match node
-                .requests
+                .requests()
                 .get(&principal.property, &id)
                 .await
                 .map_err(RequestError::from)?
@@ -376,8 +376,8 @@ fn valid_id(name: &str, value: String) -> Result<String, ApiError> {
 
 /// Reads a request body of at most `max_body_bytes`, whole within `HTTP_BODY_TIMEOUT_SECONDS`.
 async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Vec<u8>, ApiError> {
-    let max = node.config.max_body_bytes;
-    let timeout = node.config.edge.body_timeout;
+    let max = node.config().max_body_bytes;
+    let timeout = node.config().edge.body_timeout;
     let too_large = || ApiError {
         close: true,
         ..RequestError::new(

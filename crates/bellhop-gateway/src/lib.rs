@@ -24,6 +24,7 @@
 mod api;
 pub mod auth;
 mod config;
+mod connections;
 mod fairness;
 mod http;
 mod hub;
@@ -39,7 +40,6 @@ mod upgrade;
 pub mod wire;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,11 +148,11 @@ impl Gateway {
             requests,
             bans,
         ));
-        let config = &node.config;
+        let config = &node.config();
         // The certificate first: a bad file should stop the node before it takes its ports.
         let tls = match &config.tls {
             Some(tls) => {
-                let metrics = node.metrics.register_tls();
+                let metrics = node.metrics().register_tls();
                 let store = Arc::new(CertStore::load(tls, metrics.clone()).await?);
                 let acceptor = tls::acceptor(store.clone(), tls.min_version)
                     .map_err(|e| BindError::Config(format!("TLS: {e}")))?;
@@ -205,12 +205,12 @@ impl Gateway {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                n.limits.sweep();
-                n.fairness.sweep(tokio::time::Instant::now());
+                n.limits().sweep();
+                n.fairness().sweep(tokio::time::Instant::now());
                 n.sync_bans().await;
             }
         }));
-        if let Some(mut feed) = node.bans.feed() {
+        if let Some(mut feed) = node.ban_feed() {
             let n = node.clone();
             housekeeping.push(tokio::spawn(async move {
                 use tokio::sync::broadcast::error::RecvError;
@@ -248,8 +248,8 @@ impl Gateway {
         if verifier.key_file().is_some() {
             tasks.push(tokio::spawn(auth::watch_keys(
                 Arc::downgrade(&verifier),
-                node.metrics.clone(),
-                node.config.auth.keys_reload_interval,
+                node.metrics().clone(),
+                node.config().auth.keys_reload_interval,
                 stop_admin.subscribe(),
             )));
         }
@@ -262,7 +262,7 @@ impl Gateway {
         );
         let admin = admin_addr.map_or_else(|| "disabled".to_string(), |a| a.to_string());
         let scheme = if cert_store.is_some() { "tls" } else { "plain" };
-        tracing::info!(%local_addr, admin_addr = %admin, node = %node.config.node_id, scheme, "gateway listening");
+        tracing::info!(%local_addr, admin_addr = %admin, node = %node.config().node_id, scheme, "gateway listening");
         Ok(Gateway {
             node,
             local_addr,
@@ -297,26 +297,18 @@ impl Gateway {
 
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.node.metrics
+        self.node.metrics()
     }
 
     /// Open WebSocket connections.
     pub fn connection_count(&self) -> usize {
-        self.node.connections.lock().len()
+        self.node.connections().len()
     }
 
     /// Returns once at most `n` WebSocket connections are open: each connection's end (after
     /// its presence leave) wakes it. Callers bound it with a timeout.
     pub async fn wait_connections_at_most(&self, n: usize) {
-        loop {
-            let ended = self.node.connection_ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.node.connections.lock().len() <= n {
-                return;
-            }
-            ended.await;
-        }
+        self.node.connections().wait_at_most(n).await
     }
 
     /// Graceful drain: readiness turns false, the listener stops accepting, connected clients are
@@ -324,11 +316,10 @@ impl Gateway {
     /// this returns once they are gone (or the period plus the write timeout has passed).
     pub async fn shutdown(self) {
         let node = self.node.clone();
-        node.ready.store(false, Ordering::Release);
-        node.metrics.ready.set(0);
+        node.stop_ready();
         let _ = self.stop_main.send(true);
-        let connections: Vec<_> = node.connections.lock().values().cloned().collect();
-        let period = node.config.drain_period;
+        let connections: Vec<_> = node.connections().outbounds();
+        let period = node.config().drain_period;
         tracing::info!(connections = connections.len(), ?period, "draining");
         let start = Instant::now();
         for (at, outbound) in drain_schedule(connections.len(), period)
@@ -341,15 +332,12 @@ impl Gateway {
                 "node restarting: reconnect and resume from your offsets",
             );
         }
-        let deadline = start + period + node.config.write_timeout * 2;
+        let deadline = start + period + node.config().write_timeout * 2;
         if tokio::time::timeout_at(deadline, self.wait_connections_at_most(0))
             .await
             .is_err()
         {
-            tracing::warn!(
-                left = node.connections.lock().len(),
-                "drain deadline passed"
-            );
+            tracing::warn!(left = node.connections().len(), "drain deadline passed");
         }
         let _ = self.stop_admin.send(true);
         for task in self.housekeeping {

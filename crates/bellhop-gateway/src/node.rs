@@ -2,8 +2,7 @@
 //! WebSocket sessions and the HTTP API have in common (publish, history, presence), so both
 //! edges apply the same validation, policy and error mapping.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bellhop_dispatcher::requests::{
@@ -15,14 +14,12 @@ use bellhop_dispatcher::{
 };
 use bellhop_protocol::validate::{self, ValidationError};
 use bellhop_protocol::{Channel, Envelope, ErrorCode, HistoryEntry, Offset, PublishFrame, Sender};
-use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{Principal, Verifier};
 use crate::config::GatewayConfig;
+use crate::connections::Connections;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::outbound::Outbound;
 use crate::policy::{self, Access, Denied};
 
 /// A failed request, as the client will see it: a wire error code (and HTTP status), a message,
@@ -118,33 +115,33 @@ pub(crate) struct HistoryPage {
     pub(crate) more: bool,
 }
 
-/// Everything a node shares among its connections.
+/// Everything a node shares among its connections. Its parts are private: each edge reaches
+/// what it needs through a method (the components by reference, the node's own state through
+/// operations on it).
 #[derive(Debug)]
 pub(crate) struct Node {
-    pub(crate) config: GatewayConfig,
-    pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) hub: Hub,
+    /// The gateway's settings, fixed at start.
+    config: GatewayConfig,
+    /// Publishes, and the broker behind it for reads, presence and live delivery.
+    dispatcher: Arc<Dispatcher>,
+    /// This node's local fan-out of each channel to its subscribed sessions.
+    hub: Hub,
     /// Verifies tokens; shared with the task that reloads its key file.
-    pub(crate) verifier: Arc<Verifier>,
-    pub(crate) metrics: Metrics,
-    /// Open WebSocket connections, for drain.
-    pub(crate) connections: Mutex<HashMap<u64, Arc<Outbound>>>,
-    /// Notified whenever a connection ends.
-    pub(crate) connection_ended: Notify,
-    /// One permit per allowed connection (`MAX_CONNECTIONS`).
-    pub(crate) slots: Arc<Semaphore>,
-    /// Source of connection ids.
-    pub(crate) next_id: AtomicU64,
+    verifier: Arc<Verifier>,
+    /// The node's Prometheus metrics.
+    metrics: Metrics,
+    /// Open WebSocket connections: their permits, ids and queues (for drain).
+    connections: Connections,
     /// False while draining: `/readyz` answers 503 and upgrades are refused.
-    pub(crate) ready: AtomicBool,
+    ready: AtomicBool,
     /// Rate limiters, bans and per-user connection counts.
-    pub(crate) limits: crate::limits::Limits,
+    limits: crate::limits::Limits,
     /// Where this node shares its bans with the other nodes and learns theirs.
-    pub(crate) bans: Arc<dyn BanStore>,
+    bans: Arc<dyn BanStore>,
     /// Byte budgets, guest emergencies, typing and presence notice coalescing.
-    pub(crate) fairness: crate::fairness::Fairness,
+    fairness: crate::fairness::Fairness,
     /// The service request workflow (lifecycle, routing, escalation), in the dispatcher.
-    pub(crate) requests: Arc<Requests>,
+    requests: Arc<Requests>,
 }
 
 impl Node {
@@ -180,12 +177,9 @@ impl Node {
         Node {
             verifier,
             hub: Hub::new(dispatcher.broker().clone(), metrics.clone()),
-            slots: Arc::new(Semaphore::new(config.max_connections)),
+            connections: Connections::new(config.max_connections),
             metrics,
             dispatcher,
-            connections: Mutex::new(HashMap::new()),
-            connection_ended: Notify::new(),
-            next_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
             limits: crate::limits::Limits::new(config.rate_limits.clone()),
             bans,
@@ -231,8 +225,66 @@ impl Node {
         }
     }
 
+    /// The gateway's settings.
+    pub(crate) fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The broker behind the dispatcher: reads, presence, read markers and live delivery.
+    pub(crate) fn broker(&self) -> &Arc<dyn bellhop_dispatcher::Broker> {
+        self.dispatcher.broker()
+    }
+
+    /// This node's local fan-out hub.
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The token verifier.
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The node's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The open WebSocket connections.
+    pub(crate) fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// Rate limiters, bans and per-user connection counts.
+    pub(crate) fn limits(&self) -> &crate::limits::Limits {
+        &self.limits
+    }
+
+    /// Byte budgets, guest emergencies, typing and presence notice coalescing.
+    pub(crate) fn fairness(&self) -> &crate::fairness::Fairness {
+        &self.fairness
+    }
+
+    /// The service request workflow.
+    pub(crate) fn requests(&self) -> &Requests {
+        &self.requests
+    }
+
+    /// The bans other nodes announce as they decide them, where the ban store has such a feed.
+    pub(crate) fn ban_feed(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<(String, std::time::Duration)>> {
+        self.bans.feed()
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Starts the drain: readiness turns false (and its gauge with it) for good.
+    pub(crate) fn stop_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.metrics.ready.set(0);
     }
 
     /// The state of the circuit breaker around the broker, and the gauge brought up to date.

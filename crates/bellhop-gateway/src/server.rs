@@ -71,7 +71,7 @@ pub(crate) struct Edge {
 impl Edge {
     pub(crate) fn new(node: Arc<Node>) -> Arc<Edge> {
         Arc::new(Edge {
-            pending: PendingByAddress::new(node.config.edge.max_pending_per_ip),
+            pending: PendingByAddress::new(node.config().edge.max_pending_per_ip),
             refusals: RefusalLog::new(),
             node,
         })
@@ -82,7 +82,7 @@ impl Edge {
     /// is counted here) and its pending connections. A trusted proxy's connections are checked
     /// per request instead, by the client address it forwards.
     fn admit(&self, peer: IpAddr) -> Result<Option<PendingSlot>, Refusal> {
-        let limits = &self.node.limits;
+        let limits = self.node.limits();
         if limits.trusted(peer) {
             return Ok(None);
         }
@@ -99,7 +99,7 @@ impl Edge {
         remote: SocketAddr,
         headers: &hyper::HeaderMap,
     ) -> Result<IpAddr, (IpAddr, Refusal)> {
-        let limits = &self.node.limits;
+        let limits = self.node.limits();
         let peer = remote.ip().to_canonical();
         if !limits.trusted(peer) {
             return limits.check_ban(peer).map(|()| peer).map_err(|r| (peer, r));
@@ -121,7 +121,7 @@ impl Edge {
         answer: &dyn std::fmt::Display,
     ) -> String {
         let node = &self.node;
-        let limits = &node.config.rate_limits;
+        let limits = &node.config().rate_limits;
         let message = match refusal {
             Refusal::RateLimited(_) => format!(
                 "too many connection attempts: at most {} a minute per address",
@@ -132,17 +132,17 @@ impl Edge {
             }
             Refusal::Pending => format!(
                 "too many connections from this address still opening: at most {}",
-                node.config.edge.max_pending_per_ip
+                node.config().edge.max_pending_per_ip
             ),
         };
-        node.metrics
+        node.metrics()
             .rate_limited
             .with_label_values(&[refusal.what()])
             .inc();
         self.refusals
             .log(what, client, answer, refusal.what(), &message);
-        if matches!(refusal, Refusal::RateLimited(_)) && node.limits.strike(client) {
-            node.metrics.bans.inc();
+        if matches!(refusal, Refusal::RateLimited(_)) && node.limits().strike(client) {
+            node.metrics().bans.inc();
             tracing::warn!(
                 %client,
                 seconds = limits.ban_duration.as_secs(),
@@ -185,7 +185,7 @@ impl Edge {
             _ => "rate_limited",
         };
         self.node
-            .metrics
+            .metrics()
             .connections_rejected
             .with_label_values(&[reason])
             .inc();
@@ -261,7 +261,7 @@ pub(crate) async fn accept_loop<F, Fut>(
                     Ok(slot) => Pending::new(
                         permit,
                         slot,
-                        Some(edge.node.metrics.pending_connections.clone()),
+                        Some(edge.node.metrics().pending_connections.clone()),
                     ),
                     Err(refusal) => {
                         edge.refuse_connection(stream, peer, refusal, tls.is_some());
@@ -467,7 +467,7 @@ pub(crate) async fn main_handler(
     remote: SocketAddr,
 ) -> Response<Body> {
     let path = req.uri().path();
-    if path == edge.node.config.ws_path {
+    if path == edge.node.config().ws_path {
         return crate::upgrade::upgrade(&edge, req, remote);
     }
     if path.starts_with("/api/") {
@@ -483,7 +483,7 @@ pub(crate) async fn main_handler(
 /// then the API itself; responses to an allowed origin carry the CORS headers.
 async fn api_request(edge: &Edge, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let node = &edge.node;
-    let cors = api::cors_origin(&node.config.edge.cors_allowed_origins, req.headers());
+    let cors = api::cors_origin(&node.config().edge.cors_allowed_origins, req.headers());
     let mut response = match edge.check_request(remote, req.headers()) {
         Err((client, refusal)) => edge.refuse_request("HTTP API request", client, refusal),
         Ok(client) if api::is_preflight(&req) => {
@@ -512,13 +512,13 @@ pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Re
             node.broker_live();
             text(
                 StatusCode::OK,
-                node.metrics.render(),
+                node.metrics().render(),
                 "text/plain; version=0.0.4",
             )
         }
         "/healthz" => json(
             StatusCode::OK,
-            &serde_json::json!({"status": "ok", "node": node.config.node_id}),
+            &serde_json::json!({"status": "ok", "node": node.config().node_id}),
         ),
         "/readyz" => {
             // An open breaker leaves the node ready (the body says `degraded`): every node shares
@@ -540,10 +540,10 @@ pub(crate) async fn admin_handler(node: Arc<Node>, req: Request<Incoming>) -> Re
             };
             let body = serde_json::json!({
                 "ready": ready,
-                "node": node.config.node_id,
+                "node": node.config().node_id,
                 "state": state,
-                "connections": node.metrics.connections.get(),
-                "channels": node.hub.channel_count(),
+                "connections": node.metrics().connections.get(),
+                "channels": node.hub().channel_count(),
                 "broker": {"breaker": breaker.as_str(), "live": if live { "healthy" } else { "reconnecting" }},
             });
             json(status, &body)

@@ -31,7 +31,7 @@ pub(crate) fn upgrade(
 ) -> Response<Body> {
     let node = edge.node.clone();
     if !node.is_ready() {
-        node.metrics
+        node.metrics()
             .connections_rejected
             .with_label_values(&["draining"])
             .inc();
@@ -46,7 +46,7 @@ pub(crate) fn upgrade(
     let client = match edge.check_request(remote, req.headers()) {
         Ok(client) => client,
         Err((client, refusal)) => {
-            node.metrics
+            node.metrics()
                 .connections_rejected
                 .with_label_values(&["rate_limited"])
                 .inc();
@@ -56,7 +56,7 @@ pub(crate) fn upgrade(
     // Every other refusal: counted by reason, logged, answered with the code's JSON body (and
     // `status` when it is not the code's own).
     let reject = |reason: &str, code: ErrorCode, status: Option<StatusCode>, message: &str| {
-        node.metrics
+        node.metrics()
             .connections_rejected
             .with_label_values(&[reason])
             .inc();
@@ -69,7 +69,7 @@ pub(crate) fn upgrade(
             .log("upgrade", client, &response.status(), reason, message);
         response
     };
-    if !origin_allowed(&node.config.allowed_origins, req.headers()) {
+    if !origin_allowed(&node.config().allowed_origins, req.headers()) {
         return reject(
             "origin",
             ErrorCode::Forbidden,
@@ -121,7 +121,7 @@ pub(crate) fn upgrade(
         return response;
     }
     let principal = match request_token(&req) {
-        Some(token) => match node.verifier.verify(&token) {
+        Some(token) => match node.verifier().verify(&token) {
             Ok(p) => Some(Box::new(p)),
             Err(e) => {
                 let message = match e {
@@ -133,7 +133,7 @@ pub(crate) fn upgrade(
         },
         None => None,
     };
-    let Ok(permit) = node.slots.clone().try_acquire_owned() else {
+    let Some(permit) = node.connections().try_reserve() else {
         return reject(
             "capacity",
             ErrorCode::Unavailable,
@@ -168,7 +168,7 @@ pub(crate) fn upgrade(
             // tungstenite's default read buffer is 128 KiB per connection, allocated up front;
             // clients send small frames, and the buffer grows for a large one (up to the frame
             // limit).
-            let max = node.config.max_frame_bytes;
+            let max = node.config().max_frame_bytes;
             let config = WebSocketConfig::default()
                 .read_buffer_size(READ_BUFFER_BYTES)
                 .max_message_size(Some(max))

@@ -65,7 +65,7 @@ async fn tokens_are_accepted_in_the_header_the_query_and_a_first_frame() {
 #[tokio::test]
 async fn bad_tokens_at_the_upgrade_get_401_with_a_json_body() {
     let node = TestNode::start(Backend::Memory).await;
-    let expired = token_exp("g1", Role::Guest, "h1", &[], &[], -120);
+    let expired = signed(&claims("g1", Role::Guest, "h1", &[], &[], -120));
     let wrong_secret = {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -420,6 +420,23 @@ impl ServerFrame {
         }
     }
 
+    /// Whether frames of the type named `type_name` (a wire name, as [`ServerFrame::type_name`]
+    /// gives) answer a client's request and carry its `id`; the others (`message`, `join`,
+    /// `leave`, `typing`) arrive unasked. An `error` may also arrive unasked, without an `id`.
+    pub fn is_reply_type(type_name: &str) -> bool {
+        matches!(
+            type_name,
+            "welcome"
+                | "subscribed"
+                | "unsubscribed"
+                | "ack"
+                | "history"
+                | "presence"
+                | "pong"
+                | "error"
+        )
+    }
+
     /// The wire name of the frame's type.
     pub fn type_name(&self) -> &'static str {
         match self {

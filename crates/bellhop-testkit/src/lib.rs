@@ -1,10 +1,11 @@
 //! Test support shared by Bellhop's crates: real servers, not doubles, started on free loopback
 //! ports and stopped when dropped, the clients and books of fault-injection tests, throwaway
-//! TLS certificates, and the envelopes tests publish. Used only as a dev-dependency.
+//! TLS certificates, the envelopes tests publish, and the forwarding that broker doubles share. Used only as a dev-dependency.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 pub mod envelope;
+pub mod forward;
 pub mod jwt;
 pub mod ledger;
 pub mod redis_cluster;

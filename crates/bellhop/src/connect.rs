@@ -10,22 +10,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bellhop_client::transport::{self, OpenError};
+use bellhop_protocol::ServerFrame;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Replies that answer a request (and so end the wait for it).
-const REPLIES: &[&str] = &[
-    "welcome",
-    "subscribed",
-    "unsubscribed",
-    "ack",
-    "history",
-    "presence",
-    "pong",
-    "error",
-];
 
 /// How `bellhop connect` behaves, beside where it connects and with which token.
 #[derive(Debug)]
@@ -106,7 +95,8 @@ pub(crate) async fn run(url: &str, token: &str, options: &Options) -> Result<()>
                 Some(Ok(Message::Text(text))) => {
                     println!("{text}");
                     if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                        let is_reply = v.get("type").and_then(Value::as_str).is_some_and(|t| REPLIES.contains(&t));
+                        // A reply ends the wait for its request.
+                        let is_reply = v.get("type").and_then(Value::as_str).is_some_and(ServerFrame::is_reply_type);
                         if let (true, Some(id)) = (is_reply, v.get("id").and_then(Value::as_u64)) {
                             waiting.remove(&id);
                         }

@@ -57,7 +57,7 @@ use crate::broker::{Broker, BrokerError, Publish, Published};
 use crate::queue::PriorityQueue;
 
 pub use config::DispatcherConfig;
-use worker::{supervise, worker_stopped, Pending, Shared, ABANDONED, QUEUED};
+use worker::{worker_stopped, Pending, Shared, Worker, ABANDONED, QUEUED};
 
 /// Why a publish was not stored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -111,12 +111,13 @@ impl Dispatcher {
             restarts: AtomicU64::new(0),
             publish_timeout: config.publish_timeout.max(Duration::from_millis(1)),
         });
-        tokio::spawn(supervise(
-            broker.clone(),
-            shared.clone(),
-            config.max_batch.max(1),
+        let worker = Worker {
+            broker: broker.clone(),
+            shared: shared.clone(),
+            max_batch: config.max_batch.max(1),
             call_timeout,
-        ));
+        };
+        tokio::spawn(worker.supervise());
         Dispatcher {
             broker,
             shared,

@@ -5,7 +5,6 @@ use super::*;
 use crate::breaker::BreakerConfig;
 use crate::broker::{ChannelEvent, ChannelKey, ReadResult, Subscription};
 use crate::{MemoryBroker, MemoryConfig};
-use async_trait::async_trait;
 use bellhop_protocol::{Channel, Envelope, Offset, Role, Sender};
 use tokio::sync::Semaphore;
 
@@ -70,70 +69,33 @@ impl GatedBroker {
     }
 }
 
-#[async_trait]
-impl Broker for GatedBroker {
-    async fn publish_batch(&self, batch: Vec<Publish>) -> Vec<Result<Published, BrokerError>> {
-        self.batches.lock().push(
-            batch
-                .iter()
-                .map(|p| p.envelope.message_id.clone())
-                .collect(),
-        );
-        self.gate.acquire().await.expect("gate open").forget();
-        let fault = self.fault.lock().clone();
-        match fault {
-            None => self.inner.publish_batch(batch).await,
-            Some(Fault::Error(e)) => batch.iter().map(|_| Err(e.clone())).collect(),
-            Some(Fault::Hang) => std::future::pending().await,
-            Some(Fault::Panic) => panic!("injected backend bug"),
-            Some(Fault::Slow(delay)) => {
-                tokio::time::sleep(delay).await;
-                self.inner.publish_batch(batch).await
+bellhop_testkit::forward_broker! {
+    impl Broker for GatedBroker => inner,
+    forward [
+        publish_ephemeral, subscribe, read, presence_join, presence_leave, presence, mark_read,
+        unread,
+    ]
+    {
+        async fn publish_batch(&self, batch: Vec<Publish>) -> Vec<Result<Published, BrokerError>> {
+            self.batches.lock().push(
+                batch
+                    .iter()
+                    .map(|p| p.envelope.message_id.clone())
+                    .collect(),
+            );
+            self.gate.acquire().await.expect("gate open").forget();
+            let fault = self.fault.lock().clone();
+            match fault {
+                None => self.inner.publish_batch(batch).await,
+                Some(Fault::Error(e)) => batch.iter().map(|_| Err(e.clone())).collect(),
+                Some(Fault::Hang) => std::future::pending().await,
+                Some(Fault::Panic) => panic!("injected backend bug"),
+                Some(Fault::Slow(delay)) => {
+                    tokio::time::sleep(delay).await;
+                    self.inner.publish_batch(batch).await
+                }
             }
         }
-    }
-    async fn publish_ephemeral(
-        &self,
-        key: &ChannelKey,
-        event: ChannelEvent,
-    ) -> Result<(), BrokerError> {
-        self.inner.publish_ephemeral(key, event).await
-    }
-    async fn subscribe(&self, key: &ChannelKey) -> Result<Subscription, BrokerError> {
-        self.inner.subscribe(key).await
-    }
-    async fn read(
-        &self,
-        key: &ChannelKey,
-        since: Option<Offset>,
-        limit: usize,
-    ) -> Result<ReadResult, BrokerError> {
-        self.inner.read(key, since, limit).await
-    }
-    async fn presence_join(&self, key: &ChannelKey, u: &str, s: &str) -> Result<bool, BrokerError> {
-        self.inner.presence_join(key, u, s).await
-    }
-    async fn presence_leave(
-        &self,
-        key: &ChannelKey,
-        u: &str,
-        s: &str,
-    ) -> Result<bool, BrokerError> {
-        self.inner.presence_leave(key, u, s).await
-    }
-    async fn presence(&self, key: &ChannelKey) -> Result<Vec<String>, BrokerError> {
-        self.inner.presence(key).await
-    }
-    async fn mark_read(
-        &self,
-        key: &ChannelKey,
-        u: &str,
-        o: Offset,
-    ) -> Result<(Offset, u64), BrokerError> {
-        self.inner.mark_read(key, u, o).await
-    }
-    async fn unread(&self, key: &ChannelKey, u: &str) -> Result<u64, BrokerError> {
-        self.inner.unread(key, u).await
     }
 }
 
@@ -262,6 +224,22 @@ fn unavailable() -> Fault {
     })
 }
 
+/// What a publish gets from a breaker that has just opened: refused, 30 s until half-open.
+fn open_for_30s() -> Result<Published, PublishError> {
+    Err(PublishError::CircuitOpen {
+        retry_after: 30 * SECOND,
+    })
+}
+
+/// The breaker has just opened: a publish is refused at once, 30 s until half-open.
+async fn assert_just_opened(dispatcher: &Dispatcher) {
+    assert_eq!(dispatcher.breaker_state(), BreakerState::Open);
+    let refused = dispatcher
+        .publish(envelope("refused", Priority::Normal))
+        .await;
+    assert_eq!(refused, open_for_30s());
+}
+
 /// The retry hint of a failed publish, if it is `unavailable` of either kind.
 fn retry_after(result: &Result<Published, PublishError>) -> Option<Duration> {
     match result {
@@ -303,12 +281,7 @@ async fn an_unavailable_broker_opens_the_breaker_then_publishes_fail_fast_until_
     // Open: refused without touching the broker, with the time left until half-open.
     let started = Instant::now();
     let r = dispatcher.publish(envelope("fast", Priority::Urgent)).await;
-    assert_eq!(
-        r,
-        Err(PublishError::CircuitOpen {
-            retry_after: 30 * SECOND
-        })
-    );
+    assert_eq!(r, open_for_30s());
     assert_eq!(started.elapsed(), Duration::ZERO, "fails fast");
     tokio::time::advance(12 * SECOND).await;
     let r = dispatcher
@@ -364,15 +337,7 @@ async fn a_hanging_broker_times_out_opens_the_breaker_and_a_failed_trial_reopens
         .publish(envelope("trial", Priority::Normal))
         .await;
     assert_eq!(retry_after(&r), Some(30 * SECOND), "{r:?}");
-    assert_eq!(dispatcher.breaker_state(), BreakerState::Open);
-    assert_eq!(
-        dispatcher
-            .publish(envelope("refused", Priority::Normal))
-            .await,
-        Err(PublishError::CircuitOpen {
-            retry_after: 30 * SECOND
-        })
-    );
+    assert_just_opened(&dispatcher).await;
     assert_eq!(broker.calls(), 11);
 }
 
@@ -407,12 +372,7 @@ async fn publishes_queued_when_the_breaker_opens_fail_fast_too() {
     broker.gate.add_permits(100);
     assert_eq!(retry_after(&first.await.unwrap()), Some(30 * SECOND));
     for q in queued {
-        assert_eq!(
-            q.await.unwrap(),
-            Err(PublishError::CircuitOpen {
-                retry_after: 30 * SECOND
-            })
-        );
+        assert_eq!(q.await.unwrap(), open_for_30s());
     }
     assert_eq!(broker.calls(), 1, "the backlog never reached the broker");
 }
@@ -502,15 +462,7 @@ async fn a_worker_that_panics_during_the_trial_call_reopens_the_breaker_instead_
     assert!(retry_after(&r).is_some(), "{r:?}");
     // The trial never reported; had its permit been forgotten, the breaker would refuse
     // every call from now on while waiting for it.
-    assert_eq!(dispatcher.breaker_state(), BreakerState::Open);
-    assert_eq!(
-        dispatcher
-            .publish(envelope("refused", Priority::Normal))
-            .await,
-        Err(PublishError::CircuitOpen {
-            retry_after: 30 * SECOND
-        })
-    );
+    assert_just_opened(&dispatcher).await;
     broker.fail_with(None);
     tokio::time::advance(30 * SECOND).await;
     assert!(dispatcher

@@ -101,50 +101,6 @@ pub(super) fn worker_stopped() -> PublishError {
     })
 }
 
-/// Runs the worker, and starts it again whenever it panics, until it returns (the dispatcher
-/// closed) or the runtime shuts down.
-pub(super) async fn supervise(
-    broker: Arc<dyn Broker>,
-    shared: Arc<Shared>,
-    max_batch: usize,
-    call_timeout: Duration,
-) {
-    loop {
-        let run = tokio::spawn(worker(
-            broker.clone(),
-            shared.clone(),
-            max_batch,
-            call_timeout,
-        ));
-        let error = match run.await {
-            Ok(()) => return,
-            Err(error) if error.is_panic() => error,
-            // Cancelled: the runtime is shutting down.
-            Err(_) => return,
-        };
-        let restarts = shared.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-        // The call it was making never reported: a failure, so a half-open breaker is not left
-        // waiting forever for its trial.
-        if let Some(permit) = shared.in_flight.lock().take() {
-            shared
-                .breaker
-                .lock()
-                .record(permit, Outcome::Failure, Instant::now());
-        }
-        let panic = error.into_panic();
-        let reason = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        tracing::error!(
-            restarts,
-            %reason,
-            "the dispatcher's worker panicked; its batch failed with unavailable, restarting it"
-        );
-    }
-}
-
 /// Takes up to `max_batch` publishes off the queue, most urgent first: the ones to send, and the
 /// ones whose deadline has passed. Publishes whose publishers gave up are dropped.
 pub(super) fn take_batch(
@@ -170,98 +126,150 @@ pub(super) fn take_batch(
     (batch, expired)
 }
 
-/// Takes batches off the queue, most urgent first, and stores them through the breaker.
-pub(super) async fn worker(
-    broker: Arc<dyn Broker>,
-    shared: Arc<Shared>,
-    max_batch: usize,
-    call_timeout: Duration,
-) {
-    loop {
-        let now = Instant::now();
-        let (batch, expired) = take_batch(&shared, max_batch, now);
-        for pending in expired {
-            let _ = pending.reply.send(Err(shared.expired(now)));
-        }
-        if batch.is_empty() {
-            if !shared.queue.lock().is_empty() {
-                continue;
-            }
-            if shared.closed.load(Ordering::Acquire) {
-                return;
-            }
-            shared.wake.notified().await;
-            continue;
-        }
-        let (publishes, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.publish, p.reply)).unzip();
-        let acquired = shared.breaker.lock().try_acquire(now);
-        let permit = match acquired {
-            Ok(permit) => permit,
-            Err(open) => {
-                // Publishes queued before the breaker opened fail as fast as new ones.
-                for reply in replies {
-                    let _ = reply.send(Err(PublishError::CircuitOpen {
-                        retry_after: open.retry_after,
-                    }));
-                }
-                continue;
-            }
-        };
-        *shared.in_flight.lock() = Some(permit);
-        let n = publishes.len();
-        let call = tokio::time::timeout(call_timeout, broker.publish_batch(publishes)).await;
-        let Some(permit) = shared.in_flight.lock().take() else {
-            // Only the supervisor takes it, after this task is gone.
-            continue;
-        };
-        let timed_out = call.is_err();
-        let mut results = call.unwrap_or_default();
-        let failed = timed_out
-            || results
-                .iter()
-                .any(|r| matches!(r, Err(BrokerError::Unavailable { .. })));
-        let outcome = if failed {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        };
-        let now = Instant::now();
-        let open_for = {
-            let mut breaker = shared.breaker.lock();
-            breaker.record(permit, outcome, now);
-            breaker.check(now).err().map(|open| open.retry_after)
-        };
-        if timed_out {
-            // The call was abandoned; Redis may still have stored some of it (see the Redis
-            // backend's notes on `unavailable` after a lost reply).
-            results = vec![
-                Err(BrokerError::Unavailable {
-                    reason: format!("broker call timed out after {call_timeout:?}"),
-                    retry_after: TIMEOUT_RETRY_AFTER,
-                });
-                n
-            ];
-        }
-        let mut results = results.into_iter();
-        for reply in replies {
-            let result = match results.next() {
-                Some(Ok(published)) => Ok(published),
-                Some(Err(BrokerError::Unavailable {
-                    reason,
-                    retry_after,
-                })) => Err(BrokerError::Unavailable {
-                    reason,
-                    // When this call opened the breaker, retrying sooner is refused anyway.
-                    retry_after: open_for.map_or(retry_after, |o| o.max(retry_after)),
-                }),
-                Some(Err(e)) => Err(e),
-                None => Err(BrokerError::Internal(
-                    "broker returned too few results".into(),
-                )),
+/// The task that stores what the queue holds: what it reads and writes, and the settings of its
+/// batches and calls. The supervisor and each worker it starts share one.
+#[derive(Clone)]
+pub(super) struct Worker {
+    /// Where batches are stored.
+    pub(super) broker: Arc<dyn Broker>,
+    /// The queue, the breaker and the counters it shares with the dispatcher's handle.
+    pub(super) shared: Arc<Shared>,
+    /// The most publishes in one broker call (at least 1).
+    pub(super) max_batch: usize,
+    /// How long one broker call may take before its batch fails as unavailable.
+    pub(super) call_timeout: Duration,
+}
+
+impl Worker {
+    /// Runs the worker, and starts it again whenever it panics, until it returns (the dispatcher
+    /// closed) or the runtime shuts down.
+    pub(super) async fn supervise(self) {
+        let shared = self.shared.clone();
+        loop {
+            let run = tokio::spawn(self.clone().run());
+            let error = match run.await {
+                Ok(()) => return,
+                Err(error) if error.is_panic() => error,
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
             };
-            // A publisher that gave up waiting is not an error.
-            let _ = reply.send(result.map_err(PublishError::Broker));
+            let restarts = shared.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            // The call it was making never reported: a failure, so a half-open breaker is not left
+            // waiting forever for its trial.
+            if let Some(permit) = shared.in_flight.lock().take() {
+                shared
+                    .breaker
+                    .lock()
+                    .record(permit, Outcome::Failure, Instant::now());
+            }
+            let panic = error.into_panic();
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(
+                restarts,
+                %reason,
+                "the dispatcher's worker panicked; its batch failed with unavailable, restarting it"
+            );
+        }
+    }
+
+    /// Takes batches off the queue, most urgent first, and stores them through the breaker.
+    async fn run(self) {
+        let Worker {
+            broker,
+            shared,
+            max_batch,
+            call_timeout,
+        } = self;
+        loop {
+            let now = Instant::now();
+            let (batch, expired) = take_batch(&shared, max_batch, now);
+            for pending in expired {
+                let _ = pending.reply.send(Err(shared.expired(now)));
+            }
+            if batch.is_empty() {
+                if !shared.queue.lock().is_empty() {
+                    continue;
+                }
+                if shared.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                shared.wake.notified().await;
+                continue;
+            }
+            let (publishes, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.publish, p.reply)).unzip();
+            let acquired = shared.breaker.lock().try_acquire(now);
+            let permit = match acquired {
+                Ok(permit) => permit,
+                Err(open) => {
+                    // Publishes queued before the breaker opened fail as fast as new ones.
+                    for reply in replies {
+                        let _ = reply.send(Err(PublishError::CircuitOpen {
+                            retry_after: open.retry_after,
+                        }));
+                    }
+                    continue;
+                }
+            };
+            *shared.in_flight.lock() = Some(permit);
+            let n = publishes.len();
+            let call = tokio::time::timeout(call_timeout, broker.publish_batch(publishes)).await;
+            let Some(permit) = shared.in_flight.lock().take() else {
+                // Only the supervisor takes it, after this task is gone.
+                continue;
+            };
+            let timed_out = call.is_err();
+            let mut results = call.unwrap_or_default();
+            let failed = timed_out
+                || results
+                    .iter()
+                    .any(|r| matches!(r, Err(BrokerError::Unavailable { .. })));
+            let outcome = if failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            let now = Instant::now();
+            let open_for = {
+                let mut breaker = shared.breaker.lock();
+                breaker.record(permit, outcome, now);
+                breaker.check(now).err().map(|open| open.retry_after)
+            };
+            if timed_out {
+                // The call was abandoned; Redis may still have stored some of it (see the Redis
+                // backend's notes on `unavailable` after a lost reply).
+                results = vec![
+                    Err(BrokerError::Unavailable {
+                        reason: format!("broker call timed out after {call_timeout:?}"),
+                        retry_after: TIMEOUT_RETRY_AFTER,
+                    });
+                    n
+                ];
+            }
+            let mut results = results.into_iter();
+            for reply in replies {
+                let result = match results.next() {
+                    Some(Ok(published)) => Ok(published),
+                    Some(Err(BrokerError::Unavailable {
+                        reason,
+                        retry_after,
+                    })) => Err(BrokerError::Unavailable {
+                        reason,
+                        // When this call opened the breaker, retrying sooner is refused anyway.
+                        retry_after: open_for.map_or(retry_after, |o| o.max(retry_after)),
+                    }),
+                    Some(Err(e)) => Err(e),
+                    None => Err(BrokerError::Internal(
+                        "broker returned too few results".into(),
+                    )),
+                };
+                // A publisher that gave up waiting is not an error.
+                let _ = reply.send(result.map_err(PublishError::Broker));
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 //! - [`script`]: calls of the channel script (`channel.lua`), one or a pipeline of them;
 //! - [`replies`]: what the script's replies mean (pure parsing);
 //! - [`subscriber`]: live subscriptions, gap detection and the subscriber probe;
+//! - [`live`]: the format of live events on the pub/sub channels, and their decoding;
 //! - [`presence`]: the sessions this broker holds and refreshes;
 //! - [`bans`]: client bans shared by every node;
 //! - [`client`]: the Redis client, TLS, and client errors as [`BrokerError`]s.
@@ -94,6 +95,7 @@ mod bans;
 mod client;
 mod config;
 mod keys;
+mod live;
 mod presence;
 mod replies;
 mod script;
@@ -118,10 +120,11 @@ pub(crate) use self::client::{broker_error, build_client, fred_config};
 use self::config::redact;
 pub use self::config::RedisConfig;
 use self::keys::ChannelKeys;
+use self::live::Live;
 use self::presence::HeldSession;
 use self::replies::PublishReply;
 use self::script::SCRIPT;
-use self::subscriber::{subscribe_confirmed, Live, LiveChannel, SubRequest};
+use self::subscriber::{subscribe_confirmed, LiveChannel, SubRequest};
 use crate::broker::{
     Attachment, Broker, BrokerError, ChannelEvent, ChannelKey, LiveSink, Publish, Published,
     ReadResult, Subscription,

@@ -89,18 +89,16 @@ where
     R: Stream<Item = Result<Message, WsError>> + Send + Unpin + 'static,
     W: Wire,
 {
-    let conn_id = node
-        .next_id
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let outbound = Arc::new(Outbound::new(node.config.outbound.clone()));
-    node.connections.lock().insert(conn_id, outbound.clone());
-    node.metrics.connections.inc();
-    node.metrics.connections_opened.inc();
+    let conn_id = node.connections().next_id();
+    let outbound = Arc::new(Outbound::new(node.config().outbound.clone()));
+    node.connections().insert(conn_id, outbound.clone());
+    node.metrics().connections.inc();
+    node.metrics().connections_opened.inc();
     wire.attach(&outbound);
     let writer = tokio::spawn(write_loop(
         wire,
         outbound.clone(),
-        node.config.write_timeout,
+        node.config().write_timeout,
     ));
     let Opening {
         principal,
@@ -108,7 +106,7 @@ where
         permit,
     } = opening;
     async move {
-        let inbox = Inbox::new(Instant::now() + node.config.auth.auth_timeout);
+        let inbox = Inbox::new(Instant::now() + node.config().auth.auth_timeout);
         let mut session = Session {
             node: node.clone(),
             conn_id,
@@ -131,7 +129,7 @@ where
             outbound: &outbound,
             inbox: &inbox,
             codec,
-            frames: node.limits.frame_limiter(),
+            frames: node.limits().frame_limiter(),
         };
         let read = async {
             reader.read(&mut stream).await;
@@ -142,14 +140,15 @@ where
         outbound.close(close::NORMAL, "");
         Box::pin(session.leave_all()).await;
         if let (true, Some(p)) = (session.counted, &session.principal) {
-            node.limits.remove_user_connection(&p.property, &p.user_id);
+            node.limits()
+                .remove_user_connection(&p.property, &p.user_id);
         }
         // The writer sends what is left and the close frame, bounded by the write timeout.
-        let sink = tokio::time::timeout(node.config.write_timeout * 2, writer).await;
-        node.connections.lock().remove(&conn_id);
-        node.metrics.connections.dec();
+        let sink = tokio::time::timeout(node.config().write_timeout * 2, writer).await;
+        node.connections().remove(conn_id);
+        node.metrics().connections.dec();
         drop(permit);
-        node.connection_ended.notify_waiters();
+        node.connections().notify_ended();
         match sink {
             Ok(Ok(wire)) => Some((stream, wire)),
             _ => None,
@@ -213,7 +212,7 @@ impl Session<'_> {
         let mut drain_until: Option<Instant> = None;
         loop {
             if drain_until.is_none() && outbound.is_closing() {
-                drain_until = Some(Instant::now() + self.node.config.write_timeout);
+                drain_until = Some(Instant::now() + self.node.config().write_timeout);
             }
             let until = drain_until;
             // An abort ends the wait too: `next` then says there is no more work (one wait
@@ -296,15 +295,15 @@ impl Session<'_> {
         if !self.counted {
             if !self
                 .node
-                .limits
+                .limits()
                 .add_user_connection(&p.property, &p.user_id)
             {
                 self.node
-                    .metrics
+                    .metrics()
                     .rate_limited
                     .with_label_values(&["user_connections"])
                     .inc();
-                let max = self.node.config.rate_limits.max_connections_per_user;
+                let max = self.node.config().rate_limits.max_connections_per_user;
                 self.error(
                     id,
                     ErrorCode::RateLimited,
@@ -322,18 +321,18 @@ impl Session<'_> {
         let frame = ServerFrame::Welcome(Welcome {
             id,
             session_id: self.session_id.to_string(),
-            node: self.node.config.node_id.clone(),
+            node: self.node.config().node_id.clone(),
             user_id: p.user_id.clone(),
             role: p.role,
             property: p.property.clone(),
-            heartbeat_seconds: self.node.config.heartbeat_interval.as_secs(),
+            heartbeat_seconds: self.node.config().heartbeat_interval.as_secs(),
         });
         tracing::debug!(user = %p.user_id, property = %p.property, "authenticated");
         self.inbox
-            .authenticated(expiry_instant(p.expires_at, self.node.config.auth.leeway));
+            .authenticated(expiry_instant(p.expires_at, self.node.config().auth.leeway));
         self.principal = Some(p);
         #[cfg(feature = "autobahn")]
-        if self.node.config.session_mode == crate::config::SessionMode::Echo {
+        if self.node.config().session_mode == crate::config::SessionMode::Echo {
             return;
         }
         self.send(&frame).await;
@@ -412,7 +411,7 @@ impl Session<'_> {
     }
 
     async fn authenticate(&mut self, id: Option<u64>, token: &str) {
-        match (self.node.verifier.verify(token), &self.principal) {
+        match (self.node.verifier().verify(token), &self.principal) {
             (Ok(p), None) => self.welcome(id, p).await,
             // Re-authentication extends a live connection with a fresh token of the same user;
             // subscriptions the new token no longer allows are dropped.
@@ -469,7 +468,7 @@ impl Session<'_> {
                 format!("already subscribed to {channel}; unsubscribe first to resubscribe"),
             ));
         }
-        let max = self.node.config.max_subscriptions_per_connection;
+        let max = self.node.config().max_subscriptions_per_connection;
         if self.subscriptions.len() >= max {
             return Err(RequestError::new(
                 ErrorCode::BadRequest,
@@ -484,9 +483,9 @@ impl Session<'_> {
             outbound: self.outbound.clone(),
             sees_presence: policy::check(p, Access::Presence, &channel).is_ok(),
         };
-        self.node.hub.join(&key, subscriber).await?;
+        self.node.hub().join(&key, subscriber).await?;
         self.subscriptions.insert(channel.clone());
-        self.node.metrics.subscriptions.inc();
+        self.node.metrics().subscriptions.inc();
         // Everything that can fail after the join is rolled back, `subscribed` sent or not: the
         // client's `error` (same id) means "not subscribed", and a retry starts clean.
         if let Err(e) = self.start_delivery(id, p, &key, since).await {
@@ -495,7 +494,7 @@ impl Session<'_> {
         }
         // Presence is best-effort: a failure to record or announce it must not undo a
         // subscription whose messages are already flowing.
-        let broker = self.node.dispatcher.broker();
+        let broker = self.node.broker();
         let mut session = uuid::Uuid::encode_buffer();
         match broker
             .presence_join(&key, &p.user_id, self.session_text(&mut session))
@@ -517,7 +516,7 @@ impl Session<'_> {
         since: Option<Offset>,
     ) -> Result<(), RequestError> {
         let mut cursor = self.replay(id, p, key, since).await?;
-        while self.node.hub.activate(key, self.conn_id, cursor) == Activation::Reread {
+        while self.node.hub().activate(key, self.conn_id, cursor) == Activation::Reread {
             cursor = self.replay_pages(key, cursor).await?;
         }
         Ok(())
@@ -531,7 +530,7 @@ impl Session<'_> {
         key: &ChannelKey,
         since: Option<Offset>,
     ) -> Result<Offset, RequestError> {
-        let broker = self.node.dispatcher.broker().clone();
+        let broker = self.node.broker().clone();
         let unread = broker.unread(key, &p.user_id).await?;
         let Some(since) = since else {
             let last = broker.read(key, None, 0).await?.last;
@@ -547,7 +546,7 @@ impl Session<'_> {
         };
         let first = broker.read(key, Some(since), REPLAY_PAGE).await?;
         self.node
-            .metrics
+            .metrics()
             .resumes
             .with_label_values(&[if first.recovered { "true" } else { "false" }])
             .inc();
@@ -582,7 +581,7 @@ impl Session<'_> {
         key: &ChannelKey,
         mut cursor: Offset,
     ) -> Result<Offset, RequestError> {
-        let broker = self.node.dispatcher.broker().clone();
+        let broker = self.node.broker().clone();
         let tag = channel_tag(key);
         loop {
             let page = broker.read(key, Some(cursor), REPLAY_PAGE).await?;
@@ -626,10 +625,10 @@ impl Session<'_> {
         if !self.subscriptions.remove(channel) {
             return;
         }
-        self.node.metrics.subscriptions.dec();
+        self.node.metrics().subscriptions.dec();
         let key = Node::key(p, channel);
-        self.node.hub.leave(&key, self.conn_id);
-        let broker = self.node.dispatcher.broker();
+        self.node.hub().leave(&key, self.conn_id);
+        let broker = self.node.broker();
         let mut session = uuid::Uuid::encode_buffer();
         match broker
             .presence_leave(&key, &p.user_id, self.session_text(&mut session))
@@ -657,11 +656,11 @@ impl Session<'_> {
         // Coalesced where it arrives: a typist costs the audience one notice per interval.
         if !self
             .node
-            .fairness
+            .fairness()
             .typing_allowed(&key, &p.user_id, Instant::now())
         {
             self.node
-                .metrics
+                .metrics()
                 .queue_drops
                 .with_label_values(&["typing_coalesced"])
                 .inc();
@@ -670,11 +669,7 @@ impl Session<'_> {
         let event = ChannelEvent::Typing {
             user_id: p.user_id.clone(),
         };
-        self.node
-            .dispatcher
-            .broker()
-            .publish_ephemeral(&key, event)
-            .await?;
+        self.node.broker().publish_ephemeral(&key, event).await?;
         Ok(())
     }
 
@@ -689,7 +684,6 @@ impl Session<'_> {
         let key = Node::key(p, &channel);
         let (marker, unread) = self
             .node
-            .dispatcher
             .broker()
             .mark_read(&key, &p.user_id, offset)
             .await?;

@@ -189,7 +189,7 @@ impl Reader<'_> {
     {
         // One timer for both the deadline and the heartbeat (whichever comes first), so an idle
         // connection holds one timer, not two.
-        let mut next_beat = Instant::now() + self.node.config.heartbeat_interval;
+        let mut next_beat = Instant::now() + self.node.config().heartbeat_interval;
         let timer = sleep_until(next_beat);
         tokio::pin!(timer);
         let mut last_seen = Instant::now();
@@ -219,14 +219,14 @@ impl Reader<'_> {
                         self.inbox.abort();
                         return;
                     }
-                    if last_seen.elapsed() >= self.node.config.heartbeat_timeout {
+                    if last_seen.elapsed() >= self.node.config().heartbeat_timeout {
                         outbound.close(close::HEARTBEAT_TIMEOUT, "no traffic within the heartbeat timeout");
                         return;
                     }
                     outbound.push_control(Message::Ping(Default::default()));
                     // Like an interval that delays missed ticks: the next beat is a whole
                     // interval after this one was seen.
-                    next_beat = Instant::now() + self.node.config.heartbeat_interval;
+                    next_beat = Instant::now() + self.node.config().heartbeat_interval;
                 }
                 incoming = stream.next() => {
                     last_seen = Instant::now();
@@ -234,7 +234,7 @@ impl Reader<'_> {
                         None => return,
                         #[cfg(feature = "autobahn")]
                         Some(Ok(message @ (Message::Text(_) | Message::Binary(_))))
-                            if self.node.config.session_mode == crate::config::SessionMode::Echo =>
+                            if self.node.config().session_mode == crate::config::SessionMode::Echo =>
                         {
                             // Conformance builds only: echo, with the writer's back-pressure.
                             outbound.send(Class::Control, message).await;
@@ -281,13 +281,13 @@ impl Reader<'_> {
             FrameVerdict::Allow => {}
             FrameVerdict::Refuse(wait) => {
                 self.node
-                    .metrics
+                    .metrics()
                     .rate_limited
                     .with_label_values(&["frame"])
                     .inc();
                 let message = format!(
                     "too many frames: at most {} a second; this one was not processed",
-                    self.node.config.rate_limits.frames_per_second
+                    self.node.config().rate_limits.frames_per_second
                 );
                 self.refuse(codec.peek_id(bytes), message, ms_ceil(wait));
                 return true;
@@ -312,7 +312,7 @@ impl Reader<'_> {
         let id = request.id;
         if !self.inbox.offer(Work::Request(request), bytes.len()) {
             self.node
-                .metrics
+                .metrics()
                 .rate_limited
                 .with_label_values(&["requests_queued"])
                 .inc();
@@ -337,7 +337,7 @@ impl Reader<'_> {
 
     pub(super) fn flood_close(&self) {
         self.node
-            .metrics
+            .metrics()
             .rate_limited
             .with_label_values(&["flood_close"])
             .inc();
@@ -360,7 +360,7 @@ impl Reader<'_> {
 /// Closes the connection with the code that names what the peer did wrong; true when it did
 /// something wrong (rather than simply going away), so what it queued is not to be done.
 fn protocol_failure(node: &Node, outbound: &Outbound, e: WsError) -> bool {
-    let max = node.config.max_frame_bytes;
+    let max = node.config().max_frame_bytes;
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
             node.count_error(ErrorCode::TooLarge);

@@ -10,14 +10,7 @@
 #[macro_export]
 macro_rules! backend_suite {
     ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Memory).await
-                }
-            )*
-        }
+        suite_on!(memory, Memory, $($name),*);
         redis_suite!($($name),*);
     };
 }
@@ -27,19 +20,20 @@ macro_rules! backend_suite {
 #[macro_export]
 macro_rules! redis_suite {
     ($($name:ident),* $(,)?) => {
-        mod redis {
+        suite_on!(redis, Redis, $($name),*);
+        suite_on!(redis_cluster, RedisCluster, $($name),*);
+    };
+}
+
+/// The module `$module` of tests: each named `async fn(Backend)` on `Backend::$backend`.
+#[macro_export]
+macro_rules! suite_on {
+    ($module:ident, $backend:ident, $($name:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(super::Backend::Redis).await
-                }
-            )*
-        }
-        mod redis_cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::RedisCluster).await
+                    super::$name(super::Backend::$backend).await
                 }
             )*
         }
@@ -50,13 +44,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+// The names the forwarded `Broker` methods of `FaultyBroker` use (see `forward_broker!`).
 use bellhop_dispatcher::{
-    BanStore, Broker, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig, RedisBroker,
-    RedisConfig,
+    Attachment, BanStore, Broker, BrokerError, ChannelEvent, ChannelKey, Dispatcher,
+    DispatcherConfig, LiveSink, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig, Subscription,
 };
 use bellhop_gateway::auth::{mint, Claims};
 use bellhop_gateway::{Gateway, GatewayConfig, TlsConfig};
-use bellhop_protocol::{Codec, Role, MSGPACK_SUBPROTOCOL};
+use bellhop_protocol::{Codec, Offset, Role, MSGPACK_SUBPROTOCOL};
 use bellhop_testkit::tls::{CertDir, TestCa};
 use bellhop_testkit::{RedisCluster, RedisServer};
 use futures_util::{SinkExt, StreamExt};
@@ -111,11 +106,7 @@ pub async fn redis_broker(server: &RedisServer) -> Arc<RedisBroker> {
         url: server.url(),
         ..RedisConfig::default()
     };
-    Arc::new(
-        RedisBroker::connect(config)
-            .await
-            .expect("redis broker connects"),
-    )
+    connected(config).await
 }
 
 /// A broker on the shared Redis Cluster under a key prefix no other test uses: brokers made
@@ -132,11 +123,16 @@ pub async fn cluster_broker_on(cluster: &RedisCluster, prefix: &str) -> Arc<Redi
         key_prefix: prefix.to_owned(),
         ..RedisConfig::default()
     };
-    Arc::new(
-        RedisBroker::connect(config)
-            .await
-            .expect("redis cluster broker connects"),
-    )
+    connected(config).await
+}
+
+/// A Redis broker connected with `config`.
+async fn connected(config: RedisConfig) -> Arc<RedisBroker> {
+    let cluster = if config.cluster { "cluster " } else { "" };
+    match RedisBroker::connect(config).await {
+        Ok(broker) => Arc::new(broker),
+        Err(e) => panic!("redis {cluster}broker connects: {e:?}"),
+    }
 }
 
 /// A key prefix of its own for one deployment in this test process.
@@ -504,18 +500,12 @@ pub fn metric_value(body: &str, name_and_labels: &str) -> f64 {
 }
 
 pub fn token(sub: &str, role: Role, prop: &str, rooms: &[&str], depts: &[&str]) -> String {
-    token_exp(sub, role, prop, rooms, depts, 3600)
+    signed(&claims(sub, role, prop, rooms, depts, 3600))
 }
 
-pub fn token_exp(
-    sub: &str,
-    role: Role,
-    prop: &str,
-    rooms: &[&str],
-    depts: &[&str],
-    ttl: i64,
-) -> String {
-    mint(SECRET, &claims(sub, role, prop, rooms, depts, ttl)).unwrap()
+/// A token of `claims`, signed with the suite's secret.
+pub fn signed(claims: &Claims) -> String {
+    mint(SECRET, claims).unwrap()
 }
 
 pub fn now_secs() -> i64 {
@@ -770,7 +760,13 @@ pub async fn http_over<S: AsyncRead + AsyncWrite + Unpin>(
 pub fn parse_response(raw: &[u8]) -> (u16, Vec<(String, String)>, String) {
     let text = String::from_utf8_lossy(raw).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
+    let (status, headers) = parse_head(head.lines());
+    (status, headers, body.to_string())
+}
+
+/// The status (0 when the first line has none) and the headers (names in lower case) of a
+/// response head's `lines`, the status line first.
+fn parse_head<'a>(mut lines: impl Iterator<Item = &'a str>) -> (u16, Vec<(String, String)>) {
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
@@ -780,7 +776,7 @@ pub fn parse_response(raw: &[u8]) -> (u16, Vec<(String, String)>, String) {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    (status, headers, body.to_string())
+    (status, headers)
 }
 
 pub async fn http_json(
@@ -807,11 +803,11 @@ pub async fn http_json(
 #[derive(Debug)]
 pub struct FaultyBroker {
     pub inner: MemoryBroker,
-    pub publish_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    pub publish_error: parking_lot::Mutex<Option<BrokerError>>,
     /// When set, `presence_join` fails with it.
-    pub presence_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    pub presence_error: parking_lot::Mutex<Option<BrokerError>>,
     /// When set, reads with a `since` fail with it (a replay fails after `subscribed`).
-    pub read_error: parking_lot::Mutex<Option<bellhop_dispatcher::BrokerError>>,
+    pub read_error: parking_lot::Mutex<Option<BrokerError>>,
     /// While true, presence reads never answer (a broker that hangs).
     pub presence_hangs: std::sync::atomic::AtomicBool,
 }
@@ -831,96 +827,60 @@ impl FaultyBroker {
 /// Shares no bans, as the embedded broker.
 impl BanStore for FaultyBroker {}
 
-#[async_trait::async_trait]
-impl Broker for FaultyBroker {
-    async fn publish_batch(
-        &self,
-        batch: Vec<bellhop_dispatcher::Publish>,
-    ) -> Vec<Result<bellhop_dispatcher::Published, bellhop_dispatcher::BrokerError>> {
-        let failure = self.publish_error.lock().clone();
-        match failure {
-            Some(e) => batch.iter().map(|_| Err(e.clone())).collect(),
-            None => self.inner.publish_batch(batch).await,
-        }
-    }
-    async fn publish_ephemeral(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-        event: bellhop_dispatcher::ChannelEvent,
-    ) -> Result<(), bellhop_dispatcher::BrokerError> {
-        self.inner.publish_ephemeral(key, event).await
-    }
-    async fn subscribe(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-    ) -> Result<bellhop_dispatcher::Subscription, bellhop_dispatcher::BrokerError> {
-        self.inner.subscribe(key).await
-    }
-    async fn attach(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-        sink: Arc<dyn bellhop_dispatcher::LiveSink>,
-    ) -> Result<bellhop_dispatcher::Attachment, bellhop_dispatcher::BrokerError> {
-        self.inner.attach(key, sink).await
-    }
-    async fn read(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-        since: Option<bellhop_protocol::Offset>,
-        limit: usize,
-    ) -> Result<bellhop_dispatcher::ReadResult, bellhop_dispatcher::BrokerError> {
-        if since.is_some() {
-            if let Some(e) = self.read_error.lock().clone() {
-                return Err(e);
+/// Fails with the error a test put in `fault`, if there is one.
+fn injected(fault: &parking_lot::Mutex<Option<BrokerError>>) -> Result<(), BrokerError> {
+    fault.lock().clone().map_or(Ok(()), Err)
+}
+
+bellhop_testkit::forward_broker! {
+    impl Broker for FaultyBroker => inner,
+    forward [publish_ephemeral, subscribe, attach, presence_leave, mark_read, unread]
+    {
+        async fn publish_batch(
+            &self,
+            batch: Vec<bellhop_dispatcher::Publish>,
+        ) -> Vec<Result<bellhop_dispatcher::Published, bellhop_dispatcher::BrokerError>> {
+            let failure = self.publish_error.lock().clone();
+            match failure {
+                Some(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+                None => self.inner.publish_batch(batch).await,
             }
         }
-        self.inner.read(key, since, limit).await
-    }
-    async fn presence_join(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-        u: &str,
-        s: &str,
-    ) -> Result<bool, bellhop_dispatcher::BrokerError> {
-        if let Some(e) = self.presence_error.lock().clone() {
-            return Err(e);
+
+        async fn read(
+            &self,
+            key: &bellhop_dispatcher::ChannelKey,
+            since: Option<bellhop_protocol::Offset>,
+            limit: usize,
+        ) -> Result<bellhop_dispatcher::ReadResult, bellhop_dispatcher::BrokerError> {
+            if since.is_some() {
+                injected(&self.read_error)?;
+            }
+            self.inner.read(key, since, limit).await
         }
-        self.inner.presence_join(key, u, s).await
-    }
-    async fn presence_leave(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-        u: &str,
-        s: &str,
-    ) -> Result<bool, bellhop_dispatcher::BrokerError> {
-        self.inner.presence_leave(key, u, s).await
-    }
-    async fn presence(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-    ) -> Result<Vec<String>, bellhop_dispatcher::BrokerError> {
-        if self
-            .presence_hangs
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            std::future::pending::<()>().await;
+
+        async fn presence_join(
+            &self,
+            key: &bellhop_dispatcher::ChannelKey,
+            u: &str,
+            s: &str,
+        ) -> Result<bool, bellhop_dispatcher::BrokerError> {
+            injected(&self.presence_error)?;
+            self.inner.presence_join(key, u, s).await
         }
-        self.inner.presence(key).await
-    }
-    async fn mark_read(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-        u: &str,
-        o: bellhop_protocol::Offset,
-    ) -> Result<(bellhop_protocol::Offset, u64), bellhop_dispatcher::BrokerError> {
-        self.inner.mark_read(key, u, o).await
-    }
-    async fn unread(
-        &self,
-        key: &bellhop_dispatcher::ChannelKey,
-        u: &str,
-    ) -> Result<u64, bellhop_dispatcher::BrokerError> {
-        self.inner.unread(key, u).await
+
+        async fn presence(
+            &self,
+            key: &bellhop_dispatcher::ChannelKey,
+        ) -> Result<Vec<String>, bellhop_dispatcher::BrokerError> {
+            if self
+                .presence_hangs
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                std::future::pending::<()>().await;
+            }
+            self.inner.presence(key).await
+        }
     }
 }
 
@@ -961,18 +921,14 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, Vec<(Strin
     .await
     .expect("a response head (or the end of the connection) within the deadline");
     let text = String::from_utf8_lossy(&raw).to_string();
+    // The head ends at the first empty line after the status line; a body may follow.
     let mut lines = text.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers)
+    let status_line = lines.next();
+    parse_head(
+        status_line
+            .into_iter()
+            .chain(lines.take_while(|l| !l.is_empty())),
+    )
 }
 
 /// The value of header `name` (lower case) in `headers`.

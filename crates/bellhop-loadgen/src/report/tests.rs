@@ -1,5 +1,6 @@
 //! The report's arithmetic and tables: medians, spreads, ratios, sums and the delivery flag.
 
+use super::headline::{combine, ratio, Better, Combine};
 use super::*;
 use crate::stats::Percentiles;
 

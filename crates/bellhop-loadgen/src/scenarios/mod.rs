@@ -1,32 +1,24 @@
 //! The workloads: `idle`, `fanout`, `chat` and `storm`. Each opens its clients against a
-//! [`Target`], drives them, and returns a serialisable result.
+//! [`Target`], drives them, and returns a serialisable result. The crowd of clients they drive
+//! (users, source addresses, plans, readiness, drain) is in `crowd.rs`.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bellhop_gateway::auth::{mint, Claims};
-use bellhop_protocol::Role;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 
-use crate::client::{self, Channels, Command, Plan, Run, State};
-use crate::stats::{self, Counters, Percentiles, ProcSet, Tracker};
-use crate::systems::{System, User, WireOptions};
+use crate::client::Command;
+use crate::stats::{self, Counters, Percentiles, ProcSet};
+use crate::systems::{System, WireOptions};
+
+mod crowd;
+use crowd::{settle, start, Clients, PlanSpec};
 
 /// The property every load-generator token names.
 pub const PROPERTY: &str = "bench";
-/// Connections per source address before the next one (127.0.0.2, 127.0.0.3, ...) is used:
-/// below the ~28,000 ephemeral ports of one address pair.
-const PER_SOURCE_ADDRESS: usize = 20_000;
-/// Handshakes in flight at once.
-const HANDSHAKES_IN_FLIGHT: usize = 256;
 
 /// The system under test, already running.
 #[derive(Clone, Debug)]
@@ -47,221 +39,6 @@ pub struct Target {
 /// chat message.
 pub const PAD: usize = 60;
 
-fn user(target: &Target, n: usize) -> User {
-    let id = format!("lg-{n}");
-    let token = if target.system == System::Bellhop {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let claims = Claims {
-            sub: id.clone(),
-            role: Role::Staff,
-            prop: PROPERTY.to_owned(),
-            rooms: Vec::new(),
-            depts: Vec::new(),
-            exp: now + 6 * 3600,
-            iat: Some(now),
-            nbf: None,
-            iss: None,
-            aud: None,
-        };
-        mint(target.secret.as_bytes(), &claims).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    User { id, token }
-}
-
-/// The source address of client `n`.
-fn local_addr(n: usize) -> IpAddr {
-    let k = u8::try_from(n / PER_SOURCE_ADDRESS + 2).unwrap_or(254);
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, k))
-}
-
-struct Clients {
-    run: Arc<Run>,
-    states: Vec<Arc<State>>,
-    tasks: JoinSet<()>,
-    rate: watch::Sender<f64>,
-}
-
-struct PlanSpec {
-    subs: Vec<usize>,
-    publishes: Vec<usize>,
-}
-
-fn start(
-    target: &Target,
-    channels: Vec<String>,
-    wire: WireOptions,
-    specs: Vec<PlanSpec>,
-) -> Clients {
-    let (control, _) = watch::channel(Command::Run);
-    let run = Arc::new(Run {
-        system: target.system,
-        wire,
-        channels: Channels::new(channels),
-        counters: Counters::default(),
-        pad: PAD,
-        gate: Semaphore::new(HANDSHAKES_IN_FLIGHT),
-        control,
-    });
-    let (rate, rate_rx) = watch::channel(0.0);
-    let mut tasks = JoinSet::new();
-    let mut states = Vec::with_capacity(specs.len());
-    for (n, spec) in specs.into_iter().enumerate() {
-        let plan = Plan {
-            number: u32::try_from(n).unwrap_or(u32::MAX),
-            user: user(target, n),
-            url: target.urls[n % target.urls.len()].clone(),
-            local: local_addr(n),
-            rate: (!spec.publishes.is_empty()).then(|| rate_rx.clone()),
-            subs: spec.subs,
-            publishes: spec.publishes,
-        };
-        let state = Arc::new(State::new(&plan.subs));
-        states.push(state.clone());
-        tasks.spawn(client::run(run.clone(), plan, state));
-    }
-    Clients {
-        run,
-        states,
-        tasks,
-        rate,
-    }
-}
-
-impl Clients {
-    fn ready(&self) -> u64 {
-        Counters::get(&self.run.counters.ready)
-    }
-
-    /// Waits until `n` clients are connected and subscribed; false at the deadline.
-    async fn wait_ready(&self, n: usize, within: Duration, bar: &ProgressBar) -> bool {
-        let deadline = Instant::now() + within;
-        let mut samples = Vec::new();
-        self.wait_ready_sampling(n, deadline, bar, None, &mut samples)
-            .await
-    }
-
-    async fn wait_ready_sampling(
-        &self,
-        n: usize,
-        deadline: Instant,
-        bar: &ProgressBar,
-        procs: Option<&ProcSet>,
-        samples: &mut Vec<(u64, u64)>,
-    ) -> bool {
-        let mut next_sample = 0u64;
-        let step = (n as u64 / 20).max(1);
-        loop {
-            let ready = self.ready();
-            bar.set_position(ready);
-            if let Some(procs) = procs {
-                if ready >= next_sample {
-                    samples.push((ready, procs.sample().rss));
-                    next_sample = ready + step;
-                }
-            }
-            if ready >= n as u64 {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Calls `f` with every subscriber's tracker of every channel it subscribes to, and how many
-    /// messages were published on that channel.
-    fn for_each_tracker(&self, mut f: impl FnMut(&Tracker, u64, &BTreeSet<u64>)) {
-        let refused: Vec<BTreeSet<u64>> = (0..self.run.channels.len())
-            .map(|ch| self.run.channels.refused(ch))
-            .collect();
-        for state in &self.states {
-            let trackers = state.trackers.lock();
-            for (t, ch) in trackers.iter().zip(&state.subs) {
-                f(t, self.run.channels.published(*ch), &refused[*ch]);
-            }
-        }
-    }
-
-    /// Waits until nothing published is missing, or nothing has arrived for [`QUIET`] (what is
-    /// missing then is not coming: a peer without resume lost it), or `within` passed; exact
-    /// losses afterwards.
-    async fn drain(&self, within: Duration) -> Losses {
-        let deadline = Instant::now() + within;
-        let delivered = || Counters::get(&self.run.counters.delivered);
-        let (mut seen, mut since) = (delivered(), Instant::now());
-        loop {
-            let mut behind = 0;
-            self.for_each_tracker(|t, published, refused| {
-                behind += published.saturating_sub(t.distinct() + refused.len() as u64);
-            });
-            let now = Instant::now();
-            if delivered() != seen {
-                (seen, since) = (delivered(), now);
-            }
-            if behind == 0 || now >= deadline || now.duration_since(since) >= QUIET {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut losses = Losses {
-            refused: self
-                .run
-                .counters
-                .refused
-                .load(std::sync::atomic::Ordering::Relaxed),
-            ..Losses::default()
-        };
-        self.for_each_tracker(|t, published, refused| {
-            losses.lost += t.missing(published, refused);
-            losses.duplicated += t.duplicated;
-            losses.out_of_order += t.out_of_order;
-        });
-        losses
-    }
-
-    async fn stop(mut self) {
-        let _ = self.rate.send(0.0);
-        self.run.control.send_replace(Command::Stop);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::time::timeout_at(deadline, self.tasks.join_next())
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {}
-        self.tasks.abort_all();
-    }
-
-    fn errors(&self) -> (u64, Vec<String>) {
-        (
-            Counters::get(&self.run.counters.errors),
-            self.run.counters.samples.lock().clone(),
-        )
-    }
-}
-
-/// Waits until the server is quiet (under 5 % of a core over a quarter of a second; at most
-/// 60 s) before a measurement begins, so that work left over from the connection phase (for
-/// Bellhop: presence notices to everyone already in the channel) is not measured as latency.
-/// Returns how long the server stayed busy, in ms: a figure of its own.
-async fn settle(procs: &ProcSet) -> f64 {
-    let start = Instant::now();
-    let mut previous = procs.sample();
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let now = procs.sample();
-        if now.cores_since(&previous) < 0.05 || start.elapsed() > Duration::from_secs(60) {
-            return start.elapsed().as_secs_f64() * 1000.0;
-        }
-        previous = now;
-    }
-}
-
 /// Messages lost, duplicated or reordered, counted per subscriber.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Losses {
@@ -275,9 +52,6 @@ pub struct Losses {
     /// full): not stored, so not lost. Bellhop only (the other wires have no request ids).
     pub refused: u64,
 }
-
-/// How long [`Clients::drain`] waits with no delivery arriving before it counts what is missing.
-const QUIET: Duration = Duration::from_secs(3);
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
