@@ -8,8 +8,13 @@
 //!   the token's expiry and the frame rate, answers `ping` at once, and hands every other request
 //!   to the handler through a small bounded queue ([`Inbox`]). When that queue is full the
 //!   request is refused with `rate_limited` (its `id` echoed), never by stopping the read;
-//! - the **handler** answers requests one at a time, in order, so replies to pipelined requests
-//!   keep their order (pongs and refusals, which the reader sends itself, may overtake them);
+//! - the **handler** answers requests in order, so replies to pipelined requests keep their
+//!   order (pongs and refusals, which the reader sends itself, may overtake them). Consecutive
+//!   publishes are pipelined: up to [`MAX_PIPELINED`] go to the dispatcher without waiting for
+//!   the one before to be stored (they are queued in the order sent, and the dispatcher keeps
+//!   that order within a priority), and their acks go out in that order; any other request
+//!   waits until every publish before it is answered. So one connection's publishes share the
+//!   dispatcher's batches instead of paying a broker round trip each;
 //! - the **writer** sends the outbound queue to the socket: everything queued at once, as the
 //!   frames' wire bytes, in one vectored write per wake-up (see [`crate::wire`]).
 //!
@@ -17,6 +22,8 @@
 //! a task of its own.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +31,7 @@ use bellhop_dispatcher::{ChannelEvent, ChannelKey};
 use bellhop_protocol::{
     close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome,
 };
+use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -32,7 +40,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{AuthError, Principal};
 use crate::hub::{self, Activation, Subscriber};
-use crate::node::{ms_ceil, Node, RequestError};
+use crate::node::{ms_ceil, Acked, Node, RequestError};
 use crate::outbound::{channel_tag, Batch, Class, Outbound, Sent};
 use crate::policy::{self, Access};
 use crate::wire::{Wire, WireFrame};
@@ -47,6 +55,22 @@ use writer::write_loop;
 
 /// Most frames the writer takes from the queue for one write.
 const MAX_BATCH: usize = 1024;
+
+/// Publishes of one connection in flight at once: sent on to the dispatcher, not yet answered.
+const MAX_PIPELINED: usize = 32;
+
+/// A pipelined publish's request id and outcome.
+type Answer = (Option<u64>, Result<Acked, RequestError>);
+/// The publishes in flight, answered in the order they were sent.
+type Pipeline = FuturesOrdered<Pin<Box<dyn Future<Output = Answer> + Send>>>;
+
+/// What the handler does next.
+enum Step {
+    /// Answer the oldest publish in flight.
+    Answer(Answer),
+    /// Take a request (`None`: the reader ended or the connection was aborted).
+    Work(Option<Work>),
+}
 
 /// Messages per broker read while replaying a subscription.
 const REPLAY_PAGE: usize = 500;
@@ -175,6 +199,14 @@ struct Session<'a> {
     counted: bool,
 }
 
+/// The oldest publish's answer once it is there (`None` when none is in flight).
+async fn next_answer(pipeline: &mut Option<Box<Pipeline>>) -> Option<Answer> {
+    match pipeline {
+        Some(p) => p.next().await,
+        None => None,
+    }
+}
+
 /// Sleeps until `until`, or forever without one. The timer is boxed: only a closing connection
 /// has one, and every idle connection's handler would otherwise hold its room.
 async fn sleep_or_never(until: Option<Instant>) {
@@ -210,24 +242,62 @@ impl Session<'_> {
         // nothing else is answered. A connection closed for what its peer did (token expired, a
         // flood, a protocol error) is aborted instead: nothing more it sent is done.
         let mut drain_until: Option<Instant> = None;
+        // Made by the first pipelined publish and dropped once drained: an idle connection's
+        // task holds a pointer, not a queue.
+        let mut pipeline: Option<Box<Pipeline>> = None;
         loop {
             if drain_until.is_none() && outbound.is_closing() {
                 drain_until = Some(Instant::now() + self.node.config().write_timeout);
             }
             let until = drain_until;
+            let in_flight = pipeline.as_ref().map_or(0, |p| p.len());
             // An abort ends the wait too: `next` then says there is no more work (one wait
             // fewer in every idle connection's task than an `aborted` branch here).
-            let work = tokio::select! {
+            let step = tokio::select! {
                 biased;
                 _ = sleep_or_never(until) => return,
-                _ = outbound.closed(), if until.is_none() => continue,
-                work = self.inbox.next() => match work {
-                    Some(work) => work,
-                    None => return,
+                answer = next_answer(&mut pipeline), if in_flight > 0 => match answer {
+                    Some(answer) => Step::Answer(answer),
+                    None => continue,
                 },
+                _ = outbound.closed(), if until.is_none() => continue,
+                work = self.inbox.next(), if in_flight < MAX_PIPELINED => Step::Work(work),
+            };
+            let work = match step {
+                Step::Answer((id, result)) => {
+                    if pipeline.as_ref().is_some_and(|p| p.is_empty()) {
+                        pipeline = None;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = self.inbox.aborted() => return,
+                        _ = sleep_or_never(until) => return,
+                        _ = self.answer_publish(id, result) => {}
+                    }
+                    continue;
+                }
+                Step::Work(Some(work)) => work,
+                Step::Work(None) => {
+                    // The peer sent nothing more: what it published is still answered.
+                    self.finish(&mut pipeline, until).await;
+                    return;
+                }
             };
             if until.is_some() && !work.changes_state() {
                 continue;
+            }
+            let work = match self.pipelined(work) {
+                Ok(publish) => {
+                    pipeline
+                        .get_or_insert_with(Default::default)
+                        .push_back(publish);
+                    continue;
+                }
+                Err(work) => work,
+            };
+            // Anything else is done after the publishes before it are answered.
+            if !self.finish(&mut pipeline, until).await {
+                return;
             }
             tokio::select! {
                 biased;
@@ -235,6 +305,77 @@ impl Session<'_> {
                 _ = sleep_or_never(until) => return,
                 _ = Box::pin(self.work(work)) => {}
             }
+        }
+    }
+
+    /// A publish to send on without waiting for the one before it: the publish's future, or the
+    /// work back when it is something else (not authenticated yet, or a service-request event,
+    /// whose workflow reads and writes the request store first).
+    #[allow(clippy::result_large_err)]
+    fn pipelined(&self, work: Work) -> Result<Pin<Box<dyn Future<Output = Answer> + Send>>, Work> {
+        let Some(p) = &self.principal else {
+            return Err(work);
+        };
+        let Work::Request(request) = work;
+        let Request { id, frame } = request;
+        match frame {
+            ClientFrame::Publish(publish)
+                if !bellhop_dispatcher::requests::is_request_event(
+                    &publish.event,
+                    &publish.payload,
+                ) =>
+            {
+                let (node, p) = (self.node.clone(), p.clone());
+                Ok(Box::pin(
+                    async move { (id, node.publish(&p, publish).await) },
+                ))
+            }
+            frame => Err(Work::Request(Request { id, frame })),
+        }
+    }
+
+    /// Answers every publish in flight, in order. False when the connection was aborted or the
+    /// drain deadline passed meanwhile: nothing more is to be done.
+    async fn finish(
+        &mut self,
+        pipeline: &mut Option<Box<Pipeline>>,
+        until: Option<Instant>,
+    ) -> bool {
+        while let Some(in_flight) = pipeline.as_mut() {
+            let answer = tokio::select! {
+                biased;
+                _ = self.inbox.aborted() => return false,
+                _ = sleep_or_never(until) => return false,
+                answer = in_flight.next() => answer,
+            };
+            let Some((id, result)) = answer else {
+                *pipeline = None;
+                break;
+            };
+            tokio::select! {
+                biased;
+                _ = self.inbox.aborted() => return false,
+                _ = sleep_or_never(until) => return false,
+                _ = self.answer_publish(id, result) => {}
+            }
+        }
+        true
+    }
+
+    /// Sends a publish's `ack`, or its error.
+    async fn answer_publish(&self, id: Option<u64>, result: Result<Acked, RequestError>) {
+        match result {
+            Ok(acked) => {
+                let ack = ServerFrame::Ack {
+                    id,
+                    message_id: Some(acked.message_id),
+                    offset: acked.offset,
+                    unread: None,
+                    duplicate: acked.duplicate,
+                };
+                self.send(&ack).await;
+            }
+            Err(e) => self.fail(id, e).await,
         }
     }
 
@@ -361,20 +502,11 @@ impl Session<'_> {
                 self.subscribe(id, &p, channel, since).await
             }
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(id, &p, channel).await,
-            ClientFrame::Publish(publish) => match self.node.publish(&p, publish).await {
-                Ok(acked) => {
-                    let ack = ServerFrame::Ack {
-                        id,
-                        message_id: Some(acked.message_id),
-                        offset: acked.offset,
-                        unread: None,
-                        duplicate: acked.duplicate,
-                    };
-                    self.send(&ack).await;
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
+            ClientFrame::Publish(publish) => {
+                let result = self.node.publish(&p, publish).await;
+                self.answer_publish(id, result).await;
+                Ok(())
+            }
             ClientFrame::History {
                 channel,
                 since,

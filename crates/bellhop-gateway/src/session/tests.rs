@@ -91,7 +91,7 @@ impl<O: Sink<Message> + Unpin> Sink<Message> for Duplex<O> {
 /// returns where the peer's frames go in, and the session's task.
 fn spawn_session<O>(
     config: GatewayConfig,
-    broker: Arc<MemoryBroker>,
+    broker: Arc<dyn bellhop_dispatcher::Broker>,
     principal: Principal,
     outgoing: O,
 ) -> (
@@ -559,5 +559,91 @@ async fn publishes_read_before_the_peer_left_are_stored() {
         numbers,
         (0..50).collect::<Vec<_>>(),
         "every publish, in order"
+    );
+}
+
+/// The embedded broker, with each batch of publishes taking 20 ms and counted: a handler that
+/// waited for each publish's ack before taking the next would make one batch per publish.
+#[derive(Debug)]
+struct SlowBatches {
+    inner: MemoryBroker,
+    batches: parking_lot::Mutex<Vec<usize>>,
+}
+
+mod slow_batches {
+    use super::SlowBatches;
+    use bellhop_dispatcher::{
+        Broker, BrokerError, ChannelEvent, ChannelKey, Publish, Published, ReadResult, Subscription,
+    };
+    use bellhop_protocol::Offset;
+
+    bellhop_testkit::forward_broker! {
+        impl Broker for SlowBatches => inner,
+        forward [
+            publish_ephemeral, subscribe, read, presence_join, presence_leave, presence, mark_read,
+            unread,
+        ]
+        {
+            async fn publish_batch(&self, batch: Vec<Publish>) -> Vec<Result<Published, BrokerError>> {
+                self.batches.lock().push(batch.len());
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                self.inner.publish_batch(batch).await
+            }
+        }
+    }
+}
+
+/// Publishes sent back to back are pipelined: they reach the broker together, in the order
+/// sent, and are acknowledged in that order; a request that is not a publish is answered only
+/// after the publishes before it.
+#[tokio::test(start_paused = true)]
+async fn back_to_back_publishes_share_batches_and_are_answered_in_order() {
+    let broker = Arc::new(SlowBatches {
+        inner: MemoryBroker::new(MemoryConfig::default()),
+        batches: Default::default(),
+    });
+    let (outgoing, from_server) = mpsc::unbounded();
+    let (to_server, _session) = spawn_session(
+        GatewayConfig::new("secret"),
+        broker.clone(),
+        principal(86_400),
+        outgoing,
+    );
+    let mut peer = Peer {
+        to_server,
+        from_server,
+    };
+    peer.next().await; // welcome
+    const N: u64 = 24;
+    for n in 0..N {
+        peer.send(
+            serde_json::json!({"type": "publish", "id": n, "channel": "room:7",
+            "event": "CHAT_MESSAGE", "payload": {"n": n}}),
+        );
+    }
+    peer.send(serde_json::json!({"type": "subscribe", "id": N, "channel": "room:7"}));
+    let mut offsets = Vec::new();
+    for n in 0..N {
+        let ack = json(peer.next().await);
+        assert_eq!(
+            (ack["type"].as_str(), ack["id"].as_u64()),
+            (Some("ack"), Some(n)),
+            "{ack}"
+        );
+        offsets.push(ack["offset"].as_str().unwrap().parse::<Offset>().unwrap());
+    }
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "stored in the order sent: {offsets:?}"
+    );
+    let subscribed = json(peer.next().await);
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(subscribed["offset"], offsets[offsets.len() - 1].to_string());
+    let batches = broker.batches.lock().clone();
+    assert_eq!(batches.iter().sum::<usize>(), N as usize);
+    assert!(
+        batches.len() <= 3,
+        "{N} pipelined publishes took {} broker calls: {batches:?}",
+        batches.len()
     );
 }
