@@ -268,18 +268,22 @@ impl Session<'_> {
                     if pipeline.as_ref().is_some_and(|p| p.is_empty()) {
                         pipeline = None;
                     }
+                    // Boxed, like every step but the wait: an idle connection's task is as large
+                    // as its largest step.
                     tokio::select! {
                         biased;
                         _ = self.inbox.aborted() => return,
                         _ = sleep_or_never(until) => return,
-                        _ = self.answer_publish(id, result) => {}
+                        _ = Box::pin(self.answer_publish(id, result)) => {}
                     }
                     continue;
                 }
                 Step::Work(Some(work)) => work,
                 Step::Work(None) => {
                     // The peer sent nothing more: what it published is still answered.
-                    self.finish(&mut pipeline, until).await;
+                    if pipeline.is_some() {
+                        Box::pin(self.finish(&mut pipeline, until)).await;
+                    }
                     return;
                 }
             };
@@ -296,7 +300,7 @@ impl Session<'_> {
                 Err(work) => work,
             };
             // Anything else is done after the publishes before it are answered.
-            if !self.finish(&mut pipeline, until).await {
+            if pipeline.is_some() && !Box::pin(self.finish(&mut pipeline, until)).await {
                 return;
             }
             tokio::select! {
