@@ -19,19 +19,18 @@
 //!   frames' wire bytes, in one vectored write per wake-up (see [`crate::wire`]).
 //!
 //! The reader and the handler run in the connection's task (joined, not spawned), the writer in
-//! a task of its own.
+//! a task of its own. Files: the reader (`reader.rs`), the writer (`writer.rs`), pipelined
+//! publishes (`pipeline.rs`), subscriptions with their replay and hand-over
+//! (`subscriptions.rs`); this one holds the start, the handler's loop and authentication.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bellhop_dispatcher::{ChannelEvent, ChannelKey};
+use bellhop_dispatcher::ChannelEvent;
 use bellhop_protocol::{
     close, Channel, ClientFrame, Codec, ErrorCode, Offset, Request, ServerFrame, Welcome,
 };
-use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -39,38 +38,25 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::{AuthError, Principal};
-use crate::hub::{self, Activation, Subscriber};
-use crate::node::{ms_ceil, Acked, Node, RequestError};
-use crate::outbound::{channel_tag, Batch, Class, Outbound, Sent};
+use crate::hub;
+use crate::node::{ms_ceil, Node, RequestError};
+use crate::outbound::{Batch, Class, Outbound, Sent};
 use crate::policy::{self, Access};
 use crate::wire::{Wire, WireFrame};
 
+mod pipeline;
 mod reader;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+use pipeline::{next_answer, Pipeline, Step, MAX_PIPELINED};
 use reader::{Inbox, Reader, Work};
 use writer::write_loop;
 
 /// Most frames the writer takes from the queue for one write.
 const MAX_BATCH: usize = 1024;
-
-/// Publishes of one connection in flight at once: sent on to the dispatcher, not yet answered.
-const MAX_PIPELINED: usize = 32;
-
-/// A pipelined publish's request id and outcome.
-type Answer = (Option<u64>, Result<Acked, RequestError>);
-/// The publishes in flight, answered in the order they were sent.
-type Pipeline = FuturesOrdered<Pin<Box<dyn Future<Output = Answer> + Send>>>;
-
-/// What the handler does next.
-enum Step {
-    /// Answer the oldest publish in flight.
-    Answer(Answer),
-    /// Take a request (`None`: the reader ended or the connection was aborted).
-    Work(Option<Work>),
-}
 
 /// Messages per broker read while replaying a subscription.
 const REPLAY_PAGE: usize = 500;
@@ -199,14 +185,6 @@ struct Session<'a> {
     counted: bool,
 }
 
-/// The oldest publish's answer once it is there (`None` when none is in flight).
-async fn next_answer(pipeline: &mut Option<Box<Pipeline>>) -> Option<Answer> {
-    match pipeline {
-        Some(p) => p.next().await,
-        None => None,
-    }
-}
-
 /// Sleeps until `until`, or forever without one. The timer is boxed: only a closing connection
 /// has one, and every idle connection's handler would otherwise hold its room.
 async fn sleep_or_never(until: Option<Instant>) {
@@ -309,77 +287,6 @@ impl Session<'_> {
                 _ = sleep_or_never(until) => return,
                 _ = Box::pin(self.work(work)) => {}
             }
-        }
-    }
-
-    /// A publish to send on without waiting for the one before it: the publish's future, or the
-    /// work back when it is something else (not authenticated yet, or a service-request event,
-    /// whose workflow reads and writes the request store first).
-    #[allow(clippy::result_large_err)]
-    fn pipelined(&self, work: Work) -> Result<Pin<Box<dyn Future<Output = Answer> + Send>>, Work> {
-        let Some(p) = &self.principal else {
-            return Err(work);
-        };
-        let Work::Request(request) = work;
-        let Request { id, frame } = request;
-        match frame {
-            ClientFrame::Publish(publish)
-                if !bellhop_dispatcher::requests::is_request_event(
-                    &publish.event,
-                    &publish.payload,
-                ) =>
-            {
-                let (node, p) = (self.node.clone(), p.clone());
-                Ok(Box::pin(
-                    async move { (id, node.publish(&p, publish).await) },
-                ))
-            }
-            frame => Err(Work::Request(Request { id, frame })),
-        }
-    }
-
-    /// Answers every publish in flight, in order. False when the connection was aborted or the
-    /// drain deadline passed meanwhile: nothing more is to be done.
-    async fn finish(
-        &mut self,
-        pipeline: &mut Option<Box<Pipeline>>,
-        until: Option<Instant>,
-    ) -> bool {
-        while let Some(in_flight) = pipeline.as_mut() {
-            let answer = tokio::select! {
-                biased;
-                _ = self.inbox.aborted() => return false,
-                _ = sleep_or_never(until) => return false,
-                answer = in_flight.next() => answer,
-            };
-            let Some((id, result)) = answer else {
-                *pipeline = None;
-                break;
-            };
-            tokio::select! {
-                biased;
-                _ = self.inbox.aborted() => return false,
-                _ = sleep_or_never(until) => return false,
-                _ = self.answer_publish(id, result) => {}
-            }
-        }
-        true
-    }
-
-    /// Sends a publish's `ack`, or its error.
-    async fn answer_publish(&self, id: Option<u64>, result: Result<Acked, RequestError>) {
-        match result {
-            Ok(acked) => {
-                let ack = ServerFrame::Ack {
-                    id,
-                    message_id: Some(acked.message_id),
-                    offset: acked.offset,
-                    unread: None,
-                    duplicate: acked.duplicate,
-                };
-                self.send(&ack).await;
-            }
-            Err(e) => self.fail(id, e).await,
         }
     }
 
@@ -587,202 +494,6 @@ impl Session<'_> {
                         .close(close::UNAUTHORIZED, "authentication failed");
                 }
             }
-        }
-    }
-
-    async fn subscribe(
-        &mut self,
-        id: Option<u64>,
-        p: &Principal,
-        channel: Channel,
-        since: Option<Offset>,
-    ) -> Result<(), RequestError> {
-        self.node.authorize(p, Access::Read, &channel)?;
-        if self.subscriptions.contains(&channel) {
-            return Err(RequestError::new(
-                ErrorCode::BadRequest,
-                format!("already subscribed to {channel}; unsubscribe first to resubscribe"),
-            ));
-        }
-        let max = self.node.config().max_subscriptions_per_connection;
-        if self.subscriptions.len() >= max {
-            return Err(RequestError::new(
-                ErrorCode::BadRequest,
-                format!("a connection may hold at most {max} subscriptions"),
-            ));
-        }
-        let key = Node::key(p, &channel);
-        let subscriber = Subscriber {
-            conn_id: self.conn_id,
-            user_id: p.user_id.clone(),
-            codec: self.codec,
-            outbound: self.outbound.clone(),
-            sees_presence: policy::check(p, Access::Presence, &channel).is_ok(),
-        };
-        self.node.hub().join(&key, subscriber).await?;
-        self.subscriptions.insert(channel.clone());
-        self.node.metrics().subscriptions.inc();
-        // Everything that can fail after the join is rolled back, `subscribed` sent or not: the
-        // client's `error` (same id) means "not subscribed", and a retry starts clean.
-        if let Err(e) = self.start_delivery(id, p, &key, since).await {
-            self.leave(p, &channel, false).await;
-            return Err(e);
-        }
-        // Presence is best-effort: a failure to record or announce it must not undo a
-        // subscription whose messages are already flowing.
-        let broker = self.node.broker();
-        let mut session = uuid::Uuid::encode_buffer();
-        match broker
-            .presence_join(&key, &p.user_id, self.session_text(&mut session))
-            .await
-        {
-            Ok(true) => self.node.announce_presence(&key, &p.user_id, true).await,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, channel = %key, "presence join failed"),
-        }
-        Ok(())
-    }
-
-    /// Replays what the client missed and hands the subscription over to live delivery.
-    async fn start_delivery(
-        &mut self,
-        id: Option<u64>,
-        p: &Principal,
-        key: &ChannelKey,
-        since: Option<Offset>,
-    ) -> Result<(), RequestError> {
-        let mut cursor = self.replay(id, p, key, since).await?;
-        while self.node.hub().activate(key, self.conn_id, cursor) == Activation::Reread {
-            cursor = self.replay_pages(key, cursor).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends `subscribed` and the messages after `since`; returns the last offset covered.
-    async fn replay(
-        &mut self,
-        id: Option<u64>,
-        p: &Principal,
-        key: &ChannelKey,
-        since: Option<Offset>,
-    ) -> Result<Offset, RequestError> {
-        let broker = self.node.broker().clone();
-        let unread = broker.unread(key, &p.user_id).await?;
-        let Some(since) = since else {
-            let last = broker.read(key, None, 0).await?.last;
-            let frame = ServerFrame::Subscribed {
-                id,
-                channel: key.channel.clone(),
-                offset: last,
-                recovered: true,
-                unread,
-            };
-            self.send(&frame).await;
-            return Ok(last);
-        };
-        let first = broker.read(key, Some(since), REPLAY_PAGE).await?;
-        self.node
-            .metrics()
-            .resumes
-            .with_label_values(&[if first.recovered { "true" } else { "false" }])
-            .inc();
-        let frame = ServerFrame::Subscribed {
-            id,
-            channel: key.channel.clone(),
-            offset: first.last,
-            recovered: first.recovered,
-            unread,
-        };
-        self.send(&frame).await;
-        // A `since` beyond the channel's newest offset (unknown, so not recovered) must not hide
-        // the live messages that follow the newest one.
-        let mut cursor = since.min(first.last);
-        let tag = channel_tag(key);
-        for m in &first.messages {
-            if let Some(frame) = hub::encode_message(self.codec, key, m) {
-                let class = Class::of(m.envelope.priority);
-                self.outbound.send_in(class, tag, frame).await;
-            }
-            cursor = m.offset;
-        }
-        if first.more {
-            cursor = self.replay_pages(key, cursor).await?;
-        }
-        Ok(cursor)
-    }
-
-    /// Sends every stored message after `cursor`, page by page, waiting for the client to read.
-    async fn replay_pages(
-        &self,
-        key: &ChannelKey,
-        mut cursor: Offset,
-    ) -> Result<Offset, RequestError> {
-        let broker = self.node.broker().clone();
-        let tag = channel_tag(key);
-        loop {
-            let page = broker.read(key, Some(cursor), REPLAY_PAGE).await?;
-            for m in &page.messages {
-                if let Some(frame) = hub::encode_message(self.codec, key, m) {
-                    let sent = self
-                        .outbound
-                        .send_in(Class::of(m.envelope.priority), tag, frame)
-                        .await;
-                    if sent != Sent::Queued {
-                        return Ok(cursor);
-                    }
-                }
-                cursor = m.offset;
-            }
-            if !page.more {
-                return Ok(cursor);
-            }
-        }
-    }
-
-    async fn unsubscribe(
-        &mut self,
-        id: Option<u64>,
-        p: &Principal,
-        channel: Channel,
-    ) -> Result<(), RequestError> {
-        if !self.subscriptions.contains(&channel) {
-            return Err(RequestError::new(
-                ErrorCode::BadRequest,
-                format!("not subscribed to {channel}"),
-            ));
-        }
-        self.leave(p, &channel, true).await;
-        self.send(&ServerFrame::Unsubscribed { id, channel }).await;
-        Ok(())
-    }
-
-    /// Drops a subscription: hub, presence, and a `leave` when it was the user's last session.
-    async fn leave(&mut self, p: &Principal, channel: &Channel, announce: bool) {
-        if !self.subscriptions.remove(channel) {
-            return;
-        }
-        self.node.metrics().subscriptions.dec();
-        let key = Node::key(p, channel);
-        self.node.hub().leave(&key, self.conn_id);
-        let broker = self.node.broker();
-        let mut session = uuid::Uuid::encode_buffer();
-        match broker
-            .presence_leave(&key, &p.user_id, self.session_text(&mut session))
-            .await
-        {
-            Ok(true) if announce => self.node.announce_presence(&key, &p.user_id, false).await,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, channel = %key, "presence leave failed"),
-        }
-    }
-
-    async fn leave_all(&mut self) {
-        let Some(p) = self.principal.clone() else {
-            return;
-        };
-        let channels: Vec<Channel> = self.subscriptions.iter().cloned().collect();
-        for channel in channels {
-            self.leave(&p, &channel, true).await;
         }
     }
 

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bellhop_dispatcher::{Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig};
+use bellhop_dispatcher::{ChannelKey, Dispatcher, DispatcherConfig, MemoryBroker, MemoryConfig};
 use bellhop_protocol::Role;
 use futures_channel::mpsc;
 use tokio::sync::Semaphore;
