@@ -37,7 +37,7 @@ test-deps: deps ## also what the test suites need: redis-server and redis-cli (t
 	@command -v openssl >/dev/null 2>&1 || { \
 	  echo "openssl is missing: installing it (the TLS tests also check the node with openssl s_client)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl; } >/dev/null 2>&1 || echo "openssl could not be installed: the s_client checks will be skipped"; }
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl; } >/dev/null 2>&1 || { echo "openssl could not be installed (apt-get install openssl): the TLS tests need it"; exit 1; }; }
 
 build: deps ## build the release binary
 	$(CARGO) build --release -p bellhop
@@ -64,9 +64,9 @@ lint: deps ## formatting and clippy, warnings are errors
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: test-deps ## the test suites only (the load generator's peer tests use nats-server and the Socket.IO peer: installed here, skipped where they cannot be)
-	@bench/peers/install.sh >/dev/null 2>&1 || echo "bench peers could not be installed: the load generator's peer tests will say SKIPPED"
-	$(CARGO) test --workspace
+unit: test-deps ## the test suites only (nats-server and the Socket.IO peer for the load generator's peer tests are installed first; with BELLHOP_REQUIRE_TOOLS=1 a test whose tool is missing fails instead of saying SKIPPED)
+	@bench/peers/install.sh >/dev/null || { echo "bench/peers/install.sh failed (nats-server from apt, npm ci of the Socket.IO peer): the load generator's peer tests need them"; exit 1; }
+	BELLHOP_REQUIRE_TOOLS=1 $(CARGO) test --workspace
 
 conformance: ## a short fuzz run of every target and the Autobahn WebSocket suite; each skips with a message where its tools cannot be had
 	@fuzz/run.sh --smoke $(FUZZ_SMOKE_SECONDS)

@@ -194,7 +194,10 @@ async fn s_client(node: &TestNode, args: &[&str]) -> (bool, String) {
 #[tokio::test]
 async fn openssl_s_client_gets_tls13_and_tls12_and_never_older() {
     if !bellhop_testkit::tls::openssl_available() {
-        eprintln!("SKIPPED openssl_s_client_gets_tls13_and_tls12_and_never_older: `openssl` is not on PATH");
+        bellhop_testkit::skip::skip(
+            "openssl_s_client_gets_tls13_and_tls12_and_never_older",
+            "`openssl` is not on PATH",
+        );
         return;
     }
     let node = TestNode::start_tls(|_| {}).await;
@@ -232,8 +235,9 @@ async fn openssl_s_client_gets_tls13_and_tls12_and_never_older() {
 #[tokio::test]
 async fn openssl_s_client_tls12_is_refused_when_switched_off() {
     if !bellhop_testkit::tls::openssl_available() {
-        eprintln!(
-            "SKIPPED openssl_s_client_tls12_is_refused_when_switched_off: `openssl` is not on PATH"
+        bellhop_testkit::skip::skip(
+            "openssl_s_client_tls12_is_refused_when_switched_off",
+            "`openssl` is not on PATH",
         );
         return;
     }

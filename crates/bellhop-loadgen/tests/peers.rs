@@ -304,7 +304,10 @@ async fn round_trip(system: System, base_a: &str, base_b: &str) {
 #[tokio::test]
 async fn nats_single_server_delivers_every_payload_once_in_order() {
     if !have("nats-server") {
-        println!("SKIPPED: nats-server is not installed (run bench/peers/install.sh)");
+        bellhop_testkit::skip::skip(
+            "nats_single_server_delivers_every_payload_once_in_order",
+            "nats-server is not installed (run bench/peers/install.sh)",
+        );
         return;
     }
     let dir = scratch_dir("nats");
@@ -316,7 +319,10 @@ async fn nats_single_server_delivers_every_payload_once_in_order() {
 #[tokio::test]
 async fn nats_cluster_of_two_carries_messages_between_servers() {
     if !have("nats-server") {
-        println!("SKIPPED: nats-server is not installed (run bench/peers/install.sh)");
+        bellhop_testkit::skip::skip(
+            "nats_cluster_of_two_carries_messages_between_servers",
+            "nats-server is not installed (run bench/peers/install.sh)",
+        );
         return;
     }
     let dir = scratch_dir("nats-cluster");
@@ -388,9 +394,12 @@ async fn nats_cluster_of_two_carries_messages_between_servers() {
 async fn socketio_delivers_every_payload_once_in_order_and_stops_on_sigterm() {
     let dir = repo_root().join("bench/peers/socketio");
     if !have("node") || !dir.join("node_modules/socket.io").is_dir() {
-        println!(
-            "SKIPPED: node or {}/node_modules is missing (run bench/peers/install.sh)",
-            dir.display()
+        bellhop_testkit::skip::skip(
+            "socketio_delivers_every_payload_once_in_order_and_stops_on_sigterm",
+            &format!(
+                "node or {}/node_modules is missing (run bench/peers/install.sh)",
+                dir.display()
+            ),
         );
         return;
     }

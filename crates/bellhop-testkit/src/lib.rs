@@ -1,6 +1,6 @@
 //! Test support shared by Bellhop's crates: real servers, not doubles, started on free loopback
 //! ports and stopped when dropped, the clients and books of fault-injection tests, throwaway
-//! TLS certificates, the envelopes tests publish, and the forwarding that broker doubles share. Used only as a dev-dependency.
+//! TLS certificates, the envelopes tests publish, the forwarding that broker doubles share, and how a test skips for a missing tool (`skip`). Used only as a dev-dependency.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -10,6 +10,7 @@ pub mod jwt;
 pub mod ledger;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod skip;
 pub mod tls;
 pub mod traffic;
 
