@@ -46,7 +46,7 @@ pub struct StoredMessage {
     /// The message.
     pub envelope: Arc<Envelope>,
     /// The envelope as JSON, where the backend stores it so (Redis): JSON subscribers get
-    /// these bytes as they are (`Codec::json_message`), so a node does not write again what it
+    /// these bytes as they are (`Codec::json_message_prefix`), so a node does not write again what it
     /// just parsed. A representation of `envelope`, not part of a message's identity.
     pub json: Option<Arc<str>>,
 }

@@ -39,22 +39,36 @@ pub struct WireFrame(Bytes);
 impl WireFrame {
     /// A final, unmasked frame of `opcode` carrying `payload` (copied once, here).
     pub fn new(opcode: OpCode, payload: &[u8]) -> Self {
+        Self::from_parts(opcode, &[payload])
+    }
+
+    /// A final, unmasked frame of `opcode` whose payload is `parts` one after the other (each
+    /// copied once, here).
+    fn from_parts(opcode: OpCode, parts: &[&[u8]]) -> Self {
         let header = FrameHeader {
             opcode,
             ..FrameHeader::default()
         };
-        let length = payload.len() as u64;
-        let mut buf = Vec::with_capacity(header.len(length) + payload.len());
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let length = size as u64;
+        let mut buf = Vec::with_capacity(header.len(length) + size);
         header
             .format(length, &mut buf)
             .expect("formatting into a Vec cannot fail");
-        buf.extend_from_slice(payload);
+        for part in parts {
+            buf.extend_from_slice(part);
+        }
         WireFrame(buf.into())
     }
 
     /// A text frame.
     pub fn text(payload: &[u8]) -> Self {
         Self::new(OpCode::Data(Data::Text), payload)
+    }
+
+    /// A text frame whose payload is `parts` one after the other.
+    pub fn text_parts(parts: &[&[u8]]) -> Self {
+        Self::from_parts(OpCode::Data(Data::Text), parts)
     }
 
     /// A binary frame.

@@ -66,25 +66,27 @@ impl Codec {
         self.encode_value(frame)
     }
 
-    /// A JSON `message` frame around an envelope that is JSON already (`envelope_json`, as this
-    /// codec writes an [`Envelope`](crate::Envelope): the Redis backend stores it so). The bytes
-    /// are those [`Codec::Json`] would encode for the same [`ServerFrame::Message`], without
-    /// parsing and writing the envelope again.
-    pub fn json_message(
+    /// A JSON `message` frame around an envelope that is JSON already (as this codec writes an
+    /// [`Envelope`](crate::Envelope): the Redis backend stores it so), in three parts: this
+    /// prefix, the envelope's JSON, [`Codec::JSON_MESSAGE_SUFFIX`]. Together they are the bytes
+    /// [`Codec::Json`] would encode for the same [`ServerFrame::Message`], without parsing and
+    /// writing the envelope again; a caller copies the parts straight into its own buffer (a
+    /// WebSocket frame), so the envelope is copied once.
+    pub fn json_message_prefix(
         channel: &crate::Channel,
         offset: crate::Offset,
-        envelope_json: &str,
-    ) -> Result<Bytes, EncodeError> {
-        let mut out = Vec::with_capacity(envelope_json.len() + 96);
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(96);
         out.extend_from_slice(br#"{"type":"message","channel":"#);
         serde_json::to_writer(&mut out, channel).map_err(|e| EncodeError(e.to_string()))?;
         out.extend_from_slice(br#","offset":"#);
         serde_json::to_writer(&mut out, &offset).map_err(|e| EncodeError(e.to_string()))?;
         out.extend_from_slice(br#","message":"#);
-        out.extend_from_slice(envelope_json.as_bytes());
-        out.push(b'}');
-        Ok(Bytes::from(out))
+        Ok(out)
     }
+
+    /// What follows the envelope's JSON in a message frame built from [`Codec::json_message_prefix`].
+    pub const JSON_MESSAGE_SUFFIX: &'static [u8] = b"}";
 
     /// Encodes a client request (used by clients and tests).
     pub fn encode_request(self, request: &Request) -> Result<Bytes, EncodeError> {
@@ -218,7 +220,9 @@ mod tests {
                 message,
             };
             let expected = Codec::Json.encode(&frame).expect("encode");
-            let passed = Codec::json_message(&channel, offset, &stored).expect("frame");
+            let mut passed = Codec::json_message_prefix(&channel, offset).expect("prefix");
+            passed.extend_from_slice(stored.as_bytes());
+            passed.extend_from_slice(Codec::JSON_MESSAGE_SUFFIX);
             assert_eq!(
                 std::str::from_utf8(&passed).unwrap(),
                 std::str::from_utf8(&expected).unwrap()

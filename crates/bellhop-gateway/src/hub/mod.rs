@@ -373,8 +373,12 @@ pub(crate) fn encode_message(
     m: &StoredMessage,
 ) -> Option<WireFrame> {
     if let (Codec::Json, Some(json)) = (codec, &m.json) {
-        match Codec::json_message(&key.channel, m.offset, json) {
-            Ok(bytes) => return Some(WireFrame::text(&bytes)),
+        // The envelope's text is copied once, into the frame.
+        match Codec::json_message_prefix(&key.channel, m.offset) {
+            Ok(prefix) => {
+                let parts = [&prefix[..], json.as_bytes(), Codec::JSON_MESSAGE_SUFFIX];
+                return Some(WireFrame::text_parts(&parts));
+            }
             Err(e) => tracing::error!(error = %e, "cannot frame the stored JSON; encoding anew"),
         }
     }
