@@ -7,21 +7,12 @@ use std::sync::Arc;
 use bellhop_protocol::close;
 use rand::SeedableRng;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::events::{Error, Event, State, SubState};
 use crate::options::Token;
 use crate::session::{session, Outcome};
 use crate::shared::{lock, Command, Shared};
-use crate::{backoff, token, Plan};
-
-/// Seconds since the Unix epoch, as token times are.
-pub(crate) fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+use crate::{backoff, Plan};
 
 /// Stops reconnecting after a close: an [`Event::Error`] saying why (when there is more to say
 /// than the close), then `Disconnected` with the close's code and reason.
@@ -169,45 +160,4 @@ pub(crate) fn finish(shared: &Shared, rx: &mut mpsc::UnboundedReceiver<Command>)
     }
     shared.set_state(State::Closed);
     shared.emit(Event::Closed);
-}
-
-/// Gets a token: the fixed one, the one held, or a fresh one from the callback.
-pub(crate) async fn get_token(
-    shared: &Shared,
-    held: &mut Option<String>,
-    force: &mut bool,
-) -> Result<String, String> {
-    match &shared.opts.token {
-        Token::Fixed(t) => Ok(t.clone()),
-        Token::Callback(f) => {
-            let usable = held.as_ref().filter(|t| {
-                !*force && token::token_times(t).is_none_or(|(exp, _)| (exp as f64) > now_unix())
-            });
-            if let Some(t) = usable {
-                return Ok(t.clone());
-            }
-            let previous = held.take();
-            let fresh = tokio::time::timeout(shared.opts.connect_timeout, f())
-                .await
-                .map_err(|_| "getToken timed out".to_owned())??;
-            if fresh.is_empty() {
-                return Err("getToken returned no token".into());
-            }
-            if *force && previous.as_deref() == Some(fresh.as_str()) {
-                return Err("getToken returned the token the node refused".into());
-            }
-            *force = false;
-            *held = Some(fresh.clone());
-            Ok(fresh)
-        }
-    }
-}
-
-/// When the held token should be renewed.
-pub(crate) fn refresh_at(shared: &Shared, token: &str) -> Option<Instant> {
-    if !matches!(shared.opts.token, Token::Callback(_)) {
-        return None;
-    }
-    let (exp, iat) = token::token_times(token)?;
-    Some(Instant::now() + token::refresh_in(exp, iat, now_unix(), shared.opts.token_refresh_lead))
 }

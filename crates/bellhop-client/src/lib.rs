@@ -23,13 +23,11 @@ mod events;
 mod options;
 mod session;
 mod shared;
-mod subscription;
 pub mod token;
 pub mod transport;
 
 pub use backoff::{Backoff, Plan};
 pub use bellhop_protocol as protocol;
-pub use client::{Client, HistoryPages};
+pub use client::{Client, HistoryPages, Subscription};
 pub use events::{Error, Event, HistoryPage, PublishAck, ReadAck, State, SubEvent, SubState};
 pub use options::{ClientOptions, PublishOptions, Token, TokenFn};
-pub use subscription::Subscription;

@@ -18,11 +18,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{parse_channel, MAX_FRAME_BYTES};
-use crate::connection::{get_token, refresh_at};
 use crate::events::{Error, Event, State, SubEvent, SubState};
 use crate::options::Token;
 use crate::shared::{lock, Command, Shared, SubShared};
+use crate::shared::{parse_channel, MAX_FRAME_BYTES};
+use crate::token::{get_token, refresh_at};
 use crate::{token, transport};
 
 /// How a connection ended.

@@ -76,3 +76,14 @@ impl Shared {
         let _ = self.events.send(event);
     }
 }
+
+/// The largest frame a node accepts (`MAX_FRAME_BYTES`, 64 KiB by default): a bigger one would
+/// be closed with `1009`, so it is refused here instead.
+pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// A channel name as the protocol's [`Channel`], or the SDK's `invalid` error.
+pub(crate) fn parse_channel(channel: &str) -> Result<Channel, Error> {
+    channel
+        .parse()
+        .map_err(|e: bellhop_protocol::ChannelError| Error::Invalid(e.to_string()))
+}

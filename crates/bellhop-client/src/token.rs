@@ -1,10 +1,15 @@
-//! Reading a JWT's `exp` and `iat`, to re-authenticate before it expires. The SDK never
-//! verifies a token (the node does).
+//! Reading a JWT's `exp` and `iat`, to re-authenticate before it expires, and getting the token
+//! a connection authenticates with (the fixed one, the one held, or a fresh one from the
+//! callback) and when to renew it. The SDK never verifies a token (the node does).
 
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::options::Token;
+use crate::shared::Shared;
 
 /// Longest token payload decoded (a token is a few hundred bytes).
 const MAX_PAYLOAD: usize = 16 * 1024;
@@ -33,6 +38,55 @@ pub fn refresh_in(exp: u64, iat: Option<u64>, now: f64, lead: Option<Duration>) 
         .map(|l| l.as_secs_f64())
         .unwrap_or((lifetime / 10.0).min(60.0));
     Duration::from_secs_f64((exp - lead - now).max(0.0))
+}
+
+/// Seconds since the Unix epoch, as token times are.
+pub(crate) fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Gets a token: the fixed one, the one held, or a fresh one from the callback.
+pub(crate) async fn get_token(
+    shared: &Shared,
+    held: &mut Option<String>,
+    force: &mut bool,
+) -> Result<String, String> {
+    match &shared.opts.token {
+        Token::Fixed(t) => Ok(t.clone()),
+        Token::Callback(f) => {
+            let usable = held.as_ref().filter(|t| {
+                !*force && token_times(t).is_none_or(|(exp, _)| (exp as f64) > now_unix())
+            });
+            if let Some(t) = usable {
+                return Ok(t.clone());
+            }
+            let previous = held.take();
+            let fresh = tokio::time::timeout(shared.opts.connect_timeout, f())
+                .await
+                .map_err(|_| "getToken timed out".to_owned())??;
+            if fresh.is_empty() {
+                return Err("getToken returned no token".into());
+            }
+            if *force && previous.as_deref() == Some(fresh.as_str()) {
+                return Err("getToken returned the token the node refused".into());
+            }
+            *force = false;
+            *held = Some(fresh.clone());
+            Ok(fresh)
+        }
+    }
+}
+
+/// When the held token should be renewed.
+pub(crate) fn refresh_at(shared: &Shared, token: &str) -> Option<Instant> {
+    if !matches!(shared.opts.token, Token::Callback(_)) {
+        return None;
+    }
+    let (exp, iat) = token_times(token)?;
+    Some(Instant::now() + refresh_in(exp, iat, now_unix(), shared.opts.token_refresh_lead))
 }
 
 #[cfg(test)]

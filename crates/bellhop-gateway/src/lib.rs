@@ -25,7 +25,9 @@ mod api;
 pub mod auth;
 mod config;
 mod connections;
+mod edge;
 mod fairness;
+mod frame;
 mod http;
 mod hub;
 mod limits;
@@ -223,7 +225,7 @@ impl Gateway {
                 }
             }));
         }
-        let edge = server::Edge::new(node.clone());
+        let edge = edge::Edge::new(node.clone());
         tasks.push(tokio::spawn(server::accept_loop(
             listener,
             main_rx,

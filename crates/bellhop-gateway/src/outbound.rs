@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::config::OutboundConfig;
-use crate::wire::WireFrame;
+use crate::frame::WireFrame;
 
 /// Delivery classes, most urgent first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -453,7 +453,7 @@ impl Outbound {
     pub async fn next(&self) -> Option<Next> {
         let mut out = Vec::new();
         match self.next_batch(&mut out, 1).await? {
-            Batch::Frames => Some(Next::Frame(crate::wire::decode(out[0].bytes()).remove(0))),
+            Batch::Frames => Some(Next::Frame(crate::frame::decode(out[0].bytes()).remove(0))),
             Batch::Close(frame) => Some(Next::Close(frame)),
         }
     }

@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::AuthError;
+use crate::edge::Edge;
 use crate::http::{error_response, request_token, Body};
-use crate::server::Edge;
 use crate::session::{self, Opening};
 
 /// Validates a WebSocket upgrade, answers 101, and runs the session on the upgraded socket.

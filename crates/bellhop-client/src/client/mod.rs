@@ -1,13 +1,14 @@
 //! The handle an application holds ([`Client`]): it checks what it can locally (channel names,
 //! frame size), sends commands to the connection task, and waits for the answers, retrying
 //! publishes with one idempotency key; and paging of history ([`HistoryPages`]). It never owns the
-//! socket: the connection task does.
+//! socket: the connection task does. A [`Subscription`] (`subscription.rs`) is a handle of the
+//! client's too: it holds the client and asks it, so the two live in one module.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bellhop_protocol::{Channel, ClientFrame, Offset, PublishFrame, ServerFrame, Welcome};
+use bellhop_protocol::{ClientFrame, Offset, PublishFrame, ServerFrame, Welcome};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -16,8 +17,11 @@ use tokio::time::Instant;
 use crate::connection::drive;
 use crate::events::{Error, Event, HistoryPage, PublishAck, ReadAck, State, SubState};
 use crate::options::{ClientOptions, PublishOptions};
-use crate::shared::{lock, Command, Shared, SubInner, SubShared};
-use crate::subscription::Subscription;
+use crate::shared::{lock, parse_channel, Command, Shared, SubInner, SubShared};
+
+mod subscription;
+
+pub use subscription::Subscription;
 
 /// A Bellhop client. Cheap to clone; every clone is the same connection. Create it inside a
 /// tokio runtime: it spawns the task that owns the connection.
@@ -35,10 +39,6 @@ impl Drop for LastClone {
         let _ = self.0.send(Command::Close);
     }
 }
-
-/// The largest frame a node accepts (`MAX_FRAME_BYTES`, 64 KiB by default): a bigger one would
-/// be closed with `1009`, so it is refused here instead.
-pub(crate) const MAX_FRAME_BYTES: usize = 64 * 1024;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -407,12 +407,6 @@ impl HistoryPages {
         }
         Some(page)
     }
-}
-
-pub(crate) fn parse_channel(channel: &str) -> Result<Channel, Error> {
-    channel
-        .parse()
-        .map_err(|e: bellhop_protocol::ChannelError| Error::Invalid(e.to_string()))
 }
 
 pub(crate) fn unexpected(frame: &ServerFrame) -> Error {

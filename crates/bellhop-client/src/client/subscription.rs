@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bellhop_protocol::Offset;
 use tokio::sync::mpsc;
 
-use crate::client::Client;
+use super::Client;
 use crate::events::{Error, ReadAck, SubEvent, SubState};
 use crate::shared::{lock, Command, SubShared};
 
