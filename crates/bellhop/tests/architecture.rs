@@ -187,3 +187,129 @@ fn the_tls_helper_is_a_leaf_that_only_knows_rustls() {
         "one CA-file helper, for the Redis client and the SDK (and through it the CLI)"
     );
 }
+
+/// The top-level modules of the crate whose sources are in `src`, each with the top-level
+/// modules of the same crate it names (`crate::<module>` in code, not in comments), leaving out
+/// test code (`tests.rs` files and what follows `#[cfg(test)] mod tests`).
+fn module_graph(src: &std::path::Path) -> BTreeMap<String, BTreeSet<String>> {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(src, &mut all);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for path in all {
+        let rel = path.strip_prefix(src).unwrap();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_owned();
+        if top == "lib" || top == "main" || rel.ends_with("tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let uses = graph.entry(top.clone()).or_default();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let name: String = line[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != top {
+                    uses.insert(name);
+                }
+            }
+        }
+    }
+    let modules: BTreeSet<String> = graph.keys().cloned().collect();
+    for uses in graph.values_mut() {
+        uses.retain(|m| modules.contains(m));
+    }
+    graph
+}
+
+/// A cycle in `graph`, as the modules along it, if there is one.
+fn a_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        at: &str,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|m| m == at) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(at.to_owned());
+            return Some(cycle);
+        }
+        if !done.insert(at.to_owned()) {
+            return None;
+        }
+        path.push(at.to_owned());
+        for next in &graph[at] {
+            if let Some(cycle) = visit(graph, next, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|m| visit(graph, m, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_crate_has_a_cycle_of_modules() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let graph = module_graph(&src);
+        assert!(
+            a_cycle(&graph).is_none(),
+            "{}: the modules {:?} depend on each other in a circle: move what they share into a module of its own, or make them one",
+            src.display(),
+            a_cycle(&graph).unwrap()
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} crates found under {}",
+        crates.display()
+    );
+}
+
+#[test]
+fn the_cycle_check_finds_a_cycle() {
+    let graph: BTreeMap<String, BTreeSet<String>> = [
+        ("a".to_owned(), set(&["b"])),
+        ("b".to_owned(), set(&["c"])),
+        ("c".to_owned(), set(&["a"])),
+        ("d".to_owned(), set(&["a"])),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(a_cycle(&graph).unwrap(), ["a", "b", "c", "a"]);
+    let acyclic: BTreeMap<String, BTreeSet<String>> =
+        [("a".to_owned(), set(&["b"])), ("b".to_owned(), set(&[]))]
+            .into_iter()
+            .collect();
+    assert!(a_cycle(&acyclic).is_none());
+}
