@@ -144,6 +144,30 @@ pub struct State {
     /// Publishes sent and not yet answered, in the order sent (kept only with
     /// [`WireOptions::resend_unanswered`]).
     pub unanswered: Mutex<Unanswered>,
+    /// The client may publish: it is connected and follows a rate above zero. Raised before it
+    /// reads the rate and lowered once it has read a zero rate or lost its connection, so that
+    /// once the rate is zero and every publisher's flag is down, every publish is counted in
+    /// [`Channels::published`] and no more will be ([`Publishing`]).
+    pub publishing: AtomicBool,
+}
+
+/// Lowers [`State::publishing`] when a session ends, however it ends.
+struct Publishing<'a>(&'a AtomicBool);
+
+impl Publishing<'_> {
+    /// Reads the rate: raises the flag first, lowers it again if the rate is zero.
+    fn read(&self, rate: &mut Option<watch::Receiver<f64>>) -> f64 {
+        self.0.store(true, Ordering::SeqCst);
+        let per_second = rate.as_mut().map_or(0.0, |r| *r.borrow_and_update());
+        self.0.store(per_second > 0.0, Ordering::SeqCst);
+        per_second
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// Publishes awaiting their answer (an `ack` or a refusal), oldest first.
@@ -473,7 +497,8 @@ async fn session(
     seen_reconnect: &mut u32,
 ) -> End {
     let mut events = Vec::new();
-    let mut per_second = rate.as_ref().map_or(0.0, |r| *r.borrow());
+    let flag = Publishing(&state.publishing);
+    let mut per_second = flag.read(rate);
     // Publishers start at different points of their period, so that many slow publishers add
     // up to a steady rate rather than synchronised bursts.
     let phase = (f64::from(plan.number) * 0.618_033_988_749_895).fract();
@@ -553,11 +578,12 @@ async fn session(
             }
             ok = rate_changed => {
                 if ok {
-                    per_second = rate.as_ref().map_or(0.0, |r| *r.borrow());
+                    per_second = flag.read(rate);
                     due = first_due(per_second);
                 } else {
                     *rate = None;
                     per_second = 0.0;
+                    flag.0.store(false, Ordering::SeqCst);
                 }
             }
             changed = control.changed() => {
@@ -583,6 +609,29 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publisher_is_publishing_only_while_connected_at_a_rate_above_zero() {
+        let (tx, rx) = watch::channel(200.0);
+        let mut rate = Some(rx);
+        let flag = AtomicBool::new(false);
+        {
+            let session = Publishing(&flag);
+            assert_eq!(session.read(&mut rate), 200.0);
+            assert!(flag.load(Ordering::SeqCst));
+            tx.send(0.0).unwrap();
+            assert!(rate.as_ref().unwrap().has_changed().unwrap());
+            assert_eq!(session.read(&mut rate), 0.0);
+            assert!(!flag.load(Ordering::SeqCst));
+            // The change was consumed: the session does not see it again.
+            assert!(!rate.as_ref().unwrap().has_changed().unwrap());
+            tx.send(50.0).unwrap();
+            assert_eq!(session.read(&mut rate), 50.0);
+            assert!(flag.load(Ordering::SeqCst));
+        }
+        // The session ended (its connection lost): it publishes nothing until the next one.
+        assert!(!flag.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn unanswered_publishes_are_sent_again_oldest_first_until_answered() {

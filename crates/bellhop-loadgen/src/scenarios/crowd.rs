@@ -174,6 +174,22 @@ impl Clients {
         }
     }
 
+    /// Sets every publisher's rate to zero and waits (at most `within`) until each has seen it:
+    /// a publish already under way when the rate changed is then counted, so a drain that
+    /// follows compares what arrived with everything that was published.
+    pub(super) async fn stop_publishing(&self, within: Duration) {
+        let _ = self.rate.send(0.0);
+        let deadline = Instant::now() + within;
+        while self
+            .states
+            .iter()
+            .any(|s| s.publishing.load(std::sync::atomic::Ordering::SeqCst))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits until nothing published is missing, or nothing has arrived for [`QUIET`] (what is
     /// missing then is not coming: a peer without resume lost it), or `within` passed; exact
     /// losses afterwards.

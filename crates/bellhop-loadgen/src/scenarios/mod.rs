@@ -258,7 +258,7 @@ pub async fn fanout(
         }
     }
     ramp.finish_and_clear();
-    let _ = clients.rate.send(0.0);
+    clients.stop_publishing(Duration::from_secs(5)).await;
     let losses = clients.drain(Duration::from_secs(30)).await;
     let best = steps
         .iter()
@@ -338,7 +338,7 @@ pub async fn chat(
         steps.push(step);
     }
     ramp.finish_and_clear();
-    let _ = clients.rate.send(0.0);
+    clients.stop_publishing(Duration::from_secs(5)).await;
     let losses = clients.drain(Duration::from_secs(30)).await;
     let (errors, error_samples) = clients.errors();
     clients.stop().await;
@@ -471,7 +471,7 @@ pub async fn storm(target: &Target, n: usize, rate: f64) -> StormResult {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = clients.rate.send(0.0);
+    clients.stop_publishing(Duration::from_secs(5)).await;
     let losses = clients.drain(Duration::from_secs(15)).await;
     let (errors, error_samples) = clients.errors();
     let not_recovered = Counters::get(&clients.run.counters.not_recovered);
