@@ -64,22 +64,64 @@ impl Servers {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the server binds it right after).
+/// How many times [`start`] starts a system again, on fresh ports, when one of its processes
+/// exited before it listened (most likely: a port picked free was taken before it bound it).
+const START_ATTEMPTS: usize = 5;
+
+/// A process of the system under test exited before it listened or was ready.
+#[derive(Debug)]
+struct Exited {
+    what: &'static str,
+    status: std::process::ExitStatus,
+    port: u16,
+    log: String,
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} exited ({}) before listening on {}:\n{}",
+            self.what, self.status, self.port, self.log
+        )
+    }
+}
+
+impl std::error::Error for Exited {}
+
+/// Fails with [`Exited`] when `child` has exited.
+fn check_alive(child: &mut Child, what: &'static str, port: u16, log: &Path) -> anyhow::Result<()> {
+    match child.try_wait()? {
+        Some(status) => Err(Exited {
+            what,
+            status,
+            port,
+            log: std::fs::read_to_string(log).unwrap_or_default(),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the server binds it right after, and
+/// [`start`] starts again on other ports when another process took it meanwhile).
 pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
-async fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> anyhow::Result<()> {
+async fn wait_for_port(
+    port: u16,
+    child: &mut Child,
+    what: &'static str,
+    log: &Path,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            bail!("{what} exited ({status}) before listening on {port}:\n{tail}");
-        }
+        check_alive(child, what, port, log)?;
         if Instant::now() > deadline {
             bail!(
                 "{what} did not listen on {port} within 30 s (log: {})",
@@ -104,10 +146,7 @@ async fn wait_ready(port: u16, child: &mut Child, log: &Path) -> anyhow::Result<
                 return Ok(());
             }
         }
-        if let Some(status) = child.try_wait()? {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            bail!("bellhop exited ({status}) before it was ready:\n{tail}");
-        }
+        check_alive(child, "bellhop", port, log)?;
         if Instant::now() > deadline {
             bail!("bellhop was not ready within 30 s (log: {})", log.display());
         }
@@ -245,8 +284,26 @@ async fn ceiling(bins: &Binaries) -> anyhow::Result<(Child, u16)> {
     Ok((child, port))
 }
 
-/// Starts `system` in `topology`.
+/// Starts `system` in `topology`, again on fresh ports (up to [`START_ATTEMPTS`] times) when a
+/// process exited before it listened; the processes of a failed attempt are killed.
 pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyhow::Result<Servers> {
+    let mut attempt = 1;
+    loop {
+        match start_once(system, topology, bins).await {
+            Err(e) if attempt < START_ATTEMPTS && e.downcast_ref::<Exited>().is_some() => {
+                eprintln!("   starting again on other ports (attempt {attempt}): {e:#}");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn start_once(
+    system: System,
+    topology: Topology,
+    bins: &Binaries,
+) -> anyhow::Result<Servers> {
     std::fs::create_dir_all(&bins.scratch)?;
     let secret = format!(
         "bench-{}-0123456789abcdef0123456789abcdef",
@@ -339,4 +396,49 @@ pub async fn start(system: System, topology: Topology, bins: &Binaries) -> anyho
             topology: label,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_process_that_exits_before_listening_is_started_again_then_reported() {
+        let dir = std::env::temp_dir().join(format!(
+            "bellhop-servers-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let starts = dir.join("starts");
+        let fake = dir.join("bellhop");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho started >> {}\necho 'address in use' >&2\nexit 3\n",
+                starts.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let bins = Binaries {
+            bellhop: fake,
+            socketio_dir: dir.clone(),
+            scratch: dir.join("scratch"),
+        };
+        let e = start(System::Bellhop, Topology::Single, &bins)
+            .await
+            .expect_err("a node that exits cannot start");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("bellhop exited") && text.contains("address in use"),
+            "{text}"
+        );
+        let attempts = std::fs::read_to_string(&starts).unwrap().lines().count();
+        assert_eq!(attempts, START_ATTEMPTS);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
