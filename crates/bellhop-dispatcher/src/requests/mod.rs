@@ -133,24 +133,48 @@ pub trait RequestObserver: Send + Sync + std::fmt::Debug {
     fn escalated(&self, _request: &ServiceRequest, _level: u32) {}
 }
 
-/// Milliseconds since the epoch on tokio's clock: the wall clock when the workflow started plus
-/// tokio's elapsed time, so tests move it with `tokio::time::pause()` and `advance`.
-#[derive(Debug)]
-struct Clock {
-    epoch_ms: u64,
-    start: tokio::time::Instant,
+/// A clock the workflow can be given instead of its own: milliseconds since the epoch.
+pub type RequestsClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The workflow's clock, milliseconds since the epoch.
+enum Clock {
+    /// Tokio's: the wall clock when the workflow started plus tokio's elapsed time, so tests
+    /// move it with `tokio::time::pause()` and `advance`.
+    Tokio {
+        epoch_ms: u64,
+        start: tokio::time::Instant,
+    },
+    /// One given to [`Requests::start_with_clock`]: tests against a real Redis, whose IO a paused
+    /// tokio clock would not wait for, hold it still and move it themselves.
+    Given(RequestsClock),
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Clock::Tokio { epoch_ms, start } => f
+                .debug_struct("Tokio")
+                .field("epoch_ms", epoch_ms)
+                .field("start", start)
+                .finish(),
+            Clock::Given(_) => f.write_str("Given"),
+        }
+    }
 }
 
 impl Clock {
-    fn new() -> Clock {
-        Clock {
+    fn tokio() -> Clock {
+        Clock::Tokio {
             epoch_ms: crate::now_ms(),
             start: tokio::time::Instant::now(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch_ms + self.start.elapsed().as_millis() as u64
+        match self {
+            Clock::Tokio { epoch_ms, start } => epoch_ms + start.elapsed().as_millis() as u64,
+            Clock::Given(clock) => clock(),
+        }
     }
 }
 
@@ -211,6 +235,26 @@ impl Requests {
         store: Arc<dyn RequestStore>,
         config: RequestsConfig,
     ) -> Result<Arc<Requests>, String> {
+        Self::start_on(dispatcher, store, config, Clock::tokio())
+    }
+
+    /// [`Requests::start`] on a given clock (ms since the epoch), which decides when requests
+    /// are due; the escalation loop still looks every `tick` of real time.
+    pub fn start_with_clock(
+        dispatcher: Arc<Dispatcher>,
+        store: Arc<dyn RequestStore>,
+        config: RequestsConfig,
+        clock: RequestsClock,
+    ) -> Result<Arc<Requests>, String> {
+        Self::start_on(dispatcher, store, config, Clock::Given(clock))
+    }
+
+    fn start_on(
+        dispatcher: Arc<Dispatcher>,
+        store: Arc<dyn RequestStore>,
+        config: RequestsConfig,
+        clock: Clock,
+    ) -> Result<Arc<Requests>, String> {
         config.escalation.validate()?;
         let routing = RoutingTable::new(config.rules_path.clone(), config.departments.clone())
             .map_err(|e| format!("ROUTING_RULES_PATH: {e}"))?;
@@ -219,7 +263,7 @@ impl Requests {
             dispatcher,
             store,
             routing: routing.clone(),
-            clock: Clock::new(),
+            clock,
             observer: OnceLock::new(),
             tasks: parking_lot::Mutex::new(Vec::new()),
             config,
