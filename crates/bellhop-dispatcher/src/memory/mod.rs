@@ -22,7 +22,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bellhop_protocol::Offset;
 use parking_lot::Mutex;
-use smallvec::SmallVec;
 use tokio::sync::broadcast;
 
 use crate::broker::{
@@ -31,8 +30,10 @@ use crate::broker::{
 };
 
 mod idempotency;
+mod presence;
 
 use idempotency::Idempotency;
+use presence::Presence;
 
 /// Settings of the embedded broker.
 #[derive(Clone, Debug)]
@@ -107,10 +108,6 @@ impl std::fmt::Debug for MemoryBroker {
 /// with next to nothing in it, and the table's spare slots are then pointers, not whole states.
 type Channels = HashMap<ChannelKey, Box<ChannelState>>;
 
-/// One user's sessions on a channel: almost always one (a user's devices are bounded by
-/// `MAX_CONNECTIONS_PER_USER`), so held inline and searched.
-type Sessions = SmallVec<[Box<str>; 1]>;
-
 /// One channel's log and side state.
 #[derive(Debug)]
 struct ChannelState {
@@ -126,7 +123,7 @@ struct ChannelState {
     /// Attached sinks, by number.
     sinks: Vec<(u64, Arc<dyn LiveSink>)>,
     /// Sessions on the channel, by user.
-    presence: HashMap<Box<str>, Sessions>,
+    presence: Presence,
     /// Read markers by user.
     markers: HashMap<String, Offset>,
 }
@@ -243,7 +240,7 @@ impl MemoryBroker {
             floor,
             tx: None,
             sinks: Vec::new(),
-            presence: HashMap::new(),
+            presence: Presence::default(),
             markers: HashMap::new(),
         })
     }
@@ -403,14 +400,7 @@ impl Broker for MemoryBroker {
         user_id: &str,
         session: &str,
     ) -> Result<bool, BrokerError> {
-        Ok(self.with_state(key, |state, _| {
-            let sessions = state.presence.entry(user_id.into()).or_default();
-            let first = sessions.is_empty();
-            if !sessions.iter().any(|s| **s == *session) {
-                sessions.push(session.into());
-            }
-            first
-        }))
+        Ok(self.with_state(key, |state, _| state.presence.join(user_id, session)))
     }
 
     async fn presence_leave(
@@ -423,26 +413,15 @@ impl Broker for MemoryBroker {
         let Some(state) = channels.get_mut(key) else {
             return Ok(false);
         };
-        let Some(sessions) = state.presence.get_mut(user_id) else {
-            return Ok(false);
-        };
-        let before = sessions.len();
-        sessions.retain(|s| **s != *session);
-        let last = sessions.len() < before && sessions.is_empty();
-        if sessions.is_empty() {
-            state.presence.remove(user_id);
-        }
-        Ok(last)
+        Ok(state.presence.leave(user_id, session))
     }
 
     async fn presence(&self, key: &ChannelKey) -> Result<Vec<String>, BrokerError> {
         let channels = self.channels.lock();
-        let mut users: Vec<String> = channels
+        Ok(channels
             .get(key)
-            .map(|s| s.presence.keys().map(|user| user.to_string()).collect())
-            .unwrap_or_default();
-        users.sort();
-        Ok(users)
+            .map(|s| s.presence.users())
+            .unwrap_or_default())
     }
 
     async fn mark_read(
