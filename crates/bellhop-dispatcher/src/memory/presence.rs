@@ -49,8 +49,13 @@ type Sessions = SmallVec<[SessionId; 1]>;
 pub(super) enum Presence {
     /// At most [`FEW`] (user, session) pairs.
     Few(Vec<(Box<str>, SessionId)>),
-    /// More: sessions by user.
-    Many(HashMap<Box<str>, Sessions>),
+    /// More: sessions by user (boxed: the list is what most channels hold, and a table inline
+    /// would double every channel's presence field).
+    #[allow(
+        clippy::box_collection,
+        reason = "the table's own 48 B inline would be in every channel's state"
+    )]
+    Many(Box<HashMap<Box<str>, Sessions>>),
 }
 
 impl Default for Presence {
@@ -80,7 +85,7 @@ impl Presence {
                     many.entry(u).or_default().push(s);
                 }
                 many.entry(user.into()).or_default().push(id);
-                *self = Presence::Many(many);
+                *self = Presence::Many(Box::new(many));
                 first
             }
             Presence::Many(many) => {
