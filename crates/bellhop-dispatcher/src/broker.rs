@@ -9,8 +9,18 @@ use bellhop_protocol::{Channel, Envelope, Offset};
 use tokio::sync::broadcast;
 
 /// A channel inside a property: the unit of storage, ordering and fan-out.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChannelKey {
+///
+/// Cheap to clone: the names are stored once, behind a shared pointer, and every holder of the
+/// key (the hub's channel map and channel, the broker's channel table, an attachment) holds
+/// that pointer. Most channels are a connection's own `user:` channel, held by four such tables;
+/// their slots are then a pointer each, not two strings each. Reads of the names go through
+/// [`ChannelName`] (`key.property`, `key.channel`); equality, hashing and order are the names'.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKey(Arc<ChannelName>);
+
+/// The names of a [`ChannelKey`]: its property and its channel.
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelName {
     /// The property (the token's `prop`).
     pub property: String,
     /// The channel inside it.
@@ -20,15 +30,32 @@ pub struct ChannelKey {
 impl ChannelKey {
     /// The key of a channel in a property.
     pub fn new(property: impl Into<String>, channel: Channel) -> Self {
-        ChannelKey {
+        ChannelKey(Arc::new(ChannelName {
             property: property.into(),
             channel,
-        }
+        }))
     }
 
     /// The key a message belongs to.
     pub fn of(envelope: &Envelope) -> Self {
         ChannelKey::new(envelope.namespace.clone(), envelope.channel.clone())
+    }
+}
+
+impl std::ops::Deref for ChannelKey {
+    type Target = ChannelName;
+
+    fn deref(&self) -> &ChannelName {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ChannelKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelKey")
+            .field("property", &self.property)
+            .field("channel", &self.channel)
+            .finish()
     }
 }
 

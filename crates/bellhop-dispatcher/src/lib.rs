@@ -26,8 +26,9 @@ pub mod requests;
 pub use bans::BanStore;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use broker::{
-    Attachment, Broker, BrokerError, ChannelEvent, ChannelKey, LiveSink, Publish, Published,
-    ReadResult, StoredMessage, Subscription, SubscriptionEvent, MAX_IDEMPOTENCY_KEY_BYTES,
+    Attachment, Broker, BrokerError, ChannelEvent, ChannelKey, ChannelName, LiveSink, Publish,
+    Published, ReadResult, StoredMessage, Subscription, SubscriptionEvent,
+    MAX_IDEMPOTENCY_KEY_BYTES,
 };
 pub use dispatcher::{Dispatcher, DispatcherConfig, PublishError};
 pub use memory::{MemoryBroker, MemoryConfig};

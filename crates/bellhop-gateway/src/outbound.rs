@@ -160,7 +160,9 @@ struct Inner {
     /// Bytes queued.
     bytes: usize,
     /// Set once the connection is closing; control frames queued before it are still sent.
-    closing: Option<CloseFrame>,
+    /// Boxed: only a closing connection has one, and every open one's queue would otherwise
+    /// hold its room (40 B).
+    closing: Option<Box<CloseFrame>>,
     /// The close frame has been handed to the writer.
     close_taken: bool,
 }
@@ -211,11 +213,11 @@ pub struct Outbound {
     captured: AtomicBool,
 }
 
-fn close_frame(code: u16, reason: &str) -> CloseFrame {
-    CloseFrame {
+fn close_frame(code: u16, reason: &str) -> Box<CloseFrame> {
+    Box::new(CloseFrame {
         code: CloseCode::from(code),
         reason: reason.to_owned().into(),
-    }
+    })
 }
 
 impl Outbound {
@@ -436,7 +438,7 @@ impl Outbound {
                     self.space.notify_waiters();
                     return Some(Batch::Frames);
                 }
-                if let Some(frame) = inner.closing.clone() {
+                if let Some(frame) = inner.closing.as_deref().cloned() {
                     inner.close_taken = true;
                     return Some(Batch::Close(frame));
                 }

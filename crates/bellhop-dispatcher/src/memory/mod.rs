@@ -22,7 +22,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bellhop_protocol::Offset;
 use parking_lot::Mutex;
-use smallvec::SmallVec;
 use tokio::sync::broadcast;
 
 use crate::broker::{
@@ -31,8 +30,10 @@ use crate::broker::{
 };
 
 mod idempotency;
+mod presence;
 
 use idempotency::Idempotency;
+use presence::Presence;
 
 /// Settings of the embedded broker.
 #[derive(Clone, Debug)]
@@ -107,10 +108,6 @@ impl std::fmt::Debug for MemoryBroker {
 /// with next to nothing in it, and the table's spare slots are then pointers, not whole states.
 type Channels = HashMap<ChannelKey, Box<ChannelState>>;
 
-/// One user's sessions on a channel: almost always one (a user's devices are bounded by
-/// `MAX_CONNECTIONS_PER_USER`), so held inline and searched.
-type Sessions = SmallVec<[Box<str>; 1]>;
-
 /// One channel's log and side state.
 #[derive(Debug)]
 struct ChannelState {
@@ -126,9 +123,14 @@ struct ChannelState {
     /// Attached sinks, by number.
     sinks: Vec<(u64, Arc<dyn LiveSink>)>,
     /// Sessions on the channel, by user.
-    presence: HashMap<Box<str>, Sessions>,
-    /// Read markers by user.
-    markers: HashMap<String, Offset>,
+    presence: Presence,
+    /// Read markers by user; made with the first of them (most channels never have one, and
+    /// an empty table takes 48 B of every channel's state).
+    #[allow(
+        clippy::box_collection,
+        reason = "an empty table's 48 B would be in every channel's state"
+    )]
+    markers: Option<Box<HashMap<String, Offset>>>,
 }
 
 impl ChannelState {
@@ -243,8 +245,8 @@ impl MemoryBroker {
             floor,
             tx: None,
             sinks: Vec::new(),
-            presence: HashMap::new(),
-            markers: HashMap::new(),
+            presence: Presence::default(),
+            markers: None,
         })
     }
 
@@ -403,14 +405,7 @@ impl Broker for MemoryBroker {
         user_id: &str,
         session: &str,
     ) -> Result<bool, BrokerError> {
-        Ok(self.with_state(key, |state, _| {
-            let sessions = state.presence.entry(user_id.into()).or_default();
-            let first = sessions.is_empty();
-            if !sessions.iter().any(|s| **s == *session) {
-                sessions.push(session.into());
-            }
-            first
-        }))
+        Ok(self.with_state(key, |state, _| state.presence.join(user_id, session)))
     }
 
     async fn presence_leave(
@@ -423,26 +418,15 @@ impl Broker for MemoryBroker {
         let Some(state) = channels.get_mut(key) else {
             return Ok(false);
         };
-        let Some(sessions) = state.presence.get_mut(user_id) else {
-            return Ok(false);
-        };
-        let before = sessions.len();
-        sessions.retain(|s| **s != *session);
-        let last = sessions.len() < before && sessions.is_empty();
-        if sessions.is_empty() {
-            state.presence.remove(user_id);
-        }
-        Ok(last)
+        Ok(state.presence.leave(user_id, session))
     }
 
     async fn presence(&self, key: &ChannelKey) -> Result<Vec<String>, BrokerError> {
         let channels = self.channels.lock();
-        let mut users: Vec<String> = channels
+        Ok(channels
             .get(key)
-            .map(|s| s.presence.keys().map(|user| user.to_string()).collect())
-            .unwrap_or_default();
-        users.sort();
-        Ok(users)
+            .map(|s| s.presence.users())
+            .unwrap_or_default())
     }
 
     async fn mark_read(
@@ -463,6 +447,7 @@ impl Broker for MemoryBroker {
             let last = state.last;
             let marker = state
                 .markers
+                .get_or_insert_with(Default::default)
                 .entry(user_id.to_owned())
                 .or_insert(Offset::ZERO);
             // A marker beyond the newest message would hide every future one: clamp it.
@@ -479,7 +464,12 @@ impl Broker for MemoryBroker {
             return Ok(0);
         };
         self.trim(state, now);
-        let marker = state.markers.get(user_id).copied().unwrap_or(Offset::ZERO);
+        let marker = state
+            .markers
+            .as_ref()
+            .and_then(|markers| markers.get(user_id))
+            .copied()
+            .unwrap_or(Offset::ZERO);
         Ok(state.count_after(marker))
     }
 }

@@ -447,3 +447,12 @@ async fn dropping_the_broker_closes_its_subscriptions() {
     drop(broker);
     assert_eq!(sub.recv().await, SubscriptionEvent::Closed);
 }
+
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn a_channels_state_fits_a_128_byte_allocation() {
+    // Most channels are a connection's own `user:` channel: one such state per connection.
+    // docs/BENCHMARKS.md, "Idle connection memory".
+    let size = std::mem::size_of::<ChannelState>();
+    assert!(size <= 128, "ChannelState is {size} B");
+}

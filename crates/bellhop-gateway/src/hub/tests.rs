@@ -24,7 +24,7 @@ async fn store(broker: &MemoryBroker, range: std::ops::Range<u64>) -> Vec<Offset
                 message_id: format!("m{n}"),
                 event: "CHAT_MESSAGE".into(),
                 namespace: "h1".into(),
-                channel: key().channel,
+                channel: key().channel.clone(),
                 payload: serde_json::json!({ "n": n }),
                 timestamp: "2026-12-01T10:00:00.000Z".into(),
                 sender: Sender {

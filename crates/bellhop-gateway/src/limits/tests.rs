@@ -139,6 +139,22 @@ fn connections_per_user_are_capped_and_released() {
 }
 
 #[test]
+fn connections_per_user_are_counted_per_property_and_user_not_their_concatenation() {
+    let l = limits(|c| c.max_connections_per_user = 1);
+    assert!(l.add_user_connection("h1", "u1"));
+    assert!(l.add_user_connection("h", "1u1"), "another property's user");
+    assert!(l.add_user_connection("h1u", "1"), "another property's user");
+    assert!(!l.add_user_connection("h1", "u1"));
+    l.remove_user_connection("h", "1u1");
+    assert!(
+        !l.add_user_connection("h1", "u1"),
+        "the other pair's release is its own"
+    );
+    l.remove_user_connection("h1", "u1");
+    assert!(l.add_user_connection("h1", "u1"));
+}
+
+#[test]
 fn pending_connections_are_capped_per_address_and_given_back() {
     let table = PendingByAddress::new(2);
     let a: IpAddr = "192.0.2.1".parse().unwrap();

@@ -23,7 +23,6 @@
 //! publishes (`pipeline.rs`), subscriptions with their replay and hand-over
 //! (`subscriptions.rs`); this one holds the start, the handler's loop and authentication.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +52,7 @@ mod writer;
 
 use pipeline::{next_answer, Pipeline, Step, MAX_PIPELINED};
 use reader::{Inbox, Reader, Work};
+use subscriptions::Subscriptions;
 use writer::write_loop;
 
 /// Most frames the writer takes from the queue for one write.
@@ -125,7 +125,7 @@ where
             codec,
             principal: None,
             inbox: &inbox,
-            subscriptions: HashSet::new(),
+            subscriptions: Subscriptions::default(),
             counted: false,
         };
         // The futures of the rare steps are boxed: a connection's task is as large as its
@@ -179,7 +179,7 @@ struct Session<'a> {
     /// Where the reader hands requests over, and where authentication moves the deadline.
     inbox: &'a Inbox,
     /// Channels this connection subscribed to.
-    subscriptions: HashSet<Channel>,
+    subscriptions: Subscriptions,
     /// Whether this connection is counted under the per-user cap: under its principal's
     /// (property, user), which re-authentication cannot change.
     counted: bool,

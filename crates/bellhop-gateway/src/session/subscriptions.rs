@@ -12,6 +12,46 @@ use crate::node::{Node, RequestError};
 use crate::outbound::{channel_tag, Class, Sent};
 use crate::policy::{self, Access};
 
+/// The channels a connection subscribed to: a list, searched (a connection holds a few, at most
+/// `max_subscriptions_per_connection`, 256), grown by what it needs rather than in steps of four,
+/// since most connections hold two (their `user:` channel and a room) for their whole life.
+#[derive(Debug, Default)]
+pub(super) struct Subscriptions(Vec<Channel>);
+
+impl Subscriptions {
+    pub(super) fn contains(&self, channel: &Channel) -> bool {
+        self.0.contains(channel)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Channel> {
+        self.0.iter()
+    }
+
+    /// Adds a channel it does not hold.
+    pub(super) fn insert(&mut self, channel: Channel) {
+        if self.0.len() == self.0.capacity() {
+            self.0.reserve_exact(self.0.len().max(1));
+        }
+        self.0.push(channel);
+    }
+
+    /// Removes a channel; false when it was not held.
+    pub(super) fn remove(&mut self, channel: &Channel) -> bool {
+        let Some(at) = self.0.iter().position(|c| c == channel) else {
+            return false;
+        };
+        self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        true
+    }
+}
+
 impl Session<'_> {
     pub(super) async fn subscribe(
         &mut self,
