@@ -292,18 +292,23 @@ impl CertStore {
     pub async fn reload(&self) -> Reload {
         let mut read = Read::from_disk(&self.config).await;
         // A rotation can land between reading the certificate and reading the key (the kubelet's
-        // symlink swap is atomic, but two reads are not). Before judging a change, read again
-        // until two reads agree, so a swap in progress is not reported as a mismatched pair.
+        // symlink swap is atomic, but two reads are not). A change is judged only once two reads
+        // in a row agree, so a swap in progress is never reported as a mismatched pair; files
+        // still changing after a few reads are looked at again at the next poll.
+        let mut settled = *self.seen.lock() == read.seen();
         for _ in 0..3 {
-            let unchanged = *self.seen.lock() == read.seen();
-            if unchanged {
+            if settled {
                 break;
             }
             let again = Read::from_disk(&self.config).await;
-            if again.seen() == read.seen() {
-                break;
-            }
+            settled = again.seen() == read.seen();
             read = again;
+        }
+        if !settled {
+            tracing::debug!(
+                "TLS certificate files are still changing; looking again at the next poll"
+            );
+            return Reload::Unchanged;
         }
         let outcome = self.offer(read);
         match &outcome {
