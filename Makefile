@@ -96,7 +96,7 @@ k6: deps ## the k6 scenarios: chat, fan-out, connect storm against a node it sta
 bench-deps: test-deps ## what `make bench` needs: redis-server, nats-server (apt), Socket.IO and its Redis adapter (npm ci in bench/peers/socketio)
 	@bench/peers/install.sh
 
-bench: bench-deps ## the side-by-side benchmark: Bellhop, NATS and Socket.IO on every workload, and the ceiling server on fan-out; every scenario once, the headline's measurements 3 times (medians with spread); rewrites docs/BENCHMARKS.md (about 17 minutes on a quiet machine: measured 16 min 53 s in all on 1 December 2026, run 1 6.4 min and the repeats 4.6 min each; more on a loaded one; the report gives the wall time of each run)
+bench: bench-deps ## the side-by-side benchmark: Bellhop, NATS and Socket.IO on every workload, and the ceiling server on fan-out; every scenario once, the headline's measurements 3 times (medians with spread); rewrites docs/BENCHMARKS.md (about 17 minutes on a quiet machine: measured 16 min 53 s in all on 1 December 2026, run 1 6.4 min and the repeats 4.6 min each; 22 min 20 s on a slower host, and more on a loaded one; the report gives the wall time of each run)
 	$(CARGO) build --release -p bellhop -p bellhop-loadgen
 	$(TARGET_DIR)/release/bellhop-loadgen bench --bellhop $(TARGET_DIR)/release/bellhop --runs 3 $(BENCH_ARGS)
 
