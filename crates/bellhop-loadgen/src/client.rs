@@ -164,9 +164,16 @@ impl Publishing<'_> {
     }
 }
 
+impl Publishing<'_> {
+    /// Lowers the flag: no more publishes in this session.
+    fn stop(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Publishing<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.stop();
     }
 }
 
@@ -583,7 +590,7 @@ async fn session(
                 } else {
                     *rate = None;
                     per_second = 0.0;
-                    flag.0.store(false, Ordering::SeqCst);
+                    flag.stop();
                 }
             }
             changed = control.changed() => {
